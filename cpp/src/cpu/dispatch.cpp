@@ -1,0 +1,175 @@
+// Chooses the CPU kernel table at run time: the best instruction set the CPU supports, unless FASTBN_SIMD
+// forces one. Also owns the per-thread workspace and the thread count.
+#include <atomic>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <string>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "cpu/kernels.hpp"
+#include "detail.hpp"
+#include "fastbn/batchnorm.hpp"
+
+namespace fastbn {
+namespace cpu {
+
+Workspace::~Workspace() { std::free(data_); }
+
+void* Workspace::reserve(size_t bytes) {
+  if (bytes <= capacity_ && data_) return data_;
+  size_t cap = capacity_ + capacity_ / 2;
+  if (cap < bytes) cap = bytes;
+  cap = (cap + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, cap == 0 ? 64 : cap);
+  if (!p) throw std::bad_alloc();
+  std::free(data_);
+  data_ = p;
+  capacity_ = cap;
+  return p;
+}
+
+namespace {
+
+struct Isa {
+  const char* name;
+  const KernelTable& (*table)();
+  bool (*supported)();
+};
+
+#if defined(FASTBN_X86_KERNELS)
+bool has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+}
+bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+#endif
+bool always() { return true; }
+
+// Best first.
+const Isa kIsas[] = {
+#if defined(FASTBN_X86_KERNELS)
+    {"avx512", &avx512::table, &has_avx512},
+    {"avx2", &avx2::table, &has_avx2},
+#endif
+    {"scalar", &scalar::table, &always},
+};
+
+const Isa* find_isa(const std::string& name) {
+  for (const Isa& i : kIsas) {
+    if (name == i.name) return &i;
+  }
+  return nullptr;
+}
+
+const Isa* best_supported() {
+  for (const Isa& i : kIsas) {
+    if (i.supported()) return &i;
+  }
+  return &kIsas[sizeof(kIsas) / sizeof(kIsas[0]) - 1];
+}
+
+std::atomic<bool> g_quiet{false};
+
+struct Selection {
+  std::atomic<const KernelTable*> table{nullptr};
+  std::string warning;
+
+  Selection() {
+    const Isa* best = best_supported();
+    const Isa* chosen = best;
+    if (const char* env = std::getenv("FASTBN_SIMD")) {
+      std::string want(env);
+      for (char& ch : want) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      const Isa* req = want.empty() ? best : find_isa(want);
+      if (!req) {
+        warning = "FASTBN_SIMD=" + std::string(env) + " is not one of the paths of this build (" +
+                  compiled_list() + "); using " + best->name;
+      } else if (!req->supported()) {
+        warning = "FASTBN_SIMD=" + want + " asks for an instruction set this CPU lacks; using " + best->name;
+      } else {
+        chosen = req;
+      }
+    }
+    table.store(&chosen->table());
+    if (!warning.empty() && !g_quiet.load()) std::fprintf(stderr, "fastbn: warning: %s\n", warning.c_str());
+  }
+
+  static std::string compiled_list() {
+    std::string s;
+    for (const Isa& i : kIsas) {
+      if (!s.empty()) s += ", ";
+      s += i.name;
+    }
+    return s;
+  }
+};
+
+Selection& selection() {
+  static Selection s;
+  return s;
+}
+
+int default_threads() {
+#if defined(_OPENMP)
+  static const int n = omp_get_max_threads();
+  return n;
+#else
+  return 1;
+#endif
+}
+
+std::atomic<int> g_threads{0};  // 0: OpenMP's default
+
+}  // namespace
+
+const KernelTable& active() { return *selection().table.load(std::memory_order_acquire); }
+
+std::string compiled_simd_list() { return Selection::compiled_list(); }
+
+}  // namespace cpu
+
+namespace detail {
+void quiet_simd_warning() { cpu::g_quiet.store(true); }
+}  // namespace detail
+
+const char* simd() { return cpu::active().name; }
+
+bool simd_supported(const char* name) {
+  if (!name) return false;
+  const cpu::Isa* i = cpu::find_isa(name);
+  return i && i->supported();
+}
+
+void set_simd(const char* name) {
+  const std::string want = name ? name : "";
+  const cpu::Isa* i = cpu::find_isa(want);
+  if (!i) {
+    throw Error(Status::bad_argument, "fastbn: unknown SIMD path '" + want + "'; this build has " +
+                                          cpu::compiled_simd_list());
+  }
+  if (!i->supported()) {
+    throw Error(Status::bad_argument, "fastbn: SIMD path '" + want + "' needs instructions this CPU lacks");
+  }
+  cpu::selection().table.store(&i->table(), std::memory_order_release);
+}
+
+const char* simd_warning() { return cpu::selection().warning.c_str(); }
+
+void set_num_threads(int n) {
+  if (n < 1) throw Error(Status::bad_argument, "fastbn: the thread count must be >= 1, got " + std::to_string(n));
+  cpu::g_threads.store(n);
+}
+
+int get_num_threads() {
+  const int n = cpu::g_threads.load();
+  return n > 0 ? n : cpu::default_threads();
+}
+
+}  // namespace fastbn
