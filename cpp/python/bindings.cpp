@@ -1,0 +1,193 @@
+// fastbn._core: a thin pybind11 layer over the core library. No math here. The Python package (functional.py)
+// turns any axis and strides into the (outer, channels, inner) view and passes C-contiguous arrays; this layer
+// checks dtypes and sizes again so that calling it directly can never crash, releases the GIL while kernels
+// run, and maps fastbn::Error to Python exceptions.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <string>
+
+#include "detail.hpp"
+#include "fastbn/batchnorm.hpp"
+#include "fastbn/cuda.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+// Validated view of one argument: its data pointer, or null for an optional None.
+struct Arg {
+  void* ptr = nullptr;
+};
+
+bool is_float32(const py::dtype& d) { return d.is(py::dtype::of<float>()); }
+
+// dtype of the main tensor: float32 or float64, else TypeError.
+py::dtype main_dtype(const py::array& x) {
+  const py::dtype d = x.dtype();
+  if (!is_float32(d) && !d.is(py::dtype::of<double>())) {
+    throw py::type_error("fastbn: expected a float32 or float64 array, got dtype " + std::string(py::str(d)));
+  }
+  return d;
+}
+
+Arg check(const py::handle& obj, const char* name, const py::dtype& dtype, int64_t size, bool writable,
+          bool optional) {
+  if (obj.is_none()) {
+    if (!optional) throw py::value_error(std::string("fastbn: ") + name + " must not be None");
+    return {};
+  }
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string("fastbn: ") + name + " must be a numpy array");
+  }
+  py::array a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(dtype)) {
+    throw py::type_error(std::string("fastbn: ") + name + " has dtype " + std::string(py::str(a.dtype())) +
+                         ", expected " + std::string(py::str(dtype)) + " like x");
+  }
+  if (static_cast<int64_t>(a.size()) != size) {
+    throw py::value_error(std::string("fastbn: ") + name + " has " + std::to_string(a.size()) +
+                          " elements, expected " + std::to_string(size));
+  }
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    throw py::value_error(std::string("fastbn: ") + name + " must be C-contiguous and aligned");
+  }
+  if (writable && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
+    throw py::value_error(std::string("fastbn: ") + name + " must be writable");
+  }
+  return {const_cast<void*>(a.data())};
+}
+
+fastbn::Shape shape_of(int64_t outer, int64_t channels, int64_t inner) {
+  if (outer < 1 || channels < 1 || inner < 1) {
+    throw py::value_error("fastbn: outer, channels and inner must be >= 1");
+  }
+  return {outer, channels, inner};
+}
+
+template <class T>
+T* p(const Arg& a) {
+  return static_cast<T*>(a.ptr);
+}
+
+void train(const py::array& x, const py::array& y, const py::object& gamma, const py::object& beta,
+           const py::array& mean, const py::array& var, int64_t outer, int64_t channels, int64_t inner,
+           double eps) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const py::dtype dt = main_dtype(x);
+  const int64_t n = outer * channels * inner;
+  const Arg ax = check(x, "x", dt, n, false, false), ay = check(y, "y", dt, n, true, false);
+  const Arg ag = check(gamma, "gamma", dt, channels, false, true), ab = check(beta, "beta", dt, channels, false, true);
+  const Arg am = check(mean, "mean", dt, channels, true, false), av = check(var, "var", dt, channels, true, false);
+  py::gil_scoped_release nogil;
+  if (is_float32(dt)) {
+    fastbn::forward_train(p<float>(ax), p<float>(ay), p<float>(ag), p<float>(ab), p<float>(am), p<float>(av), s, eps);
+  } else {
+    fastbn::forward_train(p<double>(ax), p<double>(ay), p<double>(ag), p<double>(ab), p<double>(am),
+                          p<double>(av), s, eps);
+  }
+}
+
+void infer(const py::array& x, const py::array& y, const py::array& mean, const py::array& var,
+           const py::object& gamma, const py::object& beta, int64_t outer, int64_t channels, int64_t inner,
+           double eps) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const py::dtype dt = main_dtype(x);
+  const int64_t n = outer * channels * inner;
+  const Arg ax = check(x, "x", dt, n, false, false), ay = check(y, "y", dt, n, true, false);
+  const Arg am = check(mean, "mean", dt, channels, false, false), av = check(var, "var", dt, channels, false, false);
+  const Arg ag = check(gamma, "gamma", dt, channels, false, true), ab = check(beta, "beta", dt, channels, false, true);
+  py::gil_scoped_release nogil;
+  if (is_float32(dt)) {
+    fastbn::forward_infer(p<float>(ax), p<float>(ay), p<float>(am), p<float>(av), p<float>(ag), p<float>(ab), s, eps);
+  } else {
+    fastbn::forward_infer(p<double>(ax), p<double>(ay), p<double>(am), p<double>(av), p<double>(ag),
+                          p<double>(ab), s, eps);
+  }
+}
+
+void backward(const py::array& dy, const py::array& x, const py::array& mean, const py::array& var,
+              const py::object& gamma, const py::array& dx, const py::object& dgamma, const py::object& dbeta,
+              int64_t outer, int64_t channels, int64_t inner, double eps, bool batch_stats) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const py::dtype dt = main_dtype(x);
+  const int64_t n = outer * channels * inner;
+  const Arg ady = check(dy, "dy", dt, n, false, false), ax = check(x, "x", dt, n, false, false);
+  const Arg am = check(mean, "mean", dt, channels, false, false), av = check(var, "var", dt, channels, false, false);
+  const Arg ag = check(gamma, "gamma", dt, channels, false, true);
+  const Arg adx = check(dx, "dx", dt, n, true, false);
+  const Arg adg = check(dgamma, "dgamma", dt, channels, true, true);
+  const Arg adb = check(dbeta, "dbeta", dt, channels, true, true);
+  py::gil_scoped_release nogil;
+  if (is_float32(dt)) {
+    fastbn::backward(p<float>(ady), p<float>(ax), p<float>(am), p<float>(av), p<float>(ag), p<float>(adx),
+                     p<float>(adg), p<float>(adb), s, eps, batch_stats);
+  } else {
+    fastbn::backward(p<double>(ady), p<double>(ax), p<double>(am), p<double>(av), p<double>(ag), p<double>(adx),
+                     p<double>(adg), p<double>(adb), s, eps, batch_stats);
+  }
+}
+
+py::dict build_info() {
+  const fastbn::BuildInfo b = fastbn::build_info();
+  py::dict d;
+  d["version"] = b.version;
+  d["simd"] = fastbn::simd();
+  d["simd_compiled"] = b.simd_compiled;
+  d["openmp"] = b.openmp;
+  d["openmp_version"] = b.openmp_version;
+  d["max_threads"] = b.max_threads;
+  d["num_threads"] = fastbn::get_num_threads();
+  d["cuda"] = b.cuda;
+  d["cuda_version"] = b.cuda_version;
+  d["cuda_architectures"] = b.cuda_architectures;
+  d["compiler"] = b.compiler;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastbn core kernels (internal; use the fastbn package)";
+  fastbn::detail::quiet_simd_warning();  // the package turns it into a RuntimeWarning
+  m.attr("__version__") = FASTBN_VERSION;
+
+  py::register_exception_translator([](std::exception_ptr ep) {
+    try {
+      if (ep) std::rethrow_exception(ep);
+    } catch (const fastbn::Error& e) {
+      switch (e.status()) {
+        case fastbn::Status::out_of_memory:
+          PyErr_SetString(PyExc_MemoryError, e.what());
+          break;
+        case fastbn::Status::no_cuda:
+        case fastbn::Status::cuda:
+        case fastbn::Status::internal:
+          PyErr_SetString(PyExc_RuntimeError, e.what());
+          break;
+        default:
+          PyErr_SetString(PyExc_ValueError, e.what());
+      }
+    }
+  });
+
+  m.def("train", &train, py::arg("x"), py::arg("y"), py::arg("gamma"), py::arg("beta"), py::arg("mean"),
+        py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"));
+  m.def("infer", &infer, py::arg("x"), py::arg("y"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
+        py::arg("beta"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"));
+  m.def("backward", &backward, py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
+        py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("outer"), py::arg("channels"),
+        py::arg("inner"), py::arg("eps"), py::arg("batch_stats"));
+
+  m.def("set_num_threads", &fastbn::set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &fastbn::get_num_threads);
+  m.def("simd", [] { return std::string(fastbn::simd()); });
+  m.def("simd_supported", [](const std::string& name) { return fastbn::simd_supported(name.c_str()); },
+        py::arg("name"));
+  m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
+  m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
+  m.def("build_info", &build_info);
+}

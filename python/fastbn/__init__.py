@@ -1,0 +1,91 @@
+"""fastbn: batch normalization at the memory-bandwidth limit.
+
+A C++ core (OpenMP + SIMD with run-time dispatch, optional CUDA) under a NumPy API with PyTorch's semantics:
+
+>>> import numpy as np, fastbn
+>>> bn = fastbn.BatchNorm(64)                       # like torch.nn.BatchNorm2d(64)
+>>> x = np.random.randn(32, 64, 8, 8).astype(np.float32)
+>>> y = bn(x)                                       # training mode: batch statistics
+>>> dx = bn.backward(np.ones_like(y))               # sets bn.grad_gamma, bn.grad_beta
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from . import _core
+from .batchnorm import BatchNorm
+from .functional import batch_norm_backward, batch_norm_infer, batch_norm_train
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "BatchNorm",
+    "batch_norm_train",
+    "batch_norm_infer",
+    "batch_norm_backward",
+    "set_num_threads",
+    "get_num_threads",
+    "set_simd",
+    "get_simd",
+    "build_info",
+    "get_include",
+    "get_library_dir",
+    "get_cmake_dir",
+    "__version__",
+]
+
+_HERE = Path(__file__).resolve().parent
+
+
+def set_num_threads(n: int) -> None:
+    """Threads the CPU kernels may use (>= 1). Default: OMP_NUM_THREADS, else the number of cores."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"fastbn: the thread count must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"fastbn: the thread count must be >= 1, got {n}")
+    _core.set_num_threads(n)
+
+
+def get_num_threads() -> int:
+    """Threads the CPU kernels may use."""
+    return _core.get_num_threads()
+
+
+def set_simd(name: str) -> None:
+    """Switch the CPU kernels to the SIMD path ``name`` ("avx512", "avx2" or "scalar"). Raises ValueError for a
+    path this build or CPU cannot run. The environment variable FASTBN_SIMD sets the path at import."""
+    if not isinstance(name, str):
+        raise TypeError(f"fastbn: the SIMD path must be a str, got {type(name).__name__}")
+    _core.set_simd(name)
+
+
+def get_simd() -> str:
+    """The SIMD path the CPU kernels run with."""
+    return _core.simd()
+
+
+def build_info() -> dict:
+    """How fastbn was built and what it runs with: version, simd (active path), simd_compiled, openmp,
+    openmp_version, max_threads, num_threads, cuda (compiled in), cuda_version, cuda_architectures, compiler."""
+    return _core.build_info()
+
+
+def get_include() -> str:
+    """Directory of the installed C/C++ headers (``fastbn/fastbn.h``, ``fastbn/batchnorm.hpp``)."""
+    return str(_HERE / "include")
+
+
+def get_library_dir() -> str:
+    """Directory of the installed shared library ``libfastbn.so``."""
+    return str(_HERE / "lib")
+
+
+def get_cmake_dir() -> str:
+    """Directory of ``fastbnConfig.cmake``: pass it as ``-Dfastbn_DIR=...`` to CMake."""
+    return str(_HERE / "lib" / "cmake" / "fastbn")
+
+
+if _core.simd_warning():
+    warnings.warn(f"fastbn: {_core.simd_warning()}", RuntimeWarning, stacklevel=2)

@@ -1,0 +1,252 @@
+"""The BatchNorm layer: owns gamma, beta and the running statistics, with PyTorch's semantics."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from . import functional as F
+
+__all__ = ["BatchNorm"]
+
+
+def _check_dtype(dtype) -> np.dtype:
+    try:
+        d = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"fastbn: dtype must be float32 or float64, got {dtype!r}") from e
+    if d not in F._FLOATS:
+        raise TypeError(f"fastbn: dtype must be float32 or float64, got {d}")
+    return d
+
+
+def _check_momentum(momentum) -> Optional[float]:
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"fastbn: momentum must be a number in [0, 1] or None, got {type(momentum).__name__}")
+    m = float(momentum)
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"fastbn: momentum must be in [0, 1] or None, got {momentum}")
+    return m
+
+
+class BatchNorm:
+    """Batch normalization over the channel axis ``axis`` of inputs with at least 2 dimensions.
+
+    Semantics follow ``torch.nn.BatchNorm1d/2d/3d``: in training mode the layer normalizes with the batch mean
+    and biased variance and updates ``running = (1 - momentum) * running + momentum * batch`` with the
+    UNBIASED batch variance (``momentum=None``: cumulative average over ``num_batches_tracked``); in eval mode it
+    normalizes with the running statistics, or with batch statistics when ``track_running_stats=False``.
+    Keras users: Keras's ``momentum`` is ``1 - momentum`` here (Keras 0.99 is fastbn/PyTorch 0.01).
+
+    Parameters
+    ----------
+    num_features : int
+        Number of channels C.
+    eps : float
+        Added to the variance (> 0).
+    momentum : float in [0, 1] or None
+        Weight of the new batch in the running averages; None for a cumulative average.
+    affine : bool
+        Learn gamma (init 1) and beta (init 0). Without it, ``gamma``/``beta`` and their gradients are None.
+    track_running_stats : bool
+        Keep running_mean (init 0), running_var (init 1) and num_batches_tracked.
+    axis : int
+        The channel axis of the inputs (1 for (N, C, ...), -1 for channels-last).
+    dtype : float32 or float64
+        dtype of the parameters, statistics and accepted inputs.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        axis: int = 1,
+        dtype=np.float32,
+    ) -> None:
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
+            raise TypeError(f"fastbn: num_features must be an int, got {type(num_features).__name__}")
+        if num_features < 1:
+            raise ValueError(f"fastbn: num_features must be >= 1, got {num_features}")
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise TypeError(f"fastbn: axis must be an int, got {type(axis).__name__}")
+        self.num_features = int(num_features)
+        self.eps = F._check_eps(eps)
+        self.momentum = _check_momentum(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self.axis = int(axis)
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        c, d = self.num_features, self.dtype
+        self.gamma: Optional[np.ndarray] = np.ones(c, d) if self.affine else None
+        self.beta: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
+        self.grad_gamma: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
+        self.grad_beta: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
+        self.running_mean: Optional[np.ndarray] = np.zeros(c, d) if self.track_running_stats else None
+        self.running_var: Optional[np.ndarray] = np.ones(c, d) if self.track_running_stats else None
+        self.num_batches_tracked = 0
+        self._saved = None  # what backward needs from the last forward
+
+    # ------------------------------------------------------------------------------------------------------
+    # Modes
+
+    def train(self, mode: bool = True) -> "BatchNorm":
+        """Set training mode (batch statistics, running averages updated); returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "BatchNorm":
+        """Set eval mode (running statistics when tracked); returns self."""
+        return self.train(False)
+
+    # ------------------------------------------------------------------------------------------------------
+    # Passes
+
+    def _check_input(self, x) -> np.ndarray:
+        a = F._float_array(x, "x")
+        if a.dtype != self.dtype:
+            raise TypeError(f"fastbn: this BatchNorm has dtype {self.dtype}, got input of dtype {a.dtype}")
+        if a.ndim >= 2:
+            ax = F._normalize_axis(self.axis, a.ndim)
+            if a.shape[ax] != self.num_features:
+                raise ValueError(
+                    f"fastbn: expected {self.num_features} channels on axis {self.axis}, "
+                    f"got input of shape {a.shape}"
+                )
+        return a
+
+    def forward(self, x, out=None) -> np.ndarray:
+        """Normalize ``x``; in training mode also update the running statistics. Returns y (or ``out``)."""
+        a = self._check_input(x)
+        use_batch = self.training or not self.track_running_stats
+        if use_batch:
+            y, mean, var = F.batch_norm_train(a, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out)
+            if self.training and self.track_running_stats:
+                self._update_running_stats(mean, var, a.size // self.num_features)
+        else:
+            y = F.batch_norm_infer(
+                a, self.running_mean, self.running_var, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out
+            )
+            mean, var = self.running_mean.copy(), self.running_var.copy()
+        overwritten = out is not None and np.may_share_memory(out, a)
+        self._saved = (a, mean, var, use_batch, overwritten)
+        return y
+
+    __call__ = forward
+
+    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
+        count = self.num_batches_tracked + 1
+        factor = 1.0 / count if self.momentum is None else self.momentum
+        unbiased = var.astype(np.float64) * (n / (n - 1))
+        new_mean = (1.0 - factor) * self.running_mean + factor * mean.astype(np.float64)
+        new_var = (1.0 - factor) * self.running_var + factor * unbiased
+        self.running_mean[...] = new_mean
+        self.running_var[...] = new_var
+        self.num_batches_tracked = count
+
+    def backward(self, dy, out=None) -> np.ndarray:
+        """Gradient with respect to the input of the last forward; sets grad_gamma and grad_beta.
+
+        Uses batch statistics if that forward did (training mode, or eval without running statistics), else the
+        running statistics it used, held constant. Returns dx (or ``out``).
+        """
+        if self._saved is None:
+            raise RuntimeError("fastbn: backward() called before any forward()")
+        x, mean, var, batch_stats, overwritten = self._saved
+        if overwritten:
+            raise RuntimeError(
+                "fastbn: backward() needs the input of the last forward(), but forward(x, out=...) wrote over it"
+            )
+        dx, dgamma, dbeta = F._backward(
+            dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine
+        )
+        if self.affine:
+            self.grad_gamma[...] = dgamma
+            self.grad_beta[...] = dbeta
+        return dx
+
+    # ------------------------------------------------------------------------------------------------------
+    # Parameters and state
+
+    def parameters(self) -> List[np.ndarray]:
+        """[gamma, beta] (the arrays themselves, for an optimizer to update in place); [] without affine."""
+        return [self.gamma, self.beta] if self.affine else []
+
+    def gradients(self) -> List[np.ndarray]:
+        """[grad_gamma, grad_beta], matching parameters()."""
+        return [self.grad_gamma, self.grad_beta] if self.affine else []
+
+    def zero_grad(self) -> None:
+        for g in self.gradients():
+            g[...] = 0
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked = 0
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            self.gamma[...] = 1
+            self.beta[...] = 0
+
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """Copies of the state under PyTorch's names: weight, bias (affine), running_mean, running_var,
+        num_batches_tracked (tracked; an int64 0-d array)."""
+        d: Dict[str, np.ndarray] = {}
+        if self.affine:
+            d["weight"] = self.gamma.copy()
+            d["bias"] = self.beta.copy()
+        if self.track_running_stats:
+            d["running_mean"] = self.running_mean.copy()
+            d["running_var"] = self.running_var.copy()
+            d["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
+        return d
+
+    def load_state_dict(self, state: Dict, strict: bool = True) -> None:
+        """Load a state_dict of this class or of ``torch.nn.BatchNorm*d`` (values may be NumPy arrays or CPU
+        tensors). Raises ValueError for missing keys, unexpected keys (when strict) or wrong shapes; on any
+        error nothing is changed."""
+        expected = list(self.state_dict().keys())
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise ValueError(f"fastbn: load_state_dict is missing keys {missing}")
+        unexpected = [k for k in state if k not in expected]
+        if strict and unexpected:
+            raise ValueError(f"fastbn: load_state_dict got unexpected keys {unexpected}")
+        new = {}
+        for k in expected:
+            v = np.asarray(state[k])
+            if k == "num_batches_tracked":
+                if v.shape != () or not np.issubdtype(v.dtype, np.integer) or int(v) < 0:
+                    raise ValueError(f"fastbn: num_batches_tracked must be a non-negative integer scalar, got {v!r}")
+                new[k] = int(v)
+                continue
+            if not (np.issubdtype(v.dtype, np.floating) or np.issubdtype(v.dtype, np.integer)):
+                raise TypeError(f"fastbn: {k} must hold numbers, got dtype {v.dtype}")
+            if v.shape != (self.num_features,):
+                raise ValueError(f"fastbn: {k} must have shape ({self.num_features},), got {v.shape}")
+            new[k] = v.astype(self.dtype)
+        if self.affine:
+            self.gamma[...] = new["weight"]
+            self.beta[...] = new["bias"]
+        if self.track_running_stats:
+            self.running_mean[...] = new["running_mean"]
+            self.running_var[...] = new["running_var"]
+            self.num_batches_tracked = new["num_batches_tracked"]
+
+    def __repr__(self) -> str:
+        return (
+            f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}, axis={self.axis}, dtype={self.dtype.name})"
+        )
