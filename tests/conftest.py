@@ -1,0 +1,125 @@
+"""Shared fixtures and the independent float64 NumPy reference implementation of batch normalization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastbn
+
+SIMD_PATHS = [p for p in ("avx512", "avx2", "scalar") if fastbn._core.simd_supported(p)]
+
+
+@pytest.fixture(params=SIMD_PATHS)
+def simd(request):
+    """Run the test once per SIMD path this machine supports, restoring the default afterwards."""
+    before = fastbn.get_simd()
+    fastbn.set_simd(request.param)
+    yield request.param
+    fastbn.set_simd(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+# Layouts: (shape, axis, memory) where memory says how the input is laid out.
+#   "c": C-contiguous; "nhwc-view": an NCHW-shaped view of channels-last memory (axis=1, no copy needed);
+#   "strided": a non-contiguous slice (copied once internally); "fortran": Fortran order.
+LAYOUTS = [
+    ((40, 7), 1, "c"),  # (N, C)
+    ((9, 6, 11), 1, "c"),  # (N, C, L)
+    ((6, 5, 7, 9), 1, "c"),  # NCHW
+    ((3, 4, 5, 6, 7), 1, "c"),  # NCDHW
+    ((6, 7, 9, 5), -1, "c"),  # NHWC, channels last
+    ((6, 5, 7, 9), 1, "nhwc-view"),
+    ((6, 5, 7, 9), 1, "strided"),
+    ((12, 5, 8), 1, "fortran"),
+    ((5, 8, 6), 0, "c"),  # channel axis first
+    ((4, 6, 2, 3), 2, "c"),  # channel axis in the middle
+    ((7, 1, 5, 5), 1, "c"),  # a single channel
+    ((2, 3), 1, "c"),  # two values per channel
+]
+
+
+def layout_id(layout) -> str:
+    shape, axis, memory = layout
+    return f"{'x'.join(map(str, shape))}-ax{axis}-{memory}"
+
+
+def make_input(rng, shape, memory, dtype, scale=2.0, offset=0.5):
+    """Random input of the given logical shape, laid out in memory as asked."""
+    if memory == "nhwc-view":
+        n, c, h, w = shape
+        base = rng.standard_normal((n, h, w, c)) * scale + offset
+        return base.astype(dtype).transpose(0, 3, 1, 2)
+    if memory == "strided":
+        big = rng.standard_normal(tuple(2 * s for s in shape)) * scale + offset
+        return big.astype(dtype)[tuple(slice(None, None, 2) for _ in shape)]
+    if memory == "fortran":
+        return np.asfortranarray((rng.standard_normal(shape) * scale + offset).astype(dtype))
+    return (rng.standard_normal(shape) * scale + offset).astype(dtype)
+
+
+def tol(dtype):
+    """(rtol, atol) for comparing against the float64 reference: a few float32 ulps of O(1) values."""
+    return (2e-5, 2e-5) if np.dtype(dtype) == np.float32 else (1e-11, 1e-11)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# float64 reference, written from the definitions (Ioffe & Szegedy 2015), independent of the library
+
+
+def _reduce_axes(x, axis):
+    axis = axis % x.ndim
+    return tuple(i for i in range(x.ndim) if i != axis), axis
+
+
+def _bcast(v, x, axis):
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return np.asarray(v, dtype=np.float64).reshape(shape)
+
+
+def ref_stats(x, axis=1):
+    """Per-channel mean and BIASED variance in float64."""
+    axes, _ = _reduce_axes(x, axis)
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=axes)
+    var = ((x64 - mean.reshape([-1 if i not in axes else 1 for i in range(x.ndim)])) ** 2).mean(axis=axes)
+    return mean, var
+
+
+def ref_infer(x, mean, var, gamma=None, beta=None, axis=1, eps=1e-5):
+    _, axis = _reduce_axes(x, axis)
+    c = x.shape[axis]
+    g = np.ones(c) if gamma is None else gamma
+    b = np.zeros(c) if beta is None else beta
+    x64 = np.asarray(x, dtype=np.float64)
+    xhat = (x64 - _bcast(mean, x, axis)) / np.sqrt(_bcast(var, x, axis) + eps)
+    return _bcast(g, x, axis) * xhat + _bcast(b, x, axis)
+
+
+def ref_train(x, gamma=None, beta=None, axis=1, eps=1e-5):
+    mean, var = ref_stats(x, axis)
+    return ref_infer(x, mean, var, gamma, beta, axis, eps), mean, var
+
+
+def ref_backward(dy, x, mean, var, gamma=None, axis=1, eps=1e-5, batch_stats=True):
+    """dx, dgamma, dbeta. With batch_stats the statistics are functions of x (training); else constants."""
+    axes, axis = _reduce_axes(x, axis)
+    c = x.shape[axis]
+    n = x.size // c
+    g = np.ones(c) if gamma is None else np.asarray(gamma, dtype=np.float64)
+    dy64 = np.asarray(dy, dtype=np.float64)
+    x64 = np.asarray(x, dtype=np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    xhat = (x64 - _bcast(mean, x, axis)) * _bcast(invstd, x, axis)
+    dbeta = dy64.sum(axis=axes)
+    dgamma = (dy64 * xhat).sum(axis=axes)
+    if batch_stats:
+        dx = _bcast(g * invstd, x, axis) * (dy64 - _bcast(dbeta / n, x, axis) - xhat * _bcast(dgamma / n, x, axis))
+    else:
+        dx = _bcast(g * invstd, x, axis) * dy64
+    return dx, dgamma, dbeta

@@ -1,0 +1,95 @@
+"""Concurrency and reproducibility: concurrent Python threads, and the same bits for any thread count."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import ref_train
+
+import fastbn
+
+
+@pytest.fixture
+def restore_threads():
+    before = fastbn.get_num_threads()
+    yield
+    fastbn.set_num_threads(before)
+
+
+def run_all(x, axis):
+    c = x.shape[axis]
+    gamma = np.linspace(0.5, 1.5, c).astype(x.dtype)
+    beta = np.linspace(-1, 1, c).astype(x.dtype)
+    y, mean, var = fastbn.batch_norm_train(x, gamma, beta, axis=axis)
+    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
+    dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma, axis=axis)
+    dx2, dg2, db2 = fastbn.batch_norm_backward(dy, x, mean, var, gamma, axis=axis, batch_stats=False)
+    yi = fastbn.batch_norm_infer(x, mean, var, gamma, beta, axis=axis)
+    return [y, mean, var, dx, dg, db, dx2, dg2, db2, yi]
+
+
+# Shapes that take each schedule: whole channels per thread, (channel, block) units, channels-last chunks.
+SHAPES = [((64, 32, 20, 20), 1), ((128, 3, 32, 32), 1), ((96, 5, 16, 16), 1), ((6000, 100), 1),
+          ((16, 24, 24, 48), -1)]
+
+
+@pytest.mark.parametrize("shape,axis", SHAPES)
+def test_same_bits_for_any_thread_count(simd, restore_threads, shape, axis):
+    x = (np.random.default_rng(3).standard_normal(shape) * 2 + 5).astype(np.float32)
+    fastbn.set_num_threads(1)
+    expected = run_all(x, axis)
+    for n in (2, 3, 4, 7):
+        fastbn.set_num_threads(n)
+        for got, want in zip(run_all(x, axis), expected):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_concurrent_python_threads_get_the_same_answers():
+    rng = np.random.default_rng(7)
+    inputs = [(rng.standard_normal((32, 16, 12, 12)) + k).astype(np.float32) for k in range(4)]
+    expected = [run_all(x, 1) for x in inputs]
+    errors = []
+    barrier = threading.Barrier(4)
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for _ in range(20):
+                for got, want in zip(run_all(inputs[k], 1), expected[k]):
+                    np.testing.assert_array_equal(got, want)
+        except Exception as e:  # noqa: BLE001 - reported to the main thread below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    np.testing.assert_allclose(expected[0][0], ref_train(inputs[0], np.linspace(0.5, 1.5, 16),
+                                                        np.linspace(-1, 1, 16))[0], rtol=1e-4, atol=1e-4)
+
+
+def test_gil_is_released_while_kernels_run():
+    """Another Python thread makes progress while a long kernel runs."""
+    x = np.random.default_rng(0).standard_normal((64, 64, 64, 64)).astype(np.float32)
+    ticks = []
+    done = threading.Event()
+
+    def ticker():
+        while not done.is_set():
+            ticks.append(1)
+
+    t = threading.Thread(target=ticker)
+    fastbn.batch_norm_train(x)  # warm up
+    t.start()
+    for _ in range(5):
+        fastbn.batch_norm_train(x)
+    before = len(ticks)
+    fastbn.batch_norm_train(x)
+    during = len(ticks) - before
+    done.set()
+    t.join()
+    assert during > 0
