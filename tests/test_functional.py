@@ -79,10 +79,12 @@ def test_no_affine_means_gamma_one_beta_zero(rng, dtype):
     np.testing.assert_allclose(dx, ref_backward(dy, x, mean, var)[0], rtol=tol(dtype)[0] * 10, atol=tol(dtype)[1] * 10)
 
 
-@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (32, 48, 24, 24), (4096, 96), (64, 16, 16, 40)])
+@pytest.mark.parametrize(
+    "shape", [(64, 3, 32, 32), (32, 48, 24, 24), (4096, 96), (3000, 300), (64, 16, 16, 40), (32, 8, 8, 200)]
+)
 def test_large_shapes_every_kernel_path(simd, rng, shape):
     """Big enough for several threads, streaming stores and both the per-channel and the split schedules."""
-    axis = -1 if shape[-1] == 40 else 1
+    axis = -1 if shape[-1] in (40, 200) else 1
     x = (rng.standard_normal(shape) * 3 + 2).astype(np.float32)
     c = shape[axis]
     gamma, beta = channel_params(rng, c, np.float32)

@@ -32,7 +32,7 @@ def run_all(x, axis):
 
 # Shapes that take each schedule: whole channels per thread, (channel, block) units, channels-last chunks.
 SHAPES = [((64, 32, 20, 20), 1), ((128, 3, 32, 32), 1), ((96, 5, 16, 16), 1), ((6000, 100), 1),
-          ((16, 24, 24, 48), -1)]
+          ((16, 24, 24, 48), -1), ((2000, 300), 1)]
 
 
 @pytest.mark.parametrize("shape,axis", SHAPES)

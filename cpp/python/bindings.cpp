@@ -131,6 +131,14 @@ void backward(const py::array& dy, const py::array& x, const py::array& mean, co
   }
 }
 
+void stream_copy(const py::array& src, const py::array& dst) {
+  const py::dtype f32 = py::dtype::of<float>();
+  const int64_t n = static_cast<int64_t>(src.size());
+  const Arg a = check(src, "src", f32, n, false, false), b = check(dst, "dst", f32, n, true, false);
+  py::gil_scoped_release nogil;
+  fastbn::detail::stream_copy(p<float>(a), p<float>(b), n);
+}
+
 py::dict build_info() {
   const fastbn::BuildInfo b = fastbn::build_info();
   py::dict d;
@@ -190,4 +198,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
   m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
   m.def("build_info", &build_info);
+  m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
+        "Copy float32 src into dst with streaming stores on all threads (the benchmark's bandwidth yardstick).");
 }

@@ -9,6 +9,7 @@ the same memory layout as the input.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import NamedTuple, Optional, Tuple
 
@@ -19,6 +20,7 @@ from . import _core
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward"]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_IDENTITY = [tuple(range(n)) for n in range(65)]  # NumPy arrays have at most 64 dimensions
 
 
 class _View(NamedTuple):
@@ -31,6 +33,8 @@ class _View(NamedTuple):
 
 
 def _float_array(a, name: str) -> np.ndarray:
+    if type(a) is np.ndarray and a.dtype.char in "fd":  # the common case, checked cheaply
+        return a
     if not isinstance(a, np.ndarray):
         if hasattr(a, "__cuda_array_interface__"):
             raise TypeError(
@@ -44,6 +48,8 @@ def _float_array(a, name: str) -> np.ndarray:
 
 
 def _normalize_axis(axis, ndim: int) -> int:
+    if type(axis) is int and -ndim <= axis < ndim:
+        return axis % ndim
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
         raise TypeError(f"fastbn: axis must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:
@@ -85,22 +91,30 @@ def _view(x, axis, name: str = "x") -> _View:
     ax = _normalize_axis(axis, a.ndim)
     if a.size == 0:
         raise ValueError(f"fastbn: {name} is empty (shape {a.shape}); every dimension must be >= 1")
+    shape = a.shape
+    channels = shape[ax]
+    if a.flags.c_contiguous and a.flags.aligned:  # the common case, without a permutation
+        if channels == 1:
+            return _View(a, _IDENTITY[a.ndim], a.reshape(-1), 1, 1, a.size)
+        return _View(a, _IDENTITY[a.ndim], a.reshape(-1), math.prod(shape[:ax]), channels, math.prod(shape[ax + 1 :]))
     perm = _memory_order(a)
     if perm is None:
         a = np.ascontiguousarray(a)
-        perm = tuple(range(a.ndim))
-    channels = a.shape[ax]
+        perm = _IDENTITY[a.ndim]
     if channels == 1:
         outer, inner = 1, a.size
     else:
         pos = perm.index(ax)
-        outer = int(np.prod([a.shape[i] for i in perm[:pos]], dtype=np.int64))
-        inner = int(np.prod([a.shape[i] for i in perm[pos + 1 :]], dtype=np.int64))
+        outer = math.prod(shape[i] for i in perm[:pos])
+        inner = math.prod(shape[i] for i in perm[pos + 1 :])
     return _View(a, perm, a.transpose(perm).reshape(-1), outer, channels, inner)
 
 
 def _empty_like_view(v: _View) -> Tuple[np.ndarray, np.ndarray]:
     """A new array shaped like v.array with the same memory order, and its flat view."""
+    if v.perm is _IDENTITY[v.array.ndim]:
+        buf = np.empty(v.array.shape, dtype=v.array.dtype)
+        return buf, buf.reshape(-1)
     buf = np.empty([v.array.shape[i] for i in v.perm], dtype=v.array.dtype)
     return buf.transpose(np.argsort(v.perm)), buf.reshape(-1)
 
@@ -125,12 +139,11 @@ def _output(out, v: _View, shape, inputs=(), name: str = "out") -> _Output:
         raise TypeError(f"fastbn: {name} has dtype {out.dtype}, expected {v.array.dtype}")
     if not out.flags.writeable:
         raise ValueError(f"fastbn: {name} is read-only")
-    flat = _flat(out, v.perm)
-    # Writing straight into `out` is safe when it has the input's layout and, for every input, either is that
-    # input's own memory (in place) or does not overlap it.
+    flat = out.reshape(-1) if v.perm is _IDENTITY[out.ndim] and out.flags.c_contiguous else _flat(out, v.perm)
+    # Writing straight into `out` is safe when it has the input's layout and, for every input, either does not
+    # overlap it or is exactly its memory (in place).
     if flat is not None and all(
-        flat.ctypes.data == f.ctypes.data or not np.may_share_memory(out, a)
-        for a, f in ((v.array, v.flat), *inputs)
+        not np.may_share_memory(out, a) or flat.ctypes.data == f.ctypes.data for a, f in ((v.array, v.flat), *inputs)
     ):
         return _Output(out, flat, None)
     tmp, tmp_flat = _empty_like_view(v)
@@ -144,6 +157,8 @@ def _finish(o: _Output) -> np.ndarray:
 
 
 def _channel_array(p, name: str, channels: int, dtype: np.dtype, optional: bool) -> Optional[np.ndarray]:
+    if type(p) is np.ndarray and p.dtype == dtype and p.shape == (channels,) and p.flags.c_contiguous:
+        return p  # the common case, checked cheaply
     if p is None:
         if optional:
             return None
@@ -157,10 +172,12 @@ def _channel_array(p, name: str, channels: int, dtype: np.dtype, optional: bool)
 
 
 def _check_eps(eps) -> float:
+    if type(eps) is float and 0.0 < eps < math.inf:
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"fastbn: eps must be a number, got {type(eps).__name__}")
     e = float(eps)
-    if not (e > 0 and np.isfinite(e)):
+    if not (e > 0 and math.isfinite(e)):
         raise ValueError(f"fastbn: eps must be a finite number > 0, got {eps}")
     return e
 

@@ -137,6 +137,11 @@ std::string compiled_simd_list() { return Selection::compiled_list(); }
 
 namespace detail {
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
+
+void stream_copy(const float* src, float* dst, int64_t count) {
+  static thread_local cpu::Workspace workspace;
+  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), &workspace});
+}
 }  // namespace detail
 
 const char* simd() { return cpu::active().name; }

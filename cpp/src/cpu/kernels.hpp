@@ -80,6 +80,8 @@ struct KernelTable {
   const char* name;
   Kernels<float> f32;
   Kernels<double> f64;
+  // The fastest plain copy this path can do (streaming stores, all threads): the benchmark's yardstick.
+  void (*copy)(const float* src, float* dst, int64_t count, const Exec&);
 };
 
 namespace scalar {

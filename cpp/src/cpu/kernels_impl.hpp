@@ -33,6 +33,8 @@ namespace {
 
 // Bytes of one array a block (nc) or tile (cl) spans: the working set of the second, in-cache pass.
 constexpr int64_t kBlockBytes = 32 * 1024;
+// Bytes of one array a channels-last tile spans (its reductions re-read it from L1/L2).
+constexpr int64_t kTileBytes = 64 * 1024;
 // Rows a channels-last chunk spans, in bytes: the unit of parallel work there.
 constexpr int64_t kChunkBytes = 1 << 20;
 // Below this many bytes per thread, starting a thread costs more than it saves.
@@ -333,44 +335,63 @@ inline void grad_run(bool stream, bool scale_only, const T* dy, const T* x, T* d
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Rows (inner == 1): `rows` rows of C contiguous channels; per-channel arrays of length C.
+// Rows (inner == 1): `rows` rows of C contiguous channels. The reductions walk a tile column group by column
+// group (G vectors of channels held in registers); the elementwise passes walk the rows as one flat run, the
+// channel index cycling, with coefficient arrays extended to C + W entries (entry j is channel j % C) so a
+// vector load never needs to wrap.
 
-// Per-channel shift k (about the tile mean) and sums s1 = sum(x - k), s2 = sum((x - k)^2) over a tile.
+#if defined(FASTBN_ISA_AVX512)
+constexpr int kGroup = 8;  // 3 * 8 of the 32 vector registers
+#else
+constexpr int kGroup = 4;
+#endif
+
+// Per channel of [0, G * V::width): a shift k (the tile mean) and s1 = sum(x - k), s2 = sum((x - k)^2).
+template <class T, class V, int G>
+inline void group_moments_cl(const T* x, int64_t rows, int64_t C, T* k, T* s1, T* s2) {
+  constexpr int64_t W = V::width;
+  typename V::reg a[G], u[G], q[G];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) a[g] = u[g] = q[g] = V::zero();
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], V::load(p + g * W));
+  }
+  const typename V::reg inv = V::set1(T(1) / static_cast<T>(rows));
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    a[g] = V::mul(a[g], inv);
+    V::store(k + g * W, a[g]);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const typename V::reg d = V::sub(V::load(p + g * W), a[g]);
+      u[g] = V::add(u[g], d);
+      q[g] = V::fmadd(d, d, q[g]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    V::store(s1 + g * W, u[g]);
+    V::store(s2 + g * W, q[g]);
+  }
+}
+
 template <class T>
 inline void tile_moments_cl(const T* x, int64_t rows, int64_t C, T* k, T* s1, T* s2) {
   using V = Vec<T>;
   constexpr int64_t W = V::width;
-  for (int64_t c = 0; c < C; ++c) k[c] = x[c];
-  for (int64_t r = 1; r < rows; ++r) {
-    const T* p = x + r * C;
-    int64_t c = 0;
-    for (; c + W <= C; c += W) V::store(k + c, V::add(V::load(k + c), V::load(p + c)));
-    for (; c < C; ++c) k[c] += p[c];
-  }
-  const T inv = T(1) / static_cast<T>(rows);
-  for (int64_t c = 0; c < C; ++c) {
-    k[c] *= inv;
-    s1[c] = 0;
-    s2[c] = 0;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* p = x + r * C;
-    int64_t c = 0;
-    for (; c + W <= C; c += W) {
-      const typename V::reg d = V::sub(V::load(p + c), V::load(k + c));
-      V::store(s1 + c, V::add(V::load(s1 + c), d));
-      V::store(s2 + c, V::fmadd(d, d, V::load(s2 + c)));
-    }
-    for (; c < C; ++c) {
-      const T d = p[c] - k[c];
-      s1[c] += d;
-      s2[c] = V::fma1(d, d, s2[c]);
-    }
-  }
+  int64_t c = 0;
+  for (; c + kGroup * W <= C; c += kGroup * W) group_moments_cl<T, V, kGroup>(x + c, rows, C, k + c, s1 + c, s2 + c);
+  for (; c + W <= C; c += W) group_moments_cl<T, V, 1>(x + c, rows, C, k + c, s1 + c, s2 + c);
+  for (; c < C; ++c) group_moments_cl<T, Lane<T>, 1>(x + c, rows, C, k + c, s1 + c, s2 + c);
 }
 
 // Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
-// n_acc values: the same formulas as block_moments + merge.
+// n_acc values: the formulas of block_moments + merge.
 template <class T>
 inline void merge_tile_cl(double* pm, double* pq, double n_acc, int64_t rows, int64_t C, const T* k, const T* s1,
                           const T* s2) {
@@ -387,110 +408,147 @@ inline void merge_tile_cl(double* pm, double* pq, double n_acc, int64_t rows, in
   }
 }
 
-template <class T, bool kStream>
-inline void normalize_row_cl(const T* x, T* y, int64_t C, const T* mu, const T* sc, const T* sh) {
-  using V = Vec<T>;
+// Per channel of [0, G * V::width): g = sum(dy), h = sum(dy * (x - mu)) over the tile.
+template <class T, class V, int G>
+inline void group_grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu, T* g_out, T* h_out) {
   constexpr int64_t W = V::width;
-  int64_t c = 0;
-  if (kStream) {
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(y) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, C) : 0;
-    for (; c < head; ++c) y[c] = V::fma1(x[c] - mu[c], sc[c], sh[c]);
+  typename V::reg m[G], g[G], h[G];
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) {
+    m[j] = V::load(mu + j * W);
+    g[j] = h[j] = V::zero();
   }
-  for (; c + W <= C; c += W) {
-    const typename V::reg r =
-        V::fmadd(V::sub(V::load(x + c), V::load(mu + c)), V::load(sc + c), V::load(sh + c));
-    if (kStream) {
-      V::stream(y + c, r);
-    } else {
-      V::store(y + c, r);
-    }
-  }
-  for (; c < C; ++c) y[c] = V::fma1(x[c] - mu[c], sc[c], sh[c]);
-}
-
-template <class T>
-inline void normalize_rows_cl(bool stream, const T* x, T* y, int64_t rows, int64_t C, const T* mu, const T* sc,
-                              const T* sh) {
   for (int64_t r = 0; r < rows; ++r) {
-    if (stream) {
-      normalize_row_cl<T, true>(x + r * C, y + r * C, C, mu, sc, sh);
-    } else {
-      normalize_row_cl<T, false>(x + r * C, y + r * C, C, mu, sc, sh);
+    const T* pd = dy + r * C;
+    const T* px = x + r * C;
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) {
+      const typename V::reg d = V::load(pd + j * W);
+      g[j] = V::add(g[j], d);
+      h[j] = V::fmadd(d, V::sub(V::load(px + j * W), m[j]), h[j]);
     }
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) {
+    V::store(g_out + j * W, g[j]);
+    V::store(h_out + j * W, h[j]);
   }
 }
 
-// Adds per-channel sums of dy and dy * (x - mu) over a tile into g and h (zeroed by the caller).
 template <class T>
 inline void tile_grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu, T* g, T* h) {
   using V = Vec<T>;
   constexpr int64_t W = V::width;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* pd = dy + r * C;
-    const T* px = x + r * C;
-    int64_t c = 0;
-    for (; c + W <= C; c += W) {
-      const typename V::reg d = V::load(pd + c);
-      V::store(g + c, V::add(V::load(g + c), d));
-      V::store(h + c, V::fmadd(d, V::sub(V::load(px + c), V::load(mu + c)), V::load(h + c)));
-    }
-    for (; c < C; ++c) {
-      g[c] += pd[c];
-      h[c] = V::fma1(pd[c], px[c] - mu[c], h[c]);
-    }
+  int64_t c = 0;
+  for (; c + kGroup * W <= C; c += kGroup * W) {
+    group_grad_sums_cl<T, V, kGroup>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
   }
+  for (; c + W <= C; c += W) group_grad_sums_cl<T, V, 1>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
+  for (; c < C; ++c) group_grad_sums_cl<T, Lane<T>, 1>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
 }
 
-// dx over rows: dx = a * dy + (b * (x - mu) + d) per channel; with kScaleOnly, dx = a * dy.
-template <class T, bool kStream, bool kScaleOnly>
-inline void grad_row_cl(const T* dy, const T* x, T* dx, int64_t C, const T* mu, const T* ka, const T* kb,
-                        const T* kd) {
+// Channel index bookkeeping of a flat run over whole rows: c advances by one vector and wraps at C.
+struct ChannelCursor {
+  int64_t c = 0, C, step;
+  ChannelCursor(int64_t channels, int64_t width) : C(channels), step(width % channels) {}
+  void advance() {
+    c += step;
+    if (c >= C) c -= C;
+  }
+  void advance1() {
+    if (++c == C) c = 0;
+  }
+};
+
+// Extends per-channel coefficients (first C entries written) to C + W entries, entry j = entry j % C.
+template <class T>
+inline void extend_channels(T* a, int64_t C, int64_t W) {
+  for (int64_t j = C; j < C + W; ++j) a[j] = a[j % C];
+}
+
+// y = (x - mu) * sc + sh over `n` values of whole rows; mu / sc / sh extended.
+template <class T, bool kStream>
+inline void normalize_flat_cl(const T* x, T* y, int64_t n, int64_t C, const T* mu, const T* sc, const T* sh) {
   using V = Vec<T>;
   constexpr int64_t W = V::width;
-  auto one = [&](int64_t j) {
-    return kScaleOnly ? dy[j] * ka[j] : V::fma1(ka[j], dy[j], V::fma1(kb[j], x[j] - mu[j], kd[j]));
-  };
-  int64_t c = 0;
+  ChannelCursor cur(C, W);
+  int64_t i = 0;
   if (kStream) {
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(dx) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, C) : 0;
-    for (; c < head; ++c) dx[c] = one(c);
+    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(y) / sizeof(T)) % W);
+    const int64_t head = mis ? min64(W - mis, n) : 0;
+    for (; i < head; ++i, cur.advance1()) y[i] = V::fma1(x[i] - mu[cur.c], sc[cur.c], sh[cur.c]);
   }
-  for (; c + W <= C; c += W) {
-    typename V::reg r;
-    if (kScaleOnly) {
-      r = V::mul(V::load(dy + c), V::load(ka + c));
-    } else {
-      r = V::fmadd(V::load(ka + c), V::load(dy + c),
-                   V::fmadd(V::load(kb + c), V::sub(V::load(x + c), V::load(mu + c)), V::load(kd + c)));
-    }
+  for (; i + W <= n; i += W, cur.advance()) {
+    const int64_t c = cur.c;
+    const typename V::reg r = V::fmadd(V::sub(V::load(x + i), V::load(mu + c)), V::load(sc + c), V::load(sh + c));
     if (kStream) {
-      V::stream(dx + c, r);
+      V::stream(y + i, r);
     } else {
-      V::store(dx + c, r);
+      V::store(y + i, r);
     }
   }
-  for (; c < C; ++c) dx[c] = one(c);
+  for (; i < n; ++i, cur.advance1()) y[i] = V::fma1(x[i] - mu[cur.c], sc[cur.c], sh[cur.c]);
 }
 
 template <class T>
-inline void grad_rows_cl(bool stream, bool scale_only, const T* dy, const T* x, T* dx, int64_t rows, int64_t C,
-                         const T* mu, const T* ka, const T* kb, const T* kd) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t o = r * C;
-    if (stream) {
-      if (scale_only) {
-        grad_row_cl<T, true, true>(dy + o, x + o, dx + o, C, mu, ka, kb, kd);
-      } else {
-        grad_row_cl<T, true, false>(dy + o, x + o, dx + o, C, mu, ka, kb, kd);
-      }
+inline void normalize_flat_cl(bool stream, const T* x, T* y, int64_t n, int64_t C, const T* mu, const T* sc,
+                              const T* sh) {
+  if (stream) {
+    normalize_flat_cl<T, true>(x, y, n, C, mu, sc, sh);
+  } else {
+    normalize_flat_cl<T, false>(x, y, n, C, mu, sc, sh);
+  }
+}
+
+// dx = a * dy + (b * (x - mu) + d) per channel over whole rows; with kScaleOnly, dx = a * dy. Coefficients
+// extended.
+template <class T, bool kStream, bool kScaleOnly>
+inline void grad_flat_cl(const T* dy, const T* x, T* dx, int64_t n, int64_t C, const T* mu, const T* ka,
+                         const T* kb, const T* kd) {
+  using V = Vec<T>;
+  constexpr int64_t W = V::width;
+  ChannelCursor cur(C, W);
+  auto one = [&](int64_t j, int64_t c) {
+    return kScaleOnly ? dy[j] * ka[c] : V::fma1(ka[c], dy[j], V::fma1(kb[c], x[j] - mu[c], kd[c]));
+  };
+  int64_t i = 0;
+  if (kStream) {
+    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(dx) / sizeof(T)) % W);
+    const int64_t head = mis ? min64(W - mis, n) : 0;
+    for (; i < head; ++i, cur.advance1()) dx[i] = one(i, cur.c);
+  }
+  for (; i + W <= n; i += W, cur.advance()) {
+    const int64_t c = cur.c;
+    typename V::reg r;
+    if (kScaleOnly) {
+      r = V::mul(V::load(dy + i), V::load(ka + c));
     } else {
-      if (scale_only) {
-        grad_row_cl<T, false, true>(dy + o, x + o, dx + o, C, mu, ka, kb, kd);
-      } else {
-        grad_row_cl<T, false, false>(dy + o, x + o, dx + o, C, mu, ka, kb, kd);
-      }
+      r = V::fmadd(V::load(ka + c), V::load(dy + i),
+                   V::fmadd(V::load(kb + c), V::sub(V::load(x + i), V::load(mu + c)), V::load(kd + c)));
+    }
+    if (kStream) {
+      V::stream(dx + i, r);
+    } else {
+      V::store(dx + i, r);
+    }
+  }
+  for (; i < n; ++i, cur.advance1()) dx[i] = one(i, cur.c);
+}
+
+template <class T>
+inline void grad_flat_cl(bool stream, bool scale_only, const T* dy, const T* x, T* dx, int64_t n, int64_t C,
+                         const T* mu, const T* ka, const T* kb, const T* kd) {
+  if (stream) {
+    if (scale_only) {
+      grad_flat_cl<T, true, true>(dy, x, dx, n, C, mu, ka, kb, kd);
+    } else {
+      grad_flat_cl<T, true, false>(dy, x, dx, n, C, mu, ka, kb, kd);
+    }
+  } else {
+    if (scale_only) {
+      grad_flat_cl<T, false, true>(dy, x, dx, n, C, mu, ka, kb, kd);
+    } else {
+      grad_flat_cl<T, false, false>(dy, x, dx, n, C, mu, ka, kb, kd);
     }
   }
 }
@@ -504,7 +562,7 @@ struct RowPlan {
 template <class T>
 inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T)) * arrays;
-  const int64_t tile = min64(max64(1, kBlockBytes * arrays / row_bytes), rows);
+  const int64_t tile = min64(max64(1, kTileBytes * arrays / row_bytes), rows);
   const int64_t chunk = tile * max64(1, kChunkBytes / (tile * row_bytes));
   return {tile, chunk, ceil_div(rows, chunk)};
 }
@@ -576,14 +634,15 @@ void train_cl(const TrainArgs<T>& a, const Exec& ex) {
   const int nt = pick_threads(ex.max_threads, bytes, plan.nchunks);
   const bool stream = can_stream(a.y, bytes);
   const int64_t Cp = round_up(C, 16);  // per-thread scratch rows on their own cache lines
+  const int64_t Ce = C + Vec<T>::width;
 
-  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 3 * Carver::bytes<T>(C) +
+  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 3 * Carver::bytes<T>(Ce) +
                                      Carver::bytes<T>(3 * Cp * nt)));
   double* pmean = carve.take<double>(plan.nchunks * C);
   double* pm2 = carve.take<double>(plan.nchunks * C);
-  T* mu = carve.take<T>(C);
-  T* sc = carve.take<T>(C);
-  T* sh = carve.take<T>(C);
+  T* mu = carve.take<T>(Ce);
+  T* sc = carve.take<T>(Ce);
+  T* sh = carve.take<T>(Ce);
   T* scratch = carve.take<T>(3 * Cp * nt);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -617,10 +676,16 @@ void train_cl(const TrainArgs<T>& a, const Exec& ex) {
       sc[c] = q.scale;
       sh[c] = q.shift;
     }
+#pragma omp single
+    {
+      extend_channels(mu, C, Vec<T>::width);
+      extend_channels(sc, C, Vec<T>::width);
+      extend_channels(sh, C, Vec<T>::width);
+    }
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
       const int64_t r0 = plan.chunk_begin(ch);
-      normalize_rows_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(plan.chunk, R - r0), C, mu, sc, sh);
+      normalize_flat_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(plan.chunk, R - r0) * C, C, mu, sc, sh);
     }
     if (stream) stream_fence();
   }
@@ -644,16 +709,20 @@ void infer(const InferArgs<T>& a, const Exec& ex) {
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(T));
   const bool stream = can_stream(a.y, bytes);
 
-  Carver carve(ex.workspace->reserve(3 * Carver::bytes<T>(C)));
-  T* mu = carve.take<T>(C);
-  T* sc = carve.take<T>(C);
-  T* sh = carve.take<T>(C);
+  const int64_t Ce = C + Vec<T>::width;
+  Carver carve(ex.workspace->reserve(3 * Carver::bytes<T>(Ce)));
+  T* mu = carve.take<T>(Ce);
+  T* sc = carve.take<T>(Ce);
+  T* sh = carve.take<T>(Ce);
   for (int64_t c = 0; c < C; ++c) {
     const double g = a.gamma ? static_cast<double>(a.gamma[c]) : 1.0;
     mu[c] = a.mean[c];
     sc[c] = static_cast<T>(g * inv_std(static_cast<double>(a.var[c]), a.eps));
     sh[c] = a.beta ? a.beta[c] : T(0);
   }
+  extend_channels(mu, C, Vec<T>::width);
+  extend_channels(sc, C, Vec<T>::width);
+  extend_channels(sh, C, Vec<T>::width);
 
   if (L == 1) {
     const int64_t rows_per_unit = max64(1, kBlockBytes / (C * static_cast<int64_t>(sizeof(T))));
@@ -664,7 +733,7 @@ void infer(const InferArgs<T>& a, const Exec& ex) {
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < units; ++u) {
         const int64_t r0 = u * rows_per_unit;
-        normalize_rows_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(rows_per_unit, N - r0), C, mu, sc, sh);
+        normalize_flat_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(rows_per_unit, N - r0) * C, C, mu, sc, sh);
       }
       if (stream) stream_fence();
     }
@@ -784,24 +853,32 @@ void backward_cl(const BackwardArgs<T>& a, const Exec& ex) {
   const bool sums = a.batch_stats || a.dgamma || a.dbeta;
   const bool scale_only = !a.batch_stats;
   const int64_t Cp = round_up(C, 16);
+  const int64_t Ce = C + Vec<T>::width;
 
-  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 4 * Carver::bytes<T>(C) +
+  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 4 * Carver::bytes<T>(Ce) +
                                      Carver::bytes<T>(2 * Cp * nt)));
   double* psdy = carve.take<double>(plan.nchunks * C);
   double* psdyx = carve.take<double>(plan.nchunks * C);
-  T* mu = carve.take<T>(C);
-  T* ka = carve.take<T>(C);
-  T* kb = carve.take<T>(C);
-  T* kd = carve.take<T>(C);
+  T* mu = carve.take<T>(Ce);
+  T* ka = carve.take<T>(Ce);
+  T* kb = carve.take<T>(Ce);
+  T* kd = carve.take<T>(Ce);
   T* scratch = carve.take<T>(2 * Cp * nt);
+  auto set_coef = [&](int64_t c, const GradCoef<T>& k) {
+    ka[c] = k.a;
+    kb[c] = k.b;
+    kd[c] = k.d;
+  };
+  auto extend_coef = [&] {
+    extend_channels(ka, C, Vec<T>::width);
+    extend_channels(kb, C, Vec<T>::width);
+    extend_channels(kd, C, Vec<T>::width);
+  };
   for (int64_t c = 0; c < C; ++c) mu[c] = a.mean[c];
-  if (scale_only) {
-    for (int64_t c = 0; c < C; ++c) {
-      const GradCoef<T> k = grad_coef(a, c, 0.0, 0.0);
-      ka[c] = k.a;
-      kb[c] = k.b;
-      kd[c] = k.d;
-    }
+  extend_channels(mu, C, Vec<T>::width);
+  if (scale_only) {  // frozen statistics: the coefficients need no sums
+    for (int64_t c = 0; c < C; ++c) set_coef(c, grad_coef(a, c, 0.0, 0.0));
+    extend_coef();
   }
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -816,15 +893,14 @@ void backward_cl(const BackwardArgs<T>& a, const Exec& ex) {
         for (int64_t c = 0; c < C; ++c) pg[c] = ph[c] = 0;
         const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
         for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
-          const int64_t rows = min64(plan.tile, end - r0);
-          for (int64_t c = 0; c < C; ++c) g[c] = h[c] = 0;
-          tile_grad_sums_cl(a.dy + r0 * C, a.x + r0 * C, rows, C, mu, g, h);
+          const int64_t rows = min64(plan.tile, end - r0), o = r0 * C;
+          tile_grad_sums_cl(a.dy + o, a.x + o, rows, C, mu, g, h);
           for (int64_t c = 0; c < C; ++c) {
             pg[c] += static_cast<double>(g[c]);
             ph[c] += static_cast<double>(h[c]);
           }
-          if (scale_only) {  // frozen statistics: dx of this tile while it is in cache
-            grad_rows_cl(stream, true, a.dy + r0 * C, a.x + r0 * C, a.dx + r0 * C, rows, C, mu, ka, kb, kd);
+          if (scale_only) {  // dx of this tile while it is in cache
+            grad_flat_cl(stream, true, a.dy + o, a.x + o, a.dx + o, rows * C, C, mu, ka, kb, kd);
           }
         }
       }
@@ -835,18 +911,20 @@ void backward_cl(const BackwardArgs<T>& a, const Exec& ex) {
           sdy += psdy[ch * C + c];
           sdyx += psdyx[ch * C + c];
         }
-        const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);
-        ka[c] = k.a;
-        kb[c] = k.b;
-        kd[c] = k.d;
+        const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);  // writes dgamma / dbeta
+        if (!scale_only) set_coef(c, k);
+      }
+      if (!scale_only) {
+#pragma omp single
+        extend_coef();
       }
     }
     if (!scale_only || !sums) {
 #pragma omp for schedule(static)
       for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
         const int64_t r0 = plan.chunk_begin(ch), o = r0 * C;
-        grad_rows_cl(stream, scale_only, a.dy + o, a.x + o, a.dx + o, min64(plan.chunk, R - r0), C, mu, ka, kb,
-                     kd);
+        grad_flat_cl(stream, scale_only, a.dy + o, a.x + o, a.dx + o, min64(plan.chunk, R - r0) * C, C, mu, ka,
+                     kb, kd);
       }
     }
     if (stream) stream_fence();
@@ -862,12 +940,34 @@ void backward(const BackwardArgs<T>& a, const Exec& ex) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Copy
+
+void copy(const float* src, float* dst, int64_t count, const Exec& ex) {
+  constexpr int64_t kUnit = 16 * 1024;  // floats per work unit
+  const int64_t units = ceil_div(count, kUnit);
+  const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
+  const int nt = pick_threads(ex.max_threads, 2 * bytes, units);
+  const bool stream = can_stream(dst, bytes);
+  const Coef<float> identity{0.0f, 1.0f, 0.0f};
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t i = u * kUnit;
+      normalize_run(stream, src + i, dst + i, min64(kUnit, count - i), identity);
+    }
+    if (stream) stream_fence();
+  }
+}
+
 }  // namespace
 
 const KernelTable& table() {
   static const KernelTable t{FASTBN_ISA_NAME,
                              {&train<float>, &infer<float>, &backward<float>},
-                             {&train<double>, &infer<double>, &backward<double>}};
+                             {&train<double>, &infer<double>, &backward<double>},
+                             &copy};
   return t;
 }
 

@@ -13,6 +13,35 @@ namespace fastbn {
 namespace cpu {
 namespace FASTBN_ISA_NS {
 
+// One lane with the vector interface: loop tails and the scalar path.
+template <class T>
+struct Lane {
+  using reg = T;
+  static constexpr int width = 1;
+  static inline reg load(const T* p) { return *p; }
+  static inline void store(T* p, reg v) { *p = v; }
+  static inline void stream(T* p, reg v) { *p = v; }
+  static inline reg set1(T v) { return v; }
+  static inline reg zero() { return T(0); }
+  static inline reg add(reg a, reg b) { return a + b; }
+  static inline reg sub(reg a, reg b) { return a - b; }
+  static inline reg mul(reg a, reg b) { return a * b; }
+#if defined(FASTBN_ISA_AVX512) || defined(FASTBN_ISA_AVX2)
+  static inline reg fmadd(reg a, reg b, reg c) { return fma1(a, b, c); }
+  static inline T fma1(T a, T b, T c) {
+    if constexpr (sizeof(T) == 4) {
+      return __builtin_fmaf(a, b, c);
+    } else {
+      return __builtin_fma(a, b, c);
+    }
+  }
+#else
+  static inline reg fmadd(reg a, reg b, reg c) { return a * b + c; }
+  static inline T fma1(T a, T b, T c) { return a * b + c; }
+#endif
+  static inline double hsum(reg v) { return static_cast<double>(v); }
+};
+
 template <class T>
 struct Vec;
 
@@ -118,27 +147,10 @@ static inline void stream_fence() { _mm_sfence(); }
 
 #else  // portable scalar path: one lane; the compiler may still use the baseline ISA (SSE2 on x86-64).
 
-template <class T>
-struct ScalarVec {
-  using reg = T;
-  static constexpr int width = 1;
-  static inline reg load(const T* p) { return *p; }
-  static inline void store(T* p, reg v) { *p = v; }
-  static inline void stream(T* p, reg v) { *p = v; }
-  static inline reg set1(T v) { return v; }
-  static inline reg zero() { return T(0); }
-  static inline reg add(reg a, reg b) { return a + b; }
-  static inline reg sub(reg a, reg b) { return a - b; }
-  static inline reg mul(reg a, reg b) { return a * b; }
-  static inline reg fmadd(reg a, reg b, reg c) { return a * b + c; }
-  static inline T fma1(T a, T b, T c) { return a * b + c; }
-  static inline double hsum(reg v) { return static_cast<double>(v); }
-};
-
 template <>
-struct Vec<float> : ScalarVec<float> {};
+struct Vec<float> : Lane<float> {};
 template <>
-struct Vec<double> : ScalarVec<double> {};
+struct Vec<double> : Lane<double> {};
 
 static inline void stream_fence() {}
 
