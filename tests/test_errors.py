@@ -80,12 +80,46 @@ def test_failed_call_leaves_out_untouched():
     assert np.all(out == 7.0)
 
 
-def test_device_arrays_are_refused_by_the_host_functions():
-    class FakeDevice:
-        __cuda_array_interface__ = {"shape": (2, 2), "typestr": "<f4", "data": (0, False), "version": 3}
+class FakeDeviceArray:
+    """Looks like a CUDA array; its pointer must never reach a real GPU, so only used where none is."""
 
-    with pytest.raises(TypeError, match="device"):
-        fastbn.batch_norm_train(FakeDevice())
+    def __init__(self, shape, typestr="<f4"):
+        self.__cuda_array_interface__ = {"shape": shape, "typestr": typestr, "data": (0, False), "version": 3}
+
+
+no_gpu = pytest.mark.skipif(fastbn.cuda.is_available(), reason="fake device pointers must not reach a real GPU")
+
+
+def test_host_and_device_arrays_do_not_mix():
+    with pytest.raises(TypeError, match="on the GPU but x is a host"):
+        fastbn.batch_norm_train(x4(), FakeDeviceArray((3,)))
+    with pytest.raises(TypeError, match="host array but the other arrays are on the GPU"):
+        fastbn.batch_norm_train(FakeDeviceArray((4, 3)), np.ones(3, F32))
+    with pytest.raises(TypeError, match="dy is on the GPU but x is a host"):
+        fastbn.batch_norm_backward(FakeDeviceArray((4, 3)), np.ones((4, 3), F32), np.ones(3, F32), np.ones(3, F32))
+
+
+@no_gpu
+def test_device_input_without_cuda_says_so():
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        fastbn.batch_norm_train(FakeDeviceArray((4, 3)))
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        fastbn.BatchNorm(3, device="cuda")
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        fastbn.cuda.to_device(np.ones(3, F32))
+
+
+def test_device_argument_validation():
+    with pytest.raises(ValueError, match="device must be"):
+        fastbn.BatchNorm(3, device="tpu")
+    bn = fastbn.BatchNorm(3)
+    with pytest.raises(TypeError, match="lives on the CPU"):
+        bn(FakeDeviceArray((4, 3)))
+
+
+def test_device_arrays_keep_dtype_rules():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastbn.batch_norm_train(FakeDeviceArray((4, 3), "<i4"))
 
 
 def test_core_rejects_inconsistent_arguments_without_crashing():

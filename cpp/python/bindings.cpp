@@ -139,6 +139,95 @@ void stream_copy(const py::array& src, const py::array& dst) {
   fastbn::detail::stream_copy(p<float>(a), p<float>(b), n);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// CUDA: device pointers arrive as integers from fastbn/cuda.py, which has already checked every shape and
+// dtype against the arrays' __cuda_array_interface__.
+
+template <class T>
+T* dptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+void cuda_train(uintptr_t x, uintptr_t y, uintptr_t gamma, uintptr_t beta, uintptr_t mean, uintptr_t var,
+                int64_t outer, int64_t channels, int64_t inner, double eps, bool f64, uintptr_t stream) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  py::gil_scoped_release nogil;
+  void* st = reinterpret_cast<void*>(stream);
+  if (f64) {
+    fastbn::cuda::forward_train(dptr<double>(x), dptr<double>(y), dptr<double>(gamma), dptr<double>(beta),
+                                dptr<double>(mean), dptr<double>(var), s, eps, st);
+  } else {
+    fastbn::cuda::forward_train(dptr<float>(x), dptr<float>(y), dptr<float>(gamma), dptr<float>(beta),
+                                dptr<float>(mean), dptr<float>(var), s, eps, st);
+  }
+}
+
+void cuda_infer(uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr_t gamma, uintptr_t beta,
+                int64_t outer, int64_t channels, int64_t inner, double eps, bool f64, uintptr_t stream) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  py::gil_scoped_release nogil;
+  void* st = reinterpret_cast<void*>(stream);
+  if (f64) {
+    fastbn::cuda::forward_infer(dptr<double>(x), dptr<double>(y), dptr<double>(mean), dptr<double>(var),
+                                dptr<double>(gamma), dptr<double>(beta), s, eps, st);
+  } else {
+    fastbn::cuda::forward_infer(dptr<float>(x), dptr<float>(y), dptr<float>(mean), dptr<float>(var),
+                                dptr<float>(gamma), dptr<float>(beta), s, eps, st);
+  }
+}
+
+void cuda_backward(uintptr_t dy, uintptr_t x, uintptr_t mean, uintptr_t var, uintptr_t gamma, uintptr_t dx,
+                   uintptr_t dgamma, uintptr_t dbeta, int64_t outer, int64_t channels, int64_t inner, double eps,
+                   bool batch_stats, bool f64, uintptr_t stream) {
+  const fastbn::Shape s = shape_of(outer, channels, inner);
+  py::gil_scoped_release nogil;
+  void* st = reinterpret_cast<void*>(stream);
+  if (f64) {
+    fastbn::cuda::backward(dptr<double>(dy), dptr<double>(x), dptr<double>(mean), dptr<double>(var),
+                           dptr<double>(gamma), dptr<double>(dx), dptr<double>(dgamma), dptr<double>(dbeta), s, eps,
+                           batch_stats, st);
+  } else {
+    fastbn::cuda::backward(dptr<float>(dy), dptr<float>(x), dptr<float>(mean), dptr<float>(var),
+                           dptr<float>(gamma), dptr<float>(dx), dptr<float>(dgamma), dptr<float>(dbeta), s, eps,
+                           batch_stats, st);
+  }
+}
+
+void cuda_update_running_stats(uintptr_t running_mean, uintptr_t running_var, uintptr_t mean, uintptr_t var,
+                               int64_t channels, int64_t count, double factor, bool f64, uintptr_t stream) {
+  py::gil_scoped_release nogil;
+  void* st = reinterpret_cast<void*>(stream);
+  if (f64) {
+    fastbn::cuda::update_running_stats(dptr<double>(running_mean), dptr<double>(running_var), dptr<double>(mean),
+                                       dptr<double>(var), channels, count, factor, st);
+  } else {
+    fastbn::cuda::update_running_stats(dptr<float>(running_mean), dptr<float>(running_var), dptr<float>(mean),
+                                       dptr<float>(var), channels, count, factor, st);
+  }
+}
+
+// Owns one cudaMalloc allocation; fastbn/cuda.py wraps it into DeviceArray.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t nbytes) : nbytes_(nbytes), ptr_(fastbn::cuda::device_alloc(nbytes ? nbytes : 1)) {}
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { fastbn::cuda::device_free(ptr_); }
+  uintptr_t ptr() const { return reinterpret_cast<uintptr_t>(ptr_); }
+  size_t nbytes() const { return nbytes_; }
+
+ private:
+  size_t nbytes_;
+  void* ptr_;
+};
+
+void check_host_bytes(const py::buffer_info& info, size_t nbytes) {
+  if (static_cast<size_t>(info.size * info.itemsize) != nbytes) {
+    throw py::value_error("fastbn: host array has " + std::to_string(info.size * info.itemsize) +
+                          " bytes, the device buffer " + std::to_string(nbytes));
+  }
+}
+
 py::dict build_info() {
   const fastbn::BuildInfo b = fastbn::build_info();
   py::dict d;
@@ -198,6 +287,42 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
   m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
   m.def("build_info", &build_info);
+  m.def("cuda_is_available", &fastbn::cuda::is_available);
+  m.def("cuda_device_count", &fastbn::cuda::device_count);
+  m.def("cuda_device_description", &fastbn::cuda::device_description, py::arg("device") = 0);
+  m.def("cuda_synchronize", [](uintptr_t stream) {
+    py::gil_scoped_release nogil;
+    fastbn::cuda::synchronize(reinterpret_cast<void*>(stream));
+  }, py::arg("stream") = 0);
+  m.def("cuda_train", &cuda_train);
+  m.def("cuda_infer", &cuda_infer);
+  m.def("cuda_backward", &cuda_backward);
+  m.def("cuda_update_running_stats", &cuda_update_running_stats);
+  py::class_<DeviceBuffer>(m, "DeviceBuffer")
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("ptr", &DeviceBuffer::ptr)
+      .def_property_readonly("nbytes", &DeviceBuffer::nbytes)
+      .def("copy_from_host", [](DeviceBuffer& b, const py::array& a) {
+        py::array c = py::array::ensure(a, py::array::c_style);
+        const py::buffer_info info = c.request();
+        check_host_bytes(info, b.nbytes());
+        py::gil_scoped_release nogil;
+        fastbn::cuda::copy_to_device(reinterpret_cast<void*>(b.ptr()), info.ptr, b.nbytes());
+      }, py::arg("host"))
+      .def("copy_to_host", [](const DeviceBuffer& b, py::array& a) {
+        const py::buffer_info info = a.request(true);
+        if (!(py::detail::array_proxy(a.ptr())->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) {
+          throw py::value_error("fastbn: the host array must be C-contiguous");
+        }
+        check_host_bytes(info, b.nbytes());
+        py::gil_scoped_release nogil;
+        fastbn::cuda::copy_to_host(info.ptr, reinterpret_cast<const void*>(b.ptr()), b.nbytes());
+      }, py::arg("host"))
+      .def("copy_from_device", [](DeviceBuffer& b, uintptr_t src) {
+        py::gil_scoped_release nogil;
+        fastbn::cuda::copy_on_device(reinterpret_cast<void*>(b.ptr()), reinterpret_cast<const void*>(src),
+                                     b.nbytes());
+      }, py::arg("src"));
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
         "Copy float32 src into dst with streaming stores on all threads (the benchmark's bandwidth yardstick).");
 }

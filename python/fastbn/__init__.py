@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from . import _core
+from . import _core, cuda
 from .batchnorm import BatchNorm
 from .functional import batch_norm_backward, batch_norm_infer, batch_norm_train
 
@@ -33,6 +33,7 @@ __all__ = [
     "get_include",
     "get_library_dir",
     "get_cmake_dir",
+    "cuda",
     "__version__",
 ]
 

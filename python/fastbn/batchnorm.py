@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Dict, List, Optional
 
@@ -58,6 +59,10 @@ class BatchNorm:
         The channel axis of the inputs (1 for (N, C, ...), -1 for channels-last).
     dtype : float32 or float64
         dtype of the parameters, statistics and accepted inputs.
+    device : "cpu" or "cuda"
+        Where gamma, beta, their gradients and the running statistics live. With "cuda" they are
+        :class:`fastbn.cuda.DeviceArray` objects and inputs must be CUDA arrays (CuPy, PyTorch CUDA tensors, ...);
+        ``state_dict()`` still returns NumPy copies.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class BatchNorm:
         track_running_stats: bool = True,
         axis: int = 1,
         dtype=np.float32,
+        device: str = "cpu",
     ) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(f"fastbn: num_features must be an int, got {type(num_features).__name__}")
@@ -84,16 +90,61 @@ class BatchNorm:
         self.track_running_stats = bool(track_running_stats)
         self.axis = int(axis)
         self.dtype = _check_dtype(dtype)
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"fastbn: device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            from . import cuda
+
+            cuda.require()
+        self.device = device
         self.training = True
         c, d = self.num_features, self.dtype
-        self.gamma: Optional[np.ndarray] = np.ones(c, d) if self.affine else None
-        self.beta: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
-        self.grad_gamma: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
-        self.grad_beta: Optional[np.ndarray] = np.zeros(c, d) if self.affine else None
-        self.running_mean: Optional[np.ndarray] = np.zeros(c, d) if self.track_running_stats else None
-        self.running_var: Optional[np.ndarray] = np.ones(c, d) if self.track_running_stats else None
+        self.gamma = self._array(np.ones(c, d)) if self.affine else None
+        self.beta = self._array(np.zeros(c, d)) if self.affine else None
+        self.grad_gamma = self._array(np.zeros(c, d)) if self.affine else None
+        self.grad_beta = self._array(np.zeros(c, d)) if self.affine else None
+        self.running_mean = self._array(np.zeros(c, d)) if self.track_running_stats else None
+        self.running_var = self._array(np.ones(c, d)) if self.track_running_stats else None
         self.num_batches_tracked = 0
         self._saved = None  # what backward needs from the last forward
+
+    # ------------------------------------------------------------------------------------------------------
+    # Storage: NumPy arrays on the CPU, DeviceArrays on the GPU
+
+    def _array(self, host: np.ndarray):
+        if self.device == "cpu":
+            return host
+        from . import cuda
+
+        return cuda.to_device(host)
+
+    def _set(self, target, host: np.ndarray) -> None:
+        """Overwrite a state array in place (references held by an optimizer stay valid)."""
+        if self.device == "cpu":
+            target[...] = host
+        else:
+            target._buffer.copy_from_host(np.ascontiguousarray(host, dtype=self.dtype))
+
+    def _host(self, a) -> np.ndarray:
+        return a.copy() if self.device == "cpu" else a.get()
+
+    def to(self, device: str) -> "BatchNorm":
+        """Move the parameters, gradients and running statistics to "cpu" or "cuda"; returns self."""
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"fastbn: device must be 'cpu' or 'cuda', got {device!r}")
+        if device == self.device:
+            return self
+        if device == "cuda":
+            from . import cuda
+
+            cuda.require()
+        names = ("gamma", "beta", "grad_gamma", "grad_beta", "running_mean", "running_var")
+        host = {k: None if getattr(self, k) is None else self._host(getattr(self, k)) for k in names}
+        self.device = device
+        for k, v in host.items():
+            setattr(self, k, None if v is None else self._array(v))
+        self._saved = None
+        return self
 
     # ------------------------------------------------------------------------------------------------------
     # Modes
@@ -110,41 +161,72 @@ class BatchNorm:
     # ------------------------------------------------------------------------------------------------------
     # Passes
 
-    def _check_input(self, x) -> np.ndarray:
-        a = F._float_array(x, "x")
-        if a.dtype != self.dtype:
-            raise TypeError(f"fastbn: this BatchNorm has dtype {self.dtype}, got input of dtype {a.dtype}")
-        if a.ndim >= 2:
-            ax = F._normalize_axis(self.axis, a.ndim)
-            if a.shape[ax] != self.num_features:
+    def _check_input(self, x):
+        if self.device == "cuda":
+            from . import cuda
+
+            if not cuda.is_device_array(x):
+                raise TypeError("fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host array")
+            d = cuda._read(x, "x")
+            a, shape, dtype = x, d.shape, d.dtype
+        else:
+            if F._on_gpu(x):
+                raise TypeError("fastbn: this BatchNorm lives on the CPU; got a GPU array (use device='cuda')")
+            a = F._float_array(x, "x")
+            shape, dtype = a.shape, a.dtype
+        if dtype != self.dtype:
+            raise TypeError(f"fastbn: this BatchNorm has dtype {self.dtype}, got input of dtype {dtype}")
+        if len(shape) >= 2:
+            ax = F._normalize_axis(self.axis, len(shape))
+            if shape[ax] != self.num_features:
                 raise ValueError(
-                    f"fastbn: expected {self.num_features} channels on axis {self.axis}, "
-                    f"got input of shape {a.shape}"
+                    f"fastbn: expected {self.num_features} channels on axis {self.axis}, got input of shape {shape}"
                 )
-        return a
+        return a, shape
 
     def forward(self, x, out=None) -> np.ndarray:
         """Normalize ``x``; in training mode also update the running statistics. Returns y (or ``out``)."""
-        a = self._check_input(x)
+        a, shape = self._check_input(x)
         use_batch = self.training or not self.track_running_stats
         if use_batch:
             y, mean, var = F.batch_norm_train(a, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out)
             if self.training and self.track_running_stats:
-                self._update_running_stats(mean, var, a.size // self.num_features)
+                self._update_running_stats(mean, var, math.prod(shape) // self.num_features)
         else:
             y = F.batch_norm_infer(
                 a, self.running_mean, self.running_var, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out
             )
-            mean, var = self.running_mean.copy(), self.running_var.copy()
-        overwritten = out is not None and np.may_share_memory(out, a)
-        self._saved = (a, mean, var, use_batch, overwritten)
+            mean, var = self._snapshot(self.running_mean), self._snapshot(self.running_var)
+        self._saved = (a, mean, var, use_batch, out is not None and self._overlaps(out, a))
         return y
 
     __call__ = forward
 
-    def _update_running_stats(self, mean: np.ndarray, var: np.ndarray, n: int) -> None:
+    def _snapshot(self, a):
+        if self.device == "cpu":
+            return a.copy()
+        from . import cuda
+
+        return cuda.copy(a)
+
+    def _overlaps(self, out, a) -> bool:
+        if self.device == "cpu":
+            return np.may_share_memory(out, a)
+        from . import cuda
+
+        o, i = cuda._read(out, "out"), cuda._read(a, "x")
+        size = math.prod(i.shape) * i.dtype.itemsize
+        return o.ptr < i.ptr + size and i.ptr < o.ptr + size
+
+    def _update_running_stats(self, mean, var, n: int) -> None:
         count = self.num_batches_tracked + 1
         factor = 1.0 / count if self.momentum is None else self.momentum
+        if self.device == "cuda":
+            from . import cuda
+
+            cuda.update_running_stats(self.running_mean, self.running_var, mean, var, n, factor)
+            self.num_batches_tracked = count
+            return
         unbiased = var.astype(np.float64) * (n / (n - 1))
         new_mean = (1.0 - factor) * self.running_mean + factor * mean.astype(np.float64)
         new_var = (1.0 - factor) * self.running_var + factor * unbiased
@@ -165,6 +247,18 @@ class BatchNorm:
             raise RuntimeError(
                 "fastbn: backward() needs the input of the last forward(), but forward(x, out=...) wrote over it"
             )
+        if self.device == "cuda":
+            from . import cuda
+
+            if not cuda.is_device_array(dy):
+                raise TypeError("fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host dy")
+            grads = None
+            if self.affine:
+                grads = ((self.grad_gamma, self.grad_gamma.ptr), (self.grad_beta, self.grad_beta.ptr))
+            dx, _, _ = cuda._backward(
+                dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine, grads
+            )
+            return dx
         dx, dgamma, dbeta = F._backward(
             dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine
         )
@@ -186,30 +280,30 @@ class BatchNorm:
 
     def zero_grad(self) -> None:
         for g in self.gradients():
-            g[...] = 0
+            self._set(g, np.zeros(self.num_features, self.dtype))
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self.running_mean[...] = 0
-            self.running_var[...] = 1
+            self._set(self.running_mean, np.zeros(self.num_features, self.dtype))
+            self._set(self.running_var, np.ones(self.num_features, self.dtype))
             self.num_batches_tracked = 0
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            self.gamma[...] = 1
-            self.beta[...] = 0
+            self._set(self.gamma, np.ones(self.num_features, self.dtype))
+            self._set(self.beta, np.zeros(self.num_features, self.dtype))
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Copies of the state under PyTorch's names: weight, bias (affine), running_mean, running_var,
         num_batches_tracked (tracked; an int64 0-d array)."""
         d: Dict[str, np.ndarray] = {}
         if self.affine:
-            d["weight"] = self.gamma.copy()
-            d["bias"] = self.beta.copy()
+            d["weight"] = self._host(self.gamma)
+            d["bias"] = self._host(self.beta)
         if self.track_running_stats:
-            d["running_mean"] = self.running_mean.copy()
-            d["running_var"] = self.running_var.copy()
+            d["running_mean"] = self._host(self.running_mean)
+            d["running_var"] = self._host(self.running_var)
             d["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return d
 
@@ -238,15 +332,16 @@ class BatchNorm:
                 raise ValueError(f"fastbn: {k} must have shape ({self.num_features},), got {v.shape}")
             new[k] = v.astype(self.dtype)
         if self.affine:
-            self.gamma[...] = new["weight"]
-            self.beta[...] = new["bias"]
+            self._set(self.gamma, new["weight"])
+            self._set(self.beta, new["bias"])
         if self.track_running_stats:
-            self.running_mean[...] = new["running_mean"]
-            self.running_var[...] = new["running_var"]
+            self._set(self.running_mean, new["running_mean"])
+            self._set(self.running_var, new["running_var"])
             self.num_batches_tracked = new["num_batches_tracked"]
 
     def __repr__(self) -> str:
         return (
             f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}, axis={self.axis}, dtype={self.dtype.name})"
+            f"track_running_stats={self.track_running_stats}, axis={self.axis}, dtype={self.dtype.name}"
+            + (", device='cuda')" if self.device == "cuda" else ")")
         )

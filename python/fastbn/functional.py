@@ -36,15 +36,28 @@ def _float_array(a, name: str) -> np.ndarray:
     if type(a) is np.ndarray and a.dtype.char in "fd":  # the common case, checked cheaply
         return a
     if not isinstance(a, np.ndarray):
-        if hasattr(a, "__cuda_array_interface__"):
+        if _on_gpu(a):
             raise TypeError(
-                f"fastbn: {name} is a CUDA device array; the NumPy functions take host arrays "
-                "(use fastbn.cuda for device arrays)"
+                f"fastbn: {name} is on the GPU but x is a host (NumPy) array; pass all arrays on one device"
             )
         a = np.asarray(a)
     if a.dtype not in _FLOATS:
         raise TypeError(f"fastbn: {name} must be a float32 or float64 array, got dtype {a.dtype}")
     return a
+
+
+def _on_gpu(a) -> bool:
+    if type(a) is np.ndarray:
+        return False
+    from .cuda import is_device_array
+
+    return is_device_array(a)
+
+
+def _gpu():
+    from . import cuda
+
+    return cuda
 
 
 def _normalize_axis(axis, ndim: int) -> int:
@@ -57,21 +70,25 @@ def _normalize_axis(axis, ndim: int) -> int:
     return int(axis) % ndim
 
 
+def _dense_order(shape, strides, itemsize) -> Optional[Tuple[int, ...]]:
+    """Axes from slowest to fastest in memory, if the memory is a permutation of a C-contiguous layout (no
+    gaps, no negative or zero strides); else None. Axes of extent 1 can go anywhere: they go last."""
+    big = [i for i in range(len(shape)) if shape[i] > 1]
+    order = sorted(big, key=lambda i: -strides[i])
+    expected = itemsize
+    for i in reversed(order):
+        if strides[i] != expected:
+            return None
+        expected *= shape[i]
+    return tuple(order + [i for i in range(len(shape)) if shape[i] <= 1])
+
+
 def _memory_order(a: np.ndarray) -> Optional[Tuple[int, ...]]:
-    """Axes of ``a`` from slowest to fastest in memory, if its memory is a permutation of a C-contiguous
-    array (no gaps, no negative or zero strides) and aligned; else None."""
     if not a.flags.aligned:
         return None
     if a.flags.c_contiguous:
-        return tuple(range(a.ndim))
-    big = [i for i in range(a.ndim) if a.shape[i] > 1]
-    order = sorted(big, key=lambda i: -a.strides[i])
-    expected = a.itemsize
-    for i in reversed(order):
-        if a.strides[i] != expected:
-            return None
-        expected *= a.shape[i]
-    return tuple(order + [i for i in range(a.ndim) if a.shape[i] <= 1])
+        return _IDENTITY[a.ndim]
+    return _dense_order(a.shape, a.strides, a.itemsize)
 
 
 def _flat(a: np.ndarray, perm: Tuple[int, ...]) -> Optional[np.ndarray]:
@@ -99,7 +116,7 @@ def _view(x, axis, name: str = "x") -> _View:
         return _View(a, _IDENTITY[a.ndim], a.reshape(-1), math.prod(shape[:ax]), channels, math.prod(shape[ax + 1 :]))
     perm = _memory_order(a)
     if perm is None:
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a)  # one copy of a layout the kernels cannot view
         perm = _IDENTITY[a.ndim]
     if channels == 1:
         outer, inner = 1, a.size
@@ -212,6 +229,8 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis: int = 1, eps: float = 1e
     mean, var : ndarray of shape (C,)
         The batch mean and the BIASED batch variance (divided by n, as used for normalization).
     """
+    if _on_gpu(x):
+        return _gpu().batch_norm_train(x, gamma, beta, axis=axis, eps=eps, out=out)
     v = _view(x, axis)
     e = _check_eps(eps)
     g = _channel_array(gamma, "gamma", v.channels, v.array.dtype, True)
@@ -230,6 +249,8 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis: int = 1, eps:
     Returns ``gamma * (x - mean) / sqrt(var + eps) + beta``; ``mean`` and ``var`` have shape (C,). Other
     arguments as in :func:`batch_norm_train`.
     """
+    if _on_gpu(x):
+        return _gpu().batch_norm_infer(x, mean, var, gamma, beta, axis=axis, eps=eps, out=out)
     v = _view(x, axis)
     e = _check_eps(eps)
     m = _channel_array(mean, "mean", v.channels, v.array.dtype, False)
@@ -242,6 +263,8 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis: int = 1, eps:
 
 
 def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_grads):
+    if _on_gpu(x):
+        return _gpu()._backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_grads)
     v = _view(x, axis)
     e = _check_eps(eps)
     d = _float_array(dy, "dy")

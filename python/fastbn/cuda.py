@@ -1,0 +1,399 @@
+"""fastbn on the GPU: the same functions and BatchNorm for CUDA device arrays.
+
+Any array exposing ``__cuda_array_interface__`` (CuPy arrays, PyTorch CUDA tensors, Numba, fastbn's own
+:class:`DeviceArray`) or a CUDA DLPack capsule (via CuPy or PyTorch when installed) runs on the GPU; results
+come back as arrays of the same kind (PyTorch in, PyTorch out; CuPy in, CuPy out; anything else gets a
+:class:`DeviceArray`, which CuPy, PyTorch and Numba wrap without a copy through its
+``__cuda_array_interface__``). Kernels are enqueued on the framework's current stream. Neither CuPy nor PyTorch
+is needed: :func:`to_device` and :meth:`DeviceArray.get` move NumPy data in and out.
+
+This module imports on every machine; :func:`is_available` says whether a device is usable (False, not an
+error, without a GPU, a driver, or CUDA compiled in).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from .functional import _check_eps, _dense_order, _normalize_axis
+
+__all__ = [
+    "is_available",
+    "device_count",
+    "device_description",
+    "DeviceArray",
+    "to_device",
+    "is_device_array",
+    "batch_norm_train",
+    "batch_norm_infer",
+    "batch_norm_backward",
+]
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def is_available() -> bool:
+    """True when fastbn was built with CUDA and a device is usable now."""
+    return bool(_core.cuda_is_available())
+
+
+def device_count() -> int:
+    return int(_core.cuda_device_count())
+
+
+def device_description(device: int = 0) -> str:
+    return _core.cuda_device_description(device)
+
+
+def require() -> None:
+    """Raise RuntimeError saying why the GPU path cannot run here."""
+    if not is_available():
+        why = "fastbn was built without CUDA" if not _core.build_info()["cuda"] else "no usable CUDA device"
+        raise RuntimeError(f"fastbn: CUDA is not available ({why})")
+
+
+class DeviceArray:
+    """A minimal CUDA array owned by fastbn: a shape, dtype and strides over one device allocation.
+
+    ``cupy.asarray(a)`` and ``torch.as_tensor(a, device="cuda")`` wrap it without a copy.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype=np.float32, *, _buffer=None, _strides=None, _offset=0):
+        self.shape: Tuple[int, ...] = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        itemsize = self.dtype.itemsize
+        if _strides is None:
+            strides, step = [], itemsize
+            for s in reversed(self.shape):
+                strides.append(step)
+                step *= s
+            _strides = tuple(reversed(strides))
+        self.strides: Tuple[int, ...] = tuple(_strides)
+        if _buffer is None:
+            require()
+            _buffer = _core.DeviceBuffer(math.prod(self.shape) * itemsize)
+        self._buffer = _buffer
+        self._offset = _offset
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    @property
+    def ptr(self) -> int:
+        return self._buffer.ptr + self._offset
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self.ptr, False),
+            "strides": self.strides,
+            "version": 3,
+        }
+
+    def transpose(self, *axes) -> "DeviceArray":
+        """A view with permuted axes (no copy)."""
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = tuple(axes[0])
+        if sorted(axes) != list(range(self.ndim)):
+            raise ValueError(f"fastbn: {axes} is not a permutation of {self.ndim} axes")
+        return DeviceArray(
+            [self.shape[a] for a in axes], self.dtype, _buffer=self._buffer,
+            _strides=[self.strides[a] for a in axes], _offset=self._offset,
+        )
+
+    def get(self) -> np.ndarray:
+        """Copy to a NumPy array of the same shape (synchronizes with the device)."""
+        _core.cuda_synchronize(0)
+        perm = _dense_order(self.shape, self.strides, self.dtype.itemsize)
+        if perm is None or self._offset or self.nbytes != self._buffer.nbytes:
+            raise ValueError("fastbn: only whole, dense DeviceArrays can be copied to the host")
+        host = np.empty([self.shape[i] for i in perm], self.dtype)
+        self._buffer.copy_to_host(host)
+        return host.transpose(np.argsort(perm))
+
+    def __repr__(self) -> str:
+        return f"DeviceArray(shape={self.shape}, dtype={self.dtype.name})"
+
+
+def to_device(host) -> DeviceArray:
+    """Copy a NumPy array (float32 or float64) to a new DeviceArray."""
+    a = np.ascontiguousarray(host)
+    if a.dtype not in _FLOATS:
+        raise TypeError(f"fastbn: expected float32 or float64 data, got dtype {a.dtype}")
+    d = DeviceArray(a.shape, a.dtype)
+    d._buffer.copy_from_host(a)
+    return d
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Reading device arrays
+
+
+class _Dev(NamedTuple):
+    obj: object  # the array as given (or a CAI-capable wrapper of a DLPack one)
+    kind: str  # "torch", "cupy" or "fastbn" (anything else with the interface is answered with DeviceArray)
+    ptr: int
+    shape: Tuple[int, ...]
+    strides: Tuple[int, ...]  # bytes
+    dtype: np.dtype
+
+
+def _module_of(a) -> str:
+    m = type(a).__module__.split(".")[0]
+    return m if m in ("torch", "cupy") else "fastbn"
+
+
+def is_device_array(a) -> bool:
+    """True for objects this module takes as GPU arrays."""
+    if isinstance(a, np.ndarray):
+        return False
+    if type(a).__module__.split(".")[0] == "torch" and hasattr(a, "is_cuda"):
+        return bool(a.is_cuda)
+    try:
+        if getattr(a, "__cuda_array_interface__", None) is not None:
+            return True
+    except Exception:  # noqa: BLE001 - e.g. a CPU tensor refusing the interface
+        return False
+    dev = getattr(a, "__dlpack_device__", None)
+    if dev is not None:
+        try:
+            return dev()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
+        except Exception:  # noqa: BLE001
+            return False
+    return False
+
+
+def _from_dlpack(a):
+    for mod in ("cupy", "torch"):
+        try:
+            lib = __import__(mod)
+            return lib.from_dlpack(a)
+        except ImportError:
+            continue
+    raise TypeError("fastbn: a CUDA DLPack array needs CuPy or PyTorch installed to be read")
+
+
+def _read(a, name: str) -> _Dev:
+    if type(a).__module__.split(".")[0] == "torch" and getattr(a, "requires_grad", False):
+        a = a.detach()  # the interface refuses tensors that require grad; the memory is the same
+    try:
+        cai = getattr(a, "__cuda_array_interface__", None)
+    except Exception:  # noqa: BLE001
+        cai = None
+    if cai is None:
+        if not is_device_array(a):
+            raise TypeError(
+                f"fastbn: {name} is a host array but the other arrays are on the GPU; "
+                "move it with fastbn.cuda.to_device (or your framework) first"
+            )
+        a = _from_dlpack(a)
+        cai = a.__cuda_array_interface__
+    dtype = np.dtype(cai["typestr"])
+    if dtype not in _FLOATS:
+        raise TypeError(f"fastbn: {name} must be float32 or float64, got dtype {dtype}")
+    shape = tuple(int(s) for s in cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:
+        strides, step = [], dtype.itemsize
+        for s in reversed(shape):
+            strides.append(step)
+            step *= s
+        strides = tuple(reversed(strides))
+    return _Dev(a, _module_of(a), int(cai["data"][0]), shape, tuple(int(s) for s in strides), dtype)
+
+
+def _stream_of(d: _Dev) -> int:
+    if d.kind == "torch":
+        import torch
+
+        return int(torch.cuda.current_stream(d.obj.device).cuda_stream)
+    if d.kind == "cupy":
+        import cupy
+
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0
+
+
+def _empty(like: _Dev, shape: Sequence[int], perm: Sequence[int], dtype: np.dtype):
+    """A new device array of the same kind as `like`, logical `shape`, laid out in memory in `perm` order."""
+    phys = [shape[i] for i in perm]
+    inv = tuple(int(i) for i in np.argsort(perm))
+    if like.kind == "torch":
+        import torch
+
+        tdtype = torch.float32 if dtype == np.float32 else torch.float64
+        t = torch.empty(phys, dtype=tdtype, device=like.obj.device).permute(*inv)
+        return t, int(t.data_ptr())
+    if like.kind == "cupy":
+        import cupy
+
+        c = cupy.empty(phys, dtype=dtype).transpose(inv)
+        return c, int(c.data.ptr)
+    d = DeviceArray(phys, dtype).transpose(inv)
+    return d, d.ptr
+
+
+class _View(NamedTuple):
+    dev: _Dev
+    perm: Tuple[int, ...]
+    outer: int
+    channels: int
+    inner: int
+
+
+def _view(x, axis, name="x") -> _View:
+    d = _read(x, name)
+    if len(d.shape) < 2:
+        raise ValueError(f"fastbn: expected {name} with at least 2 dimensions (batch, channels, ...), got {d.shape}")
+    ax = _normalize_axis(axis, len(d.shape))
+    if math.prod(d.shape) == 0:
+        raise ValueError(f"fastbn: {name} is empty (shape {d.shape}); every dimension must be >= 1")
+    perm = _dense_order(d.shape, d.strides, d.dtype.itemsize)
+    if perm is None:
+        if d.kind == "torch":
+            d = _read(d.obj.contiguous(), name)
+        elif d.kind == "cupy":
+            import cupy
+
+            d = _read(cupy.ascontiguousarray(d.obj), name)
+        else:
+            raise ValueError(f"fastbn: {name} must be dense on the GPU (a permutation of a contiguous layout)")
+        perm = _dense_order(d.shape, d.strides, d.dtype.itemsize)
+    c = d.shape[ax]
+    if c == 1:
+        return _View(d, perm, 1, 1, math.prod(d.shape))
+    pos = perm.index(ax)
+    return _View(d, perm, math.prod(d.shape[i] for i in perm[:pos]), c, math.prod(d.shape[i] for i in perm[pos + 1 :]))
+
+
+def _channel_ptr(p, name: str, v: _View, optional: bool) -> int:
+    if p is None:
+        if optional:
+            return 0
+        raise ValueError(f"fastbn: {name} is required")
+    d = _read(p, name)
+    if d.dtype != v.dev.dtype:
+        raise TypeError(f"fastbn: {name} has dtype {d.dtype}, but x has dtype {v.dev.dtype}; they must match")
+    if d.shape != (v.channels,):
+        raise ValueError(f"fastbn: {name} must have shape ({v.channels},) (one value per channel), got {d.shape}")
+    if d.strides[0] != d.dtype.itemsize and v.channels > 1:
+        raise ValueError(f"fastbn: {name} must be contiguous")
+    return d.ptr
+
+
+def _out(out, v: _View, name="out"):
+    if out is None:
+        return _empty(v.dev, v.dev.shape, v.perm, v.dev.dtype)
+    d = _read(out, name)
+    if d.shape != v.dev.shape:
+        raise ValueError(f"fastbn: {name} has shape {d.shape}, expected {v.dev.shape}")
+    if d.dtype != v.dev.dtype:
+        raise TypeError(f"fastbn: {name} has dtype {d.dtype}, expected {v.dev.dtype}")
+    if _dense_order(d.shape, d.strides, d.dtype.itemsize) != v.perm:
+        raise ValueError(f"fastbn: on the GPU, {name} must have the same memory layout as x")
+    return out, d.ptr
+
+
+def _channels(v: _View):
+    return _empty(v.dev, (v.channels,), (0,), v.dev.dtype)
+
+
+def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
+    """GPU twin of :func:`fastbn.batch_norm_train` (see there); returns device arrays."""
+    e = _check_eps(eps)
+    v = _view(x, axis)
+    g = _channel_ptr(gamma, "gamma", v, True)
+    b = _channel_ptr(beta, "beta", v, True)
+    if v.outer * v.inner < 2:
+        raise ValueError(
+            f"fastbn: expected more than 1 value per channel when training, got input of shape {v.dev.shape}"
+        )
+    require()
+    y, yp = _out(out, v)
+    mean, mp = _channels(v)
+    var, vp = _channels(v)
+    _core.cuda_train(v.dev.ptr, yp, g, b, mp, vp, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64,
+                     _stream_of(v.dev))
+    return y, mean, var
+
+
+def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
+    """GPU twin of :func:`fastbn.batch_norm_infer`."""
+    e = _check_eps(eps)
+    v = _view(x, axis)
+    m = _channel_ptr(mean, "mean", v, False)
+    s = _channel_ptr(var, "var", v, False)
+    g = _channel_ptr(gamma, "gamma", v, True)
+    b = _channel_ptr(beta, "beta", v, True)
+    require()
+    y, yp = _out(out, v)
+    _core.cuda_infer(v.dev.ptr, yp, m, s, g, b, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64,
+                     _stream_of(v.dev))
+    return y
+
+
+def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_grads, grads=None):
+    e = _check_eps(eps)
+    v = _view(x, axis)
+    d = _read(dy, "dy")
+    if d.shape != v.dev.shape:
+        raise ValueError(f"fastbn: dy has shape {d.shape}, but x has shape {v.dev.shape}; they must match")
+    if d.dtype != v.dev.dtype:
+        raise TypeError(f"fastbn: dy has dtype {d.dtype}, but x has dtype {v.dev.dtype}; they must match")
+    if _dense_order(d.shape, d.strides, d.dtype.itemsize) != v.perm:
+        raise ValueError("fastbn: on the GPU, dy must have the same memory layout as x")
+    m = _channel_ptr(mean, "mean", v, False)
+    s = _channel_ptr(var, "var", v, False)
+    g = _channel_ptr(gamma, "gamma", v, True)
+    require()
+    dx, dxp = _out(out, v)
+    if grads is not None:  # BatchNorm's own gradient arrays
+        (dgamma, dgp), (dbeta, dbp) = grads
+    elif want_param_grads:
+        (dgamma, dgp), (dbeta, dbp) = _channels(v), _channels(v)
+    else:
+        dgamma = dbeta = None
+        dgp = dbp = 0
+    _core.cuda_backward(d.ptr, v.dev.ptr, m, s, g, dxp, dgp, dbp, v.outer, v.channels, v.inner, e, bool(batch_stats),
+                        v.dev.dtype == np.float64, _stream_of(v.dev))
+    return dx, dgamma, dbeta
+
+
+def batch_norm_backward(dy, x, mean, var, gamma=None, *, axis=1, eps=1e-5, batch_stats=True, out=None):
+    """GPU twin of :func:`fastbn.batch_norm_backward`."""
+    return _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, True)
+
+
+def copy(a):
+    """A device copy of a device array, of the same kind."""
+    d = _read(a, "array")
+    if d.kind == "torch":
+        return a.clone()
+    if d.kind == "cupy":
+        return a.copy()
+    c = DeviceArray(d.shape, d.dtype)
+    c._buffer.copy_from_device(d.ptr)
+    return c
+
+
+def update_running_stats(running_mean, running_var, mean, var, count: int, factor: float) -> None:
+    """running = (1 - factor) * running + factor * batch on the device, the variance made unbiased."""
+    rm, rv, m, s = (_read(a, n) for a, n in ((running_mean, "running_mean"), (running_var, "running_var"),
+                                              (mean, "mean"), (var, "var")))
+    _core.cuda_update_running_stats(rm.ptr, rv.ptr, m.ptr, s.ptr, rm.shape[0], int(count), float(factor),
+                                    rm.dtype == np.float64, _stream_of(m))

@@ -1,0 +1,197 @@
+"""The CUDA path against the CPU path and PyTorch CUDA. Needs a usable GPU: skipped, with the reason, elsewhere
+(scripts/gpu-check.sh runs these on a GPU machine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ref_backward, ref_stats, ref_train
+
+import fastbn
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(
+        not fastbn.cuda.is_available(),
+        reason="no usable CUDA device (or fastbn built without CUDA): "
+        f"build_info()['cuda']={fastbn.build_info()['cuda']}",
+    ),
+]
+
+# (shape, axis, layout): layout "nhwc" builds channels-last memory.
+CASES = [
+    ((32, 16, 9, 9), 1, "nchw"),
+    ((16, 24, 7, 7), 1, "nhwc"),
+    ((6, 5, 4, 7), -1, "c"),
+    ((300, 70), 1, "c"),
+    ((4, 3, 5), 1, "c"),
+    ((2, 3, 4, 5, 6), 1, "c"),
+    ((64, 256, 14, 14), 1, "nchw"),
+    ((8192, 96), 1, "c"),
+    ((16, 64, 28, 28), 1, "nhwc"),
+]
+
+
+def host_input(rng, shape, layout, dtype):
+    if layout == "nhwc":
+        n, c, *sp = shape
+        return (rng.standard_normal((n, *sp, c)) * 2 + 0.5).astype(dtype).transpose(0, 3, 1, 2)
+    return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+
+
+def tol(dtype):
+    return (3e-5, 3e-5) if dtype == np.float32 else (1e-10, 1e-10)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# fastbn's own DeviceArray: no CuPy or PyTorch needed
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape,axis,layout", CASES)
+def test_device_array_passes_match_the_float64_reference(shape, axis, layout, dtype):
+    rng = np.random.default_rng(0)
+    x = host_input(rng, shape, layout, dtype)
+    c = x.shape[axis]
+    gamma = (rng.random(c) + 0.5).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    xd = fastbn.cuda.to_device(np.ascontiguousarray(x))
+    y, mean, var = fastbn.batch_norm_train(xd, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis)
+    assert isinstance(y, fastbn.cuda.DeviceArray)
+    y_ref, m_ref, v_ref = ref_train(x, gamma, beta, axis=axis)
+    rtol, atol = tol(dtype)
+    np.testing.assert_allclose(y.get(), y_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(mean.get(), m_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(var.get(), v_ref, rtol=rtol, atol=atol)
+    for batch_stats in (True, False):
+        dx, dg, db = fastbn.batch_norm_backward(fastbn.cuda.to_device(dy), xd, mean, var,
+                                                fastbn.cuda.to_device(gamma), axis=axis, batch_stats=batch_stats)
+        dx_ref, dg_ref, db_ref = ref_backward(dy, x, mean.get(), var.get(), gamma, axis=axis,
+                                              batch_stats=batch_stats)
+        n = x.size // c
+        np.testing.assert_allclose(dx.get(), dx_ref, rtol=10 * rtol, atol=10 * atol)
+        np.testing.assert_allclose(dg.get(), dg_ref, rtol=rtol, atol=atol * np.sqrt(n))
+        np.testing.assert_allclose(db.get(), db_ref, rtol=rtol, atol=atol * np.sqrt(n))
+    yi = fastbn.batch_norm_infer(xd, mean, var, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis)
+    np.testing.assert_allclose(yi.get(), y_ref, rtol=rtol, atol=atol)
+
+
+def test_large_mean_on_the_gpu():
+    x = (np.random.default_rng(1).standard_normal((64, 8, 32, 32)) + 1e4).astype(np.float32)
+    y, mean, var = fastbn.batch_norm_train(fastbn.cuda.to_device(x))
+    y_ref, m_ref, v_ref = ref_train(x)
+    np.testing.assert_allclose(var.get(), v_ref, rtol=1e-3)
+    np.testing.assert_allclose(y.get(), y_ref, atol=1e-3)
+
+
+def test_constant_channel_on_the_gpu():
+    x = np.full((16, 3, 10, 10), 0.1, np.float32)
+    beta = np.array([1.0, 2.0, 3.0], np.float32)
+    y, _, var = fastbn.batch_norm_train(fastbn.cuda.to_device(x), None, fastbn.cuda.to_device(beta))
+    np.testing.assert_array_equal(y.get(), np.broadcast_to(beta.reshape(1, 3, 1, 1), x.shape))
+    np.testing.assert_array_equal(var.get(), 0)
+
+
+def test_gpu_results_are_deterministic():
+    x = fastbn.cuda.to_device(np.random.default_rng(2).standard_normal((128, 32, 16, 16)).astype(np.float32))
+    a = [r.get() for r in fastbn.batch_norm_train(x)]
+    b = [r.get() for r in fastbn.batch_norm_train(x)]
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cuda_module_matches_the_cpu_module(momentum):
+    rng = np.random.default_rng(3)
+    cpu = fastbn.BatchNorm(6, momentum=momentum, dtype=np.float64)
+    gpu = fastbn.BatchNorm(6, momentum=momentum, dtype=np.float64, device="cuda")
+    assert isinstance(gpu.gamma, fastbn.cuda.DeviceArray)
+    for step in range(4):
+        x = rng.standard_normal((10, 6, 5)) * (step + 1) + step
+        dy = rng.standard_normal(x.shape)
+        y_cpu = cpu(x)
+        y_gpu = gpu(fastbn.cuda.to_device(x))
+        np.testing.assert_allclose(y_gpu.get(), y_cpu, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(gpu.backward(fastbn.cuda.to_device(dy)).get(), cpu.backward(dy),
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(gpu.grad_gamma.get(), cpu.grad_gamma, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(gpu.grad_beta.get(), cpu.grad_beta, rtol=1e-9, atol=1e-9)
+    for k, v in cpu.state_dict().items():
+        np.testing.assert_allclose(gpu.state_dict()[k], v, rtol=1e-12, atol=1e-12)
+    cpu.eval()
+    gpu.eval()
+    x = rng.standard_normal((7, 6, 5))
+    np.testing.assert_allclose(gpu(fastbn.cuda.to_device(x)).get(), cpu(x), rtol=1e-10, atol=1e-10)
+    gpu.to("cpu")
+    assert isinstance(gpu.gamma, np.ndarray)
+    np.testing.assert_allclose(gpu(x), cpu(x), rtol=1e-10, atol=1e-10)
+
+
+def test_host_input_to_a_cuda_module_is_refused():
+    bn = fastbn.BatchNorm(3, device="cuda")
+    with pytest.raises(TypeError, match="lives on the GPU"):
+        bn(np.ones((4, 3), np.float32))
+    with pytest.raises(TypeError, match="host array but the other arrays are on the GPU"):
+        fastbn.batch_norm_train(fastbn.cuda.to_device(np.ones((4, 3), np.float32)), np.ones(3, np.float32))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PyTorch CUDA tensors in, PyTorch CUDA tensors out; compared with torch's own (cuDNN) batch norm
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_torch_tensors_match_torch_batch_norm(dtype, channels_last):
+    torch = pytest.importorskip("torch")
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    x = torch.randn(16, 32, 12, 12, dtype=tdt, device="cuda") * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.rand(32, dtype=tdt, device="cuda") + 0.5
+    b = torch.randn(32, dtype=tdt, device="cuda")
+    xr = x.clone().requires_grad_(True)
+    wr, br = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    yt = torch.nn.functional.batch_norm(xr, None, None, wr, br, training=True, eps=1e-5)
+    gy = torch.randn_like(yt)
+    yt.backward(gy)
+    y, mean, var = fastbn.batch_norm_train(x, w, b)
+    assert isinstance(y, torch.Tensor) and y.is_cuda and y.dtype == tdt
+    assert y.stride() == x.stride()  # same memory layout as the input
+    rtol, atol = tol(dtype)
+    torch.testing.assert_close(y, yt.detach(), rtol=rtol * 10, atol=atol * 10)
+    dx, dg, db = fastbn.batch_norm_backward(gy, x, mean, var, w)
+    torch.testing.assert_close(dx, xr.grad, rtol=rtol * 30, atol=atol * 30)
+    torch.testing.assert_close(dg, wr.grad, rtol=rtol * 30, atol=atol * 300)
+    torch.testing.assert_close(db, br.grad, rtol=rtol * 30, atol=atol * 300)
+
+
+def test_torch_module_parity_on_the_gpu():
+    torch = pytest.importorskip("torch")
+    theirs = torch.nn.BatchNorm2d(8).cuda()
+    ours = fastbn.BatchNorm(8, device="cuda")
+    for _ in range(3):
+        x = torch.randn(4, 8, 6, 6, device="cuda") * 2 + 1
+        torch.testing.assert_close(ours(x), theirs(x).detach(), rtol=1e-4, atol=1e-4)
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[k], v.cpu().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CuPy arrays in, CuPy arrays out
+
+
+def test_cupy_arrays_round_trip():
+    cupy = pytest.importorskip("cupy")
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((20, 7, 9)).astype(np.float32)
+    y, mean, var = fastbn.batch_norm_train(cupy.asarray(x))
+    assert isinstance(y, cupy.ndarray)
+    y_ref, m_ref, v_ref = ref_train(x)
+    np.testing.assert_allclose(cupy.asnumpy(y), y_ref, rtol=3e-5, atol=3e-5)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx, _, _ = fastbn.batch_norm_backward(cupy.asarray(dy), cupy.asarray(x), mean, var)
+    m, v = ref_stats(x)
+    np.testing.assert_allclose(cupy.asnumpy(dx), ref_backward(dy, x, m, v)[0], rtol=3e-4, atol=3e-4)
+    wrapped = cupy.asarray(fastbn.cuda.to_device(x))  # zero-copy through __cuda_array_interface__
+    np.testing.assert_array_equal(cupy.asnumpy(wrapped), x)
