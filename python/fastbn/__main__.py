@@ -17,6 +17,8 @@ def _info(_args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     import fastbn
+    from fastbn import bench as _bench
+    from fastbn.demo import cli as _demo
 
     parser = argparse.ArgumentParser(
         prog="python -m fastbn", description="fastbn: batch normalization at the memory-bandwidth limit"
@@ -30,6 +32,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo}")
     p = sub.add_parser("info", help="print how fastbn was built (build_info) as JSON")
     p.set_defaults(func=_info)
+    p = sub.add_parser("bench", help="time fastbn against PyTorch, NumPy and the copy bandwidth")
+    _bench.add_arguments(p)
+    p.set_defaults(func=_bench.run)
+    p = sub.add_parser(
+        "demo",
+        help="train a sigmoid network on digits with and without BatchNorm (Ioffe & Szegedy 2015, Fig. 1)",
+        description=_demo.__doc__,
+    )
+    _demo.add_arguments(p)
+    p.set_defaults(func=_demo.run)
     args = parser.parse_args(argv)
 
     if args.cmake_dir:
