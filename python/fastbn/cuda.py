@@ -188,9 +188,33 @@ def _from_dlpack(a):
     raise TypeError("fastbn: a CUDA DLPack array needs CuPy or PyTorch installed to be read")
 
 
+_TORCH_DTYPES = {"torch.float32": np.dtype(np.float32), "torch.float64": np.dtype(np.float64)}
+
+
+def _read_torch(a, name: str) -> _Dev:
+    # Read the tensor's own attributes: its __cuda_array_interface__ is slow and refuses tensors that require
+    # grad. Per-call host overhead matters here, since a large kernel runs for only tens of microseconds.
+    if not a.is_cuda:
+        raise TypeError(
+            f"fastbn: {name} is a host array but the other arrays are on the GPU; "
+            "move it with fastbn.cuda.to_device (or your framework) first"
+        )
+    dtype = _TORCH_DTYPES.get(str(a.dtype))
+    if dtype is None:
+        raise TypeError(f"fastbn: {name} must be float32 or float64, got dtype {a.dtype}")
+    it = dtype.itemsize
+    return _Dev(a, "torch", a.data_ptr(), tuple(a.shape), tuple(st * it for st in a.stride()), dtype)
+
+
 def _read(a, name: str) -> _Dev:
-    if type(a).__module__.split(".")[0] == "torch" and getattr(a, "requires_grad", False):
-        a = a.detach()  # the interface refuses tensors that require grad; the memory is the same
+    mod = type(a).__module__.split(".")[0]
+    if mod == "torch" and hasattr(a, "data_ptr"):
+        return _read_torch(a, name)
+    if mod == "cupy" and hasattr(a, "data") and hasattr(a, "strides"):
+        dtype = np.dtype(a.dtype)
+        if dtype not in _FLOATS:
+            raise TypeError(f"fastbn: {name} must be float32 or float64, got dtype {dtype}")
+        return _Dev(a, "cupy", int(a.data.ptr), tuple(a.shape), tuple(a.strides), dtype)
     try:
         cai = getattr(a, "__cuda_array_interface__", None)
     except Exception:  # noqa: BLE001
@@ -221,7 +245,7 @@ def _stream_of(d: _Dev) -> int:
     if d.kind == "torch":
         import torch
 
-        return int(torch.cuda.current_stream(d.obj.device).cuda_stream)
+        return int(torch.cuda.current_stream().cuda_stream)
     if d.kind == "cupy":
         import cupy
 
