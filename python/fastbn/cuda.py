@@ -188,7 +188,7 @@ def _from_dlpack(a):
     raise TypeError("fastbn: a CUDA DLPack array needs CuPy or PyTorch installed to be read")
 
 
-_TORCH_DTYPES = {"torch.float32": np.dtype(np.float32), "torch.float64": np.dtype(np.float64)}
+_TORCH_DTYPES: dict = {}  # torch dtype -> numpy dtype, filled when the first tensor arrives
 
 
 def _read_torch(a, name: str) -> _Dev:
@@ -199,7 +199,11 @@ def _read_torch(a, name: str) -> _Dev:
             f"fastbn: {name} is a host array but the other arrays are on the GPU; "
             "move it with fastbn.cuda.to_device (or your framework) first"
         )
-    dtype = _TORCH_DTYPES.get(str(a.dtype))
+    if not _TORCH_DTYPES:
+        import torch
+
+        _TORCH_DTYPES.update({torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)})
+    dtype = _TORCH_DTYPES.get(a.dtype)
     if dtype is None:
         raise TypeError(f"fastbn: {name} must be float32 or float64, got dtype {a.dtype}")
     it = dtype.itemsize
@@ -245,7 +249,10 @@ def _stream_of(d: _Dev) -> int:
     if d.kind == "torch":
         import torch
 
-        return int(torch.cuda.current_stream().cuda_stream)
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a tenth of current_stream()'s cost
+        if raw is not None:
+            return int(raw(d.obj.get_device()))
+        return int(torch.cuda.current_stream(d.obj.device).cuda_stream)
     if d.kind == "cupy":
         import cupy
 
@@ -253,23 +260,47 @@ def _stream_of(d: _Dev) -> int:
     return 0
 
 
-def _empty(like: _Dev, shape: Sequence[int], perm: Sequence[int], dtype: np.dtype):
-    """A new device array of the same kind as `like`, logical `shape`, laid out in memory in `perm` order."""
-    phys = [shape[i] for i in perm]
-    inv = tuple(int(i) for i in np.argsort(perm))
-    if like.kind == "torch":
-        import torch
-
-        tdtype = torch.float32 if dtype == np.float32 else torch.float64
-        t = torch.empty(phys, dtype=tdtype, device=like.obj.device).permute(*inv)
-        return t, int(t.data_ptr())
-    if like.kind == "cupy":
+def _empty_like(d: _Dev):
+    """A new device array of the same kind, shape, dtype and memory layout as the dense array `d`."""
+    if d.kind == "torch":
+        t = d.obj.new_empty_strided(d.obj.shape, d.obj.stride())
+        return t, t.data_ptr()
+    if d.kind == "cupy":
         import cupy
 
-        c = cupy.empty(phys, dtype=dtype).transpose(inv)
+        c = cupy.empty_like(d.obj, order="K")
         return c, int(c.data.ptr)
-    d = DeviceArray(phys, dtype).transpose(inv)
-    return d, d.ptr
+    a = DeviceArray(d.shape, d.dtype, _strides=d.strides)
+    return a, a.ptr
+
+
+def _channel_pair(d: _Dev, channels: int):
+    """Two new per-channel arrays (statistics, parameter gradients) of x's kind, from one allocation."""
+    if d.kind == "torch":
+        t = d.obj.new_empty((2, channels))
+        return (t[0], t.data_ptr()), (t[1], t.data_ptr() + channels * d.dtype.itemsize)
+    if d.kind == "cupy":
+        import cupy
+
+        c = cupy.empty((2, channels), dtype=d.dtype)
+        return (c[0], int(c.data.ptr)), (c[1], int(c.data.ptr) + channels * d.dtype.itemsize)
+    a, b = DeviceArray((channels,), d.dtype), DeviceArray((channels,), d.dtype)
+    return (a, a.ptr), (b, b.ptr)
+
+
+def _is_contiguous(d: _Dev) -> bool:
+    if d.kind == "torch":
+        return d.obj.is_contiguous()
+    if d.kind == "cupy":
+        return d.obj.flags.c_contiguous
+    return False
+
+
+_IDENTITIES: dict = {}
+
+
+def _identity(n: int) -> Tuple[int, ...]:
+    return _IDENTITIES.setdefault(n, tuple(range(n)))
 
 
 class _View(NamedTuple):
@@ -287,7 +318,7 @@ def _view(x, axis, name="x") -> _View:
     ax = _normalize_axis(axis, len(d.shape))
     if math.prod(d.shape) == 0:
         raise ValueError(f"fastbn: {name} is empty (shape {d.shape}); every dimension must be >= 1")
-    perm = _dense_order(d.shape, d.strides, d.dtype.itemsize)
+    perm = _dense_order(d.shape, d.strides, d.dtype.itemsize) if not _is_contiguous(d) else _identity(len(d.shape))
     if perm is None:
         if d.kind == "torch":
             d = _read(d.obj.contiguous(), name)
@@ -310,6 +341,9 @@ def _channel_ptr(p, name: str, v: _View, optional: bool) -> int:
         if optional:
             return 0
         raise ValueError(f"fastbn: {name} is required")
+    if v.dev.kind == "torch" and type(p) is type(v.dev.obj):  # the common case, checked cheaply
+        if p.is_cuda and p.dtype is v.dev.obj.dtype and p.shape == (v.channels,) and p.is_contiguous():
+            return p.data_ptr()
     d = _read(p, name)
     if d.dtype != v.dev.dtype:
         raise TypeError(f"fastbn: {name} has dtype {d.dtype}, but x has dtype {v.dev.dtype}; they must match")
@@ -320,21 +354,24 @@ def _channel_ptr(p, name: str, v: _View, optional: bool) -> int:
     return d.ptr
 
 
+def _same_layout(a: _Dev, b: _Dev) -> bool:
+    if a.strides == b.strides:
+        return True
+    order = _dense_order(a.shape, a.strides, a.dtype.itemsize)
+    return order is not None and order == _dense_order(b.shape, b.strides, b.dtype.itemsize)
+
+
 def _out(out, v: _View, name="out"):
     if out is None:
-        return _empty(v.dev, v.dev.shape, v.perm, v.dev.dtype)
+        return _empty_like(v.dev)
     d = _read(out, name)
     if d.shape != v.dev.shape:
         raise ValueError(f"fastbn: {name} has shape {d.shape}, expected {v.dev.shape}")
     if d.dtype != v.dev.dtype:
         raise TypeError(f"fastbn: {name} has dtype {d.dtype}, expected {v.dev.dtype}")
-    if _dense_order(d.shape, d.strides, d.dtype.itemsize) != v.perm:
+    if not _same_layout(d, v.dev):
         raise ValueError(f"fastbn: on the GPU, {name} must have the same memory layout as x")
     return out, d.ptr
-
-
-def _channels(v: _View):
-    return _empty(v.dev, (v.channels,), (0,), v.dev.dtype)
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
@@ -349,8 +386,7 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
         )
     require()
     y, yp = _out(out, v)
-    mean, mp = _channels(v)
-    var, vp = _channels(v)
+    (mean, mp), (var, vp) = _channel_pair(v.dev, v.channels)
     _core.cuda_train(v.dev.ptr, yp, g, b, mp, vp, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64,
                      _stream_of(v.dev))
     return y, mean, var
@@ -379,7 +415,7 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
         raise ValueError(f"fastbn: dy has shape {d.shape}, but x has shape {v.dev.shape}; they must match")
     if d.dtype != v.dev.dtype:
         raise TypeError(f"fastbn: dy has dtype {d.dtype}, but x has dtype {v.dev.dtype}; they must match")
-    if _dense_order(d.shape, d.strides, d.dtype.itemsize) != v.perm:
+    if not _same_layout(d, v.dev):
         raise ValueError("fastbn: on the GPU, dy must have the same memory layout as x")
     m = _channel_ptr(mean, "mean", v, False)
     s = _channel_ptr(var, "var", v, False)
@@ -389,7 +425,7 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
     if grads is not None:  # BatchNorm's own gradient arrays
         (dgamma, dgp), (dbeta, dbp) = grads
     elif want_param_grads:
-        (dgamma, dgp), (dbeta, dbp) = _channels(v), _channels(v)
+        (dgamma, dgp), (dbeta, dbp) = _channel_pair(v.dev, v.channels)
     else:
         dgamma = dbeta = None
         dgp = dbp = 0
