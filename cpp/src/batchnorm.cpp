@@ -15,7 +15,7 @@ namespace {
 
 cpu::Exec exec() {
   static thread_local cpu::Workspace workspace;
-  return {get_num_threads(), &workspace};
+  return {get_num_threads(), &workspace, cpu::core_cache_bytes()};
 }
 
 const cpu::Kernels<float>& kernels(const cpu::KernelTable& t, float) { return t.f32; }

@@ -9,6 +9,8 @@
 #include <new>
 #include <string>
 
+#include <unistd.h>
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -33,6 +35,17 @@ void* Workspace::reserve(size_t bytes) {
   data_ = p;
   capacity_ = cap;
   return p;
+}
+
+int64_t core_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (v > 0) return static_cast<int64_t>(v);
+#endif
+    return int64_t{1} << 20;
+  }();
+  return bytes;
 }
 
 namespace {
@@ -140,7 +153,7 @@ void quiet_simd_warning() { cpu::g_quiet.store(true); }
 
 void stream_copy(const float* src, float* dst, int64_t count) {
   static thread_local cpu::Workspace workspace;
-  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), &workspace});
+  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), &workspace, cpu::core_cache_bytes()});
 }
 }  // namespace detail
 

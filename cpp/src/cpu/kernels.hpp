@@ -28,7 +28,11 @@ class Workspace {
 struct Exec {
   int max_threads;  // upper bound; kernels use fewer for small tensors
   Workspace* workspace;
+  int64_t cache_bytes;  // a core's own cache (L2) size: what a thread may plan to keep in cache
 };
+
+// The per-core L2 size as the OS reports it (1 MiB when it does not).
+int64_t core_cache_bytes();
 
 template <class T>
 struct TrainArgs {

@@ -209,6 +209,7 @@ inline void block_moments(const T* p, int64_t stride, int64_t rows, int64_t len,
   if (m2 < 0) m2 = 0;  // rounding; NaN passes through
 }
 
+// y = (x - mu) * scale + shift over a run.
 template <class T, bool kStream>
 inline void normalize_run(const T* x, T* y, int64_t len, const Coef<T>& k) {
   using V = Vec<T>;
@@ -580,21 +581,35 @@ void train_nc(const TrainArgs<T>& a, const Exec& ex) {
   const bool stream = can_stream(a.y, bytes);
 
   if (channels_balance(C, nt)) {
+    // Each thread owns a contiguous range of channels and pipelines them: while a block of channel c is
+    // normalized (its values still in cache from its statistics pass), the same block of channel c + 1 is
+    // read for its statistics. Reads from memory and streaming writes then run together, as in a copy, and
+    // the cache holds about one channel.
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        const T* xc = a.x + c * L;
-        Moments m;
+      const int64_t t = thread_id(), c_begin = C * t / nt, c_end = C * (t + 1) / nt;
+      auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
+        const int64_t r0 = b * rpb, rows = min64(rpb, N - r0);
+        double mb, qb;
+        block_moments(a.x + c * L + r0 * stride, stride, rows, L, mb, qb);
+        merge(m, static_cast<double>(rows * L), mb, qb);
+      };
+      Moments cur;
+      if (c_begin < c_end) {
+        for (int64_t b = 0; b < nb; ++b) stats_block(c_begin, b, cur);
+      }
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const Coef<T> k = train_coef(a, c, cur);
+        Moments next;
         for (int64_t b = 0; b < nb; ++b) {
-          const int64_t r0 = b * rpb, rows = min64(rpb, N - r0);
-          double mb, qb;
-          block_moments(xc + r0 * stride, stride, rows, L, mb, qb);
-          merge(m, static_cast<double>(rows * L), mb, qb);
+          const int64_t r0 = b * rpb, r1 = min64(N, r0 + rpb);
+          for (int64_t o = r0; o < r1; ++o) {
+            const int64_t q = c * L + o * stride;
+            normalize_run(stream, a.x + q, a.y + q, L, k);
+          }
+          if (c + 1 < c_end) stats_block(c + 1, b, next);
         }
-        const Coef<T> k = train_coef(a, c, m);
-        T* yc = a.y + c * L;
-        for (int64_t o = 0; o < N; ++o) normalize_run(stream, xc + o * stride, yc + o * stride, L, k);
+        cur = next;
       }
       if (stream) stream_fence();
     }
@@ -765,36 +780,60 @@ void backward_nc(const BackwardArgs<T>& a, const Exec& ex) {
   const bool sums = a.batch_stats || a.dgamma || a.dbeta;
   const bool scale_only = !a.batch_stats;
 
-  // With frozen statistics dx needs no sums, so each block's sums and dx are done together (one pass).
   if (channels_balance(C, nt)) {
+    // The pipeline keeps two channels' dy and x in cache; when they do not fit, LRU evicts the very lines the
+    // dx pass needs next, and the plain order is faster.
+    const bool pipelined = 4 * N * L * static_cast<int64_t>(sizeof(T)) <= ex.cache_bytes;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t off = c * L;
-        double sdy = 0, sdyx = 0;
-        GradCoef<T> k{};
-        if (scale_only) k = grad_coef(a, c, 0.0, 0.0);
-        for (int64_t b = 0; b < nb; ++b) {
-          const int64_t r0 = b * rpb, rows = min64(rpb, N - r0), o = off + r0 * stride;
-          if (sums) {
-            double g, h;
-            block_grad_sums(a.dy + o, a.x + o, stride, rows, L, a.mean[c], g, h);
-            sdy += g;
-            sdyx += h;
-          }
-          if (scale_only) {
-            for (int64_t r = 0; r < rows; ++r) {
-              const int64_t q = o + r * stride;
-              grad_run(stream, true, a.dy + q, a.x + q, a.dx + q, L, k);
-            }
-          }
+      const int64_t t = thread_id(), c_begin = C * t / nt, c_end = C * (t + 1) / nt;
+      auto sums_block = [&](int64_t c, int64_t b, double& sdy, double& sdyx) {
+        const int64_t r0 = b * rpb, o = c * L + r0 * stride;
+        double g, h;
+        block_grad_sums(a.dy + o, a.x + o, stride, min64(rpb, N - r0), L, a.mean[c], g, h);
+        sdy += g;
+        sdyx += h;
+      };
+      auto dx_rows = [&](int64_t c, int64_t b, bool scale_only_rows, const GradCoef<T>& k) {
+        const int64_t r0 = b * rpb, r1 = min64(N, r0 + rpb);
+        for (int64_t o = r0; o < r1; ++o) {
+          const int64_t q = c * L + o * stride;
+          grad_run(stream, scale_only_rows, a.dy + q, a.x + q, a.dx + q, L, k);
         }
-        k = grad_coef(a, c, sdy, sdyx);
-        if (!scale_only) {
-          for (int64_t o = 0; o < N; ++o) {
-            const int64_t q = off + o * stride;
-            grad_run(stream, false, a.dy + q, a.x + q, a.dx + q, L, k);
+      };
+      if (scale_only) {
+        // Frozen statistics: dx needs no sums, so each block's sums and dx are done together (one pass).
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          const GradCoef<T> k = grad_coef(a, c, 0.0, 0.0);
+          double sdy = 0, sdyx = 0;
+          for (int64_t b = 0; b < nb; ++b) {
+            if (sums) sums_block(c, b, sdy, sdyx);
+            dx_rows(c, b, true, k);
+          }
+          if (sums) grad_coef(a, c, sdy, sdyx);  // writes dgamma / dbeta
+        }
+      } else if (!pipelined) {
+        // Batch statistics, channels too big to keep two in cache: the sums of a channel, then its dx (the
+        // second read of dy and x comes from cache as long as one channel's two slabs fit).
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          double sdy = 0, sdyx = 0;
+          for (int64_t b = 0; b < nb; ++b) sums_block(c, b, sdy, sdyx);
+          const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);
+          for (int64_t b = 0; b < nb; ++b) dx_rows(c, b, false, k);
+        }
+      } else {
+        // Batch statistics: pipelined over channels as in train_nc, the dx of channel c block by block
+        // together with the sums of channel c + 1.
+        double sdy = 0, sdyx = 0;
+        if (c_begin < c_end) {
+          for (int64_t b = 0; b < nb; ++b) sums_block(c_begin, b, sdy, sdyx);
+        }
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);
+          sdy = sdyx = 0;
+          for (int64_t b = 0; b < nb; ++b) {
+            dx_rows(c, b, false, k);
+            if (c + 1 < c_end) sums_block(c + 1, b, sdy, sdyx);
           }
         }
       }
