@@ -93,3 +93,33 @@ def test_gil_is_released_while_kernels_run():
     done.set()
     t.join()
     assert during > 0
+
+
+def _digest(shapes):
+    import hashlib
+
+    h = hashlib.sha256()
+    for shape, axis in shapes:
+        x = (np.random.default_rng(3).standard_normal(shape) * 2 + 5).astype(np.float32)
+        for a in run_all(x, axis):
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_threads):
+    """OpenMP may run fewer threads than requested (OMP_THREAD_LIMIT, or a call from inside another parallel
+    region); the work must still be split over the team that actually runs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import fastbn, test_threads as t; "
+        "fastbn.set_num_threads(4); print(t._digest(t.SHAPES))"
+    )
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    fastbn.set_num_threads(1)
+    assert out.stdout.strip() == _digest(SHAPES)

@@ -3,7 +3,9 @@
 Batch norm is memory-bound, so the yardstick is a copy: B = 2 * S_copy / t_copy for a multithreaded copy (with
 streaming stores) of a large buffer, measured in the same run. Each pass has a minimal traffic (bytes it must
 move): training forward and inference read x and write y (2S), backward reads x and dy and writes dx (3S).
-The roofline fraction (minimal traffic / t) / B is 1.0 at the limit.
+The roofline fraction (minimal traffic / t) / B is 1.0 at the limit. Since a tensor that fits a large
+last-level cache can beat a copy of a buffer that does not, each case also gets a second yardstick: the same
+streaming copy of a buffer of S bytes, timed alongside ("vs S-copy": minimal traffic / t over 2S / t_copy).
 
 Timings are medians of ``--repeat`` samples after warm-ups, all in this process; fastbn, PyTorch and NumPy are
 interleaved sample by sample so that drifts of a shared machine hit them alike. Each sample runs the call enough
@@ -46,6 +48,8 @@ class Result:
     numpy_ms: Optional[float] = None
     gbs: float = 0.0  # minimal traffic / fastbn_ms
     roofline: float = 0.0  # gbs / copy bandwidth
+    copy_ms: float = 0.0  # the streaming copy of S bytes, timed alongside
+    copy_fraction: float = 0.0  # gbs / (2S / copy_ms)
     speedup: Optional[float] = None  # torch_ms / fastbn_ms
     fresh_speedup: Optional[float] = None  # torch_ms / fresh_ms
     extra: Dict[str, float] = field(default_factory=dict)
@@ -285,6 +289,8 @@ def run_cpu(args, torch) -> Dict:
             gamma = (rng.random(c) + 0.5).astype(dtype)
             beta = rng.standard_normal(c).astype(dtype)
             steady, fresh = _fastbn_fns(x, axis, gamma, beta, dy)
+            src = x.reshape(-1).view(np.float32)
+            dst = np.empty_like(src)
             tfns = _torch_fns(torch, x, axis, gamma, beta, dy) if torch is not None else {}
             nfns = _numpy_fns(x, axis, gamma, beta, dy) if not args.no_numpy else {}
             for t in threads:
@@ -293,7 +299,8 @@ def run_cpu(args, torch) -> Dict:
                     torch.set_num_threads(t)
                 for pass_ in args.passes:
                     bar.set_postfix_str(f"{'x'.join(map(str, shape))} {layout} {pass_} {dtype} {t}T")
-                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_]}
+                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_],
+                           "copy": lambda: fastbn._core.stream_copy(src, dst)}
                     if pass_ in tfns:
                         fns["torch"] = tfns[pass_]
                     ms = time_interleaved(fns, args.repeat, args.warmup)
@@ -306,6 +313,8 @@ def run_cpu(args, torch) -> Dict:
                     )
                     r.gbs = TRAFFIC[pass_] * x.nbytes / (r.fastbn_ms * 1e-3) / 1e9
                     r.roofline = r.gbs / bw_start
+                    r.copy_ms = ms["copy"]
+                    r.copy_fraction = TRAFFIC[pass_] / 2 * r.copy_ms / r.fastbn_ms
                     if r.torch_ms is not None:
                         r.speedup = r.torch_ms / r.fastbn_ms
                         r.fresh_speedup = r.torch_ms / r.fresh_ms
@@ -354,7 +363,7 @@ def _fmt(v, spec=".2f", none="-"):
 def format_table(report: Dict) -> str:
     rows = report["results"]
     head = ["shape", "layout", "pass", "dtype", "thr", "fastbn ms", "fresh ms", "torch ms", "numpy ms",
-            "speed-up", "fresh x", "GB/s", "roofline"]
+            "speed-up", "fresh x", "GB/s", "roofline", "vs S-copy"]
     lines = [head]
     for r in rows:
         lines.append([
@@ -362,7 +371,7 @@ def format_table(report: Dict) -> str:
             _fmt(r["fastbn_ms"], ".3f"), _fmt(r["fresh_ms"], ".3f"), _fmt(r["torch_ms"], ".3f"),
             _fmt(r["numpy_ms"], ".1f"), _fmt(r["speedup"], ".1f") + ("x" if r["speedup"] else ""),
             _fmt(r["fresh_speedup"], ".1f") + ("x" if r["fresh_speedup"] else ""),
-            _fmt(r["gbs"], ".1f"), _fmt(r["roofline"], ".2f"),
+            _fmt(r["gbs"], ".1f"), _fmt(r["roofline"], ".2f"), _fmt(r.get("copy_fraction") or None, ".2f"),
         ])
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = [

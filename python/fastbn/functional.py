@@ -159,10 +159,12 @@ def _output(out, v: _View, shape, inputs=(), name: str = "out") -> _Output:
     flat = out.reshape(-1) if v.perm is _IDENTITY[out.ndim] and out.flags.c_contiguous else _flat(out, v.perm)
     # Writing straight into `out` is safe when it has the input's layout and, for every input, either does not
     # overlap it or is exactly its memory (in place).
-    if flat is not None and all(
-        not np.may_share_memory(out, a) or flat.ctypes.data == f.ctypes.data for a, f in ((v.array, v.flat), *inputs)
-    ):
-        return _Output(out, flat, None)
+    if flat is not None:
+        for a, f in ((v.array, v.flat), *inputs):
+            if out is not a and np.may_share_memory(out, a) and flat.ctypes.data != f.ctypes.data:
+                break
+        else:
+            return _Output(out, flat, None)
     tmp, tmp_flat = _empty_like_view(v)
     return _Output(out, tmp_flat, tmp)
 

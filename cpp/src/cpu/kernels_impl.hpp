@@ -56,6 +56,32 @@ inline int thread_id() {
 #endif
 }
 
+// This thread's share [begin, end) of n items, split evenly over the team that actually runs: OpenMP may give
+// fewer threads than asked for (OMP_THREAD_LIMIT, or a call from inside another parallel region).
+struct Share {
+  int64_t begin, end;
+};
+
+inline Share my_share(int64_t n) {
+#if defined(_OPENMP)
+  const int64_t t = omp_get_thread_num(), k = omp_get_num_threads();
+#else
+  const int64_t t = 0, k = 1;
+#endif
+  return {n * t / k, n * (t + 1) / k};
+}
+
+// Calls f(r, r % C) for this thread's share of the runs r in [0, runs), without a division per run.
+template <class F>
+inline void for_my_runs(int64_t runs, int64_t C, F&& f) {
+  const Share sh = my_share(runs);
+  int64_t c = sh.begin % C;
+  for (int64_t r = sh.begin; r < sh.end; ++r) {
+    f(r, c);
+    if (++c == C) c = 0;
+  }
+}
+
 // Threads worth using for a pass over `bytes` made of `units` independent pieces of work.
 inline int pick_threads(int max_threads, int64_t bytes, int64_t units) {
   int64_t t = min64(bytes / kMinBytesPerThread, units);
@@ -587,7 +613,8 @@ void train_nc(const TrainArgs<T>& a, const Exec& ex) {
     // the cache holds about one channel.
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-      const int64_t t = thread_id(), c_begin = C * t / nt, c_end = C * (t + 1) / nt;
+      const Share mine = my_share(C);
+      const int64_t c_begin = mine.begin, c_end = mine.end;
       auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
         const int64_t r0 = b * rpb, rows = min64(rpb, N - r0);
         double mb, qb;
@@ -635,8 +662,8 @@ void train_nc(const TrainArgs<T>& a, const Exec& ex) {
       }
       coef[c] = train_coef(a, c, m);
     }
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) normalize_run(stream, a.x + r * L, a.y + r * L, L, coef[r % C]);
+    for_my_runs(N * C, C,
+                [&](int64_t r, int64_t c) { normalize_run(stream, a.x + r * L, a.y + r * L, L, coef[c]); });
     if (stream) stream_fence();
   }
 }
@@ -757,11 +784,9 @@ void infer(const InferArgs<T>& a, const Exec& ex) {
   const int nt = pick_threads(ex.max_threads, bytes, N * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < N * C; ++r) {
-      const int64_t c = r % C;
+    for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
       normalize_run(stream, a.x + r * L, a.y + r * L, L, Coef<T>{mu[c], sc[c], sh[c]});
-    }
+    });
     if (stream) stream_fence();
   }
 }
@@ -786,7 +811,8 @@ void backward_nc(const BackwardArgs<T>& a, const Exec& ex) {
     const bool pipelined = 4 * N * L * static_cast<int64_t>(sizeof(T)) <= ex.cache_bytes;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-      const int64_t t = thread_id(), c_begin = C * t / nt, c_end = C * (t + 1) / nt;
+      const Share mine = my_share(C);
+      const int64_t c_begin = mine.begin, c_end = mine.end;
       auto sums_block = [&](int64_t c, int64_t b, double& sdy, double& sdyx) {
         const int64_t r0 = b * rpb, o = c * L + r0 * stride;
         double g, h;
@@ -873,10 +899,9 @@ void backward_nc(const BackwardArgs<T>& a, const Exec& ex) {
       }
     }
     if (!scale_only) {
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < N * C; ++r) {
-        grad_run(stream, false, a.dy + r * L, a.x + r * L, a.dx + r * L, L, coef[r % C]);
-      }
+      for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
+        grad_run(stream, false, a.dy + r * L, a.x + r * L, a.dx + r * L, L, coef[c]);
+      });
     }
     if (stream) stream_fence();
   }
