@@ -12,6 +12,7 @@
 #include "detail.hpp"
 #include "fastbn/batchnorm.hpp"
 #include "fastbn/cuda.hpp"
+#include "output_cache.hpp"
 
 namespace py = pybind11;
 
@@ -228,6 +229,27 @@ void check_host_bytes(const py::buffer_info& info, size_t nbytes) {
   }
 }
 
+// A C-contiguous array whose buffer comes from, and returns to, the output cache.
+py::array cached_empty(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
+  size_t count = 1;
+  for (py::ssize_t e : shape) {
+    if (e < 0) throw py::value_error("fastbn: negative dimension");
+    count *= static_cast<size_t>(e);
+  }
+  struct Block {
+    void* p;
+    size_t bytes;
+  };
+  const size_t bytes = count * static_cast<size_t>(dtype.itemsize());
+  auto* block = new Block{fastbn_py::cache_take(bytes), bytes};
+  py::capsule owner(block, [](void* b) {
+    auto* blk = static_cast<Block*>(b);
+    fastbn_py::cache_give(blk->p, blk->bytes);
+    delete blk;
+  });
+  return py::array(dtype, shape, std::vector<py::ssize_t>{}, block->p, owner);
+}
+
 py::dict build_info() {
   const fastbn::BuildInfo b = fastbn::build_info();
   py::dict d;
@@ -287,6 +309,16 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
   m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
   m.def("build_info", &build_info);
+  m.def("empty", &cached_empty, py::arg("shape"), py::arg("dtype"),
+        "A new C-contiguous array from the output cache (uninitialized).");
+  m.def("output_cache_info", [] {
+    py::dict d;
+    d["idle_bytes"] = fastbn_py::cache_idle_bytes();
+    d["limit_bytes"] = fastbn_py::cache_limit();
+    return d;
+  });
+  m.def("set_output_cache_limit", &fastbn_py::cache_set_limit, py::arg("bytes"));
+  m.def("empty_output_cache", &fastbn_py::cache_clear);
   m.def("cuda_is_available", &fastbn::cuda::is_available);
   m.def("cuda_device_count", &fastbn::cuda::device_count);
   m.def("cuda_device_description", &fastbn::cuda::device_description, py::arg("device") = 0);

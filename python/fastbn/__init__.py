@@ -33,6 +33,9 @@ __all__ = [
     "get_include",
     "get_library_dir",
     "get_cmake_dir",
+    "empty_output_cache",
+    "set_output_cache_limit",
+    "output_cache_info",
     "cuda",
     "__version__",
 ]
@@ -71,6 +74,27 @@ def build_info() -> dict:
     """How fastbn was built and what it runs with: version, simd (active path), simd_compiled, openmp,
     openmp_version, max_threads, num_threads, cuda (compiled in), cuda_version, cuda_architectures, compiler."""
     return _core.build_info()
+
+
+def empty_output_cache() -> None:
+    """Free the idle buffers fastbn keeps for reuse as outputs (see :func:`set_output_cache_limit`)."""
+    _core.empty_output_cache()
+
+
+def set_output_cache_limit(megabytes: int) -> None:
+    """Cap the idle output buffers fastbn keeps for reuse (default 1024 MB, or FASTBN_OUTPUT_CACHE_MB; 0 turns
+    the cache off). Outputs of 1 MB or more come from this cache: a fresh buffer of that size costs more in page
+    faults than the batch norm that fills it. Buffers in use are never counted or freed early."""
+    if isinstance(megabytes, bool) or not isinstance(megabytes, int):
+        raise TypeError(f"fastbn: the cache limit is an int of megabytes, got {type(megabytes).__name__}")
+    if megabytes < 0:
+        raise ValueError(f"fastbn: the cache limit must be >= 0 MB, got {megabytes}")
+    _core.set_output_cache_limit(megabytes << 20)
+
+
+def output_cache_info() -> dict:
+    """{'idle_bytes': bytes kept for reuse now, 'limit_bytes': the cap}."""
+    return _core.output_cache_info()
 
 
 def get_include() -> str:

@@ -127,12 +127,23 @@ def _view(x, axis, name: str = "x") -> _View:
     return _View(a, perm, a.transpose(perm).reshape(-1), outer, channels, inner)
 
 
+# Outputs at least this large come from the output cache (cpp/python/output_cache.hpp): a fresh buffer of that
+# size costs more in page faults than the batch norm that fills it.
+_CACHED_MIN_BYTES = 1 << 20
+
+
+def _empty(shape, dtype: np.dtype) -> np.ndarray:
+    if math.prod(shape) * dtype.itemsize >= _CACHED_MIN_BYTES:
+        return _core.empty(shape, dtype)
+    return np.empty(shape, dtype=dtype)
+
+
 def _empty_like_view(v: _View) -> Tuple[np.ndarray, np.ndarray]:
     """A new array shaped like v.array with the same memory order, and its flat view."""
     if v.perm is _IDENTITY[v.array.ndim]:
-        buf = np.empty(v.array.shape, dtype=v.array.dtype)
+        buf = _empty(v.array.shape, v.array.dtype)
         return buf, buf.reshape(-1)
-    buf = np.empty([v.array.shape[i] for i in v.perm], dtype=v.array.dtype)
+    buf = _empty([v.array.shape[i] for i in v.perm], v.array.dtype)
     return buf.transpose(np.argsort(v.perm)), buf.reshape(-1)
 
 
