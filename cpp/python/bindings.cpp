@@ -6,8 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "detail.hpp"
 #include "fastbn/batchnorm.hpp"
@@ -229,6 +231,9 @@ void check_host_bytes(const py::buffer_info& info, size_t nbytes) {
   }
 }
 
+// Outputs at least this large come from the output cache (functional.py uses the same threshold).
+constexpr size_t kCachedMinBytes = size_t{1} << 20;
+
 // A C-contiguous array whose buffer comes from, and returns to, the output cache.
 py::array cached_empty(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
   size_t count = 1;
@@ -248,6 +253,119 @@ py::array cached_empty(const std::vector<py::ssize_t>& shape, const py::dtype& d
     delete blk;
   });
   return py::array(dtype, shape, std::vector<py::ssize_t>{}, block->p, owner);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The common case in one call. For small tensors the general Python argument handling costs more than the
+// kernel, so fastbn/functional.py first offers the call here: x an aligned, C-contiguous float32/float64
+// ndarray with ndim >= 2, axis a plain int in range, eps a positive finite float, every per-channel array None
+// or a 1-D aligned contiguous array of x's dtype and length C. Anything else returns None, and the general
+// path (with its error messages) takes over. Nothing is checked less: only the answer "not simple" is quicker.
+
+struct SimpleView {
+  py::array x;
+  fastbn::Shape shape;
+};
+
+bool simple_x(py::handle obj, py::handle axis_obj, py::handle eps_obj, SimpleView& v, double& eps) {
+  if (!py::isinstance<py::array>(obj) || !PyLong_CheckExact(axis_obj.ptr()) || !PyFloat_CheckExact(eps_obj.ptr())) {
+    return false;
+  }
+  eps = PyFloat_AS_DOUBLE(eps_obj.ptr());
+  if (!(eps > 0) || !std::isfinite(eps)) return false;
+  v.x = py::reinterpret_borrow<py::array>(obj);
+  const py::dtype dt = v.x.dtype();
+  if (!is_float32(dt) && !dt.is(py::dtype::of<double>())) return false;
+  const int flags = py::detail::array_proxy(v.x.ptr())->flags;
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    return false;
+  }
+  const int64_t ndim = v.x.ndim();
+  int64_t axis = PyLong_AsLongLong(axis_obj.ptr());
+  if (ndim < 2 || axis < -ndim || axis >= ndim || v.x.size() == 0) return false;
+  if (axis < 0) axis += ndim;
+  int64_t outer = 1, inner = 1;
+  for (int64_t i = 0; i < axis; ++i) outer *= v.x.shape(i);
+  for (int64_t i = axis + 1; i < ndim; ++i) inner *= v.x.shape(i);
+  v.shape = {outer, v.x.shape(axis), inner};
+  return true;
+}
+
+bool simple_channels(py::handle obj, const py::dtype& dt, int64_t channels, bool optional, void*& ptr) {
+  ptr = nullptr;
+  if (obj.is_none()) return optional;
+  if (!py::isinstance<py::array>(obj)) return false;
+  const auto a = py::reinterpret_borrow<py::array>(obj);
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  if (!a.dtype().is(dt) || a.ndim() != 1 || a.shape(0) != channels ||
+      !(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
+    return false;
+  }
+  ptr = const_cast<void*>(a.data());
+  return true;
+}
+
+py::array new_like(const py::array& x) {
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  if (static_cast<size_t>(x.nbytes()) >= kCachedMinBytes) return cached_empty(shape, x.dtype());
+  return py::array(x.dtype(), shape);
+}
+
+py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handle gamma, py::handle beta,
+                        py::handle axis, py::handle eps_obj) {
+  SimpleView v;
+  double eps = 0;
+  void *m, *s, *g, *b;
+  if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
+  const py::dtype dt = v.x.dtype();
+  const int64_t C = v.shape.channels;
+  if (!simple_channels(mean, dt, C, false, m) || !simple_channels(var, dt, C, false, s) ||
+      !simple_channels(gamma, dt, C, true, g) || !simple_channels(beta, dt, C, true, b)) {
+    return py::none();
+  }
+  py::array y = new_like(v.x);
+  void* yp = y.mutable_data();
+  const void* xp = v.x.data();
+  {
+    py::gil_scoped_release nogil;
+    if (is_float32(dt)) {
+      fastbn::forward_infer(static_cast<const float*>(xp), static_cast<float*>(yp), static_cast<float*>(m),
+                            static_cast<float*>(s), static_cast<float*>(g), static_cast<float*>(b), v.shape, eps);
+    } else {
+      fastbn::forward_infer(static_cast<const double*>(xp), static_cast<double*>(yp), static_cast<double*>(m),
+                            static_cast<double*>(s), static_cast<double*>(g), static_cast<double*>(b), v.shape, eps);
+    }
+  }
+  return std::move(y);
+}
+
+py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::handle axis, py::handle eps_obj) {
+  SimpleView v;
+  double eps = 0;
+  void *g, *b;
+  if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
+  const py::dtype dt = v.x.dtype();
+  const int64_t C = v.shape.channels;
+  if (v.shape.outer * v.shape.inner < 2 || !simple_channels(gamma, dt, C, true, g) ||
+      !simple_channels(beta, dt, C, true, b)) {
+    return py::none();
+  }
+  py::array y = new_like(v.x);
+  py::array mean(dt, std::vector<py::ssize_t>{C}), var(dt, std::vector<py::ssize_t>{C});
+  void *yp = y.mutable_data(), *mp = mean.mutable_data(), *vp = var.mutable_data();
+  const void* xp = v.x.data();
+  {
+    py::gil_scoped_release nogil;
+    if (is_float32(dt)) {
+      fastbn::forward_train(static_cast<const float*>(xp), static_cast<float*>(yp), static_cast<float*>(g),
+                            static_cast<float*>(b), static_cast<float*>(mp), static_cast<float*>(vp), v.shape, eps);
+    } else {
+      fastbn::forward_train(static_cast<const double*>(xp), static_cast<double*>(yp), static_cast<double*>(g),
+                            static_cast<double*>(b), static_cast<double*>(mp), static_cast<double*>(vp), v.shape,
+                            eps);
+    }
+  }
+  return py::make_tuple(y, mean, var);
 }
 
 py::dict build_info() {
@@ -309,6 +427,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
   m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
   m.def("build_info", &build_info);
+  m.def("infer_simple", &infer_simple);
+  m.def("train_simple", &train_simple);
   m.def("empty", &cached_empty, py::arg("shape"), py::arg("dtype"),
         "A new C-contiguous array from the output cache (uninitialized).");
   m.def("output_cache_info", [] {

@@ -8,7 +8,7 @@ last-level cache can beat a copy of a buffer that does not, each case also gets 
 streaming copy of a buffer of S bytes, timed alongside ("vs S-copy": minimal traffic / t over 2S / t_copy).
 
 Timings are medians of ``--repeat`` samples after warm-ups, all in this process; fastbn, PyTorch and NumPy are
-interleaved sample by sample so that drifts of a shared machine hit them alike. Each sample runs the call enough
+interleaved sample by sample, in a rotating order, so that drifts of a shared machine hit them alike. Each sample runs the call enough
 times to last at least a millisecond, so tiny shapes are timed too.
 """
 
@@ -131,8 +131,12 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeat: int, warmup: 
             fn()
         loops[k] = _calibrate(fn)
     samples: Dict[str, List[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, fn in fns.items():
+    keys = list(fns)
+    for i in range(repeat):
+        # Rotate the order each round: whoever runs right after another library's threads pays for their
+        # spin-down, so no one function should always go first.
+        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+            fn = fns[k]
             n = loops[k]
             t = time.perf_counter()
             for _ in range(n):

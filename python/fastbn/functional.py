@@ -128,7 +128,7 @@ def _view(x, axis, name: str = "x") -> _View:
 
 
 # Outputs at least this large come from the output cache (cpp/python/output_cache.hpp): a fresh buffer of that
-# size costs more in page faults than the batch norm that fills it.
+# size costs more in page faults than the batch norm that fills it. bindings.cpp uses the same threshold.
 _CACHED_MIN_BYTES = 1 << 20
 
 
@@ -242,6 +242,10 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis: int = 1, eps: float = 1e
     mean, var : ndarray of shape (C,)
         The batch mean and the BIASED batch variance (divided by n, as used for normalization).
     """
+    if out is None and type(x) is np.ndarray:
+        r = _core.train_simple(x, gamma, beta, axis, eps)  # the common case in one call, or None
+        if r is not None:
+            return r
     if _on_gpu(x):
         return _gpu().batch_norm_train(x, gamma, beta, axis=axis, eps=eps, out=out)
     v = _view(x, axis)
@@ -262,6 +266,10 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis: int = 1, eps:
     Returns ``gamma * (x - mean) / sqrt(var + eps) + beta``; ``mean`` and ``var`` have shape (C,). Other
     arguments as in :func:`batch_norm_train`.
     """
+    if out is None and type(x) is np.ndarray:
+        r = _core.infer_simple(x, mean, var, gamma, beta, axis, eps)  # the common case in one call, or None
+        if r is not None:
+            return r
     if _on_gpu(x):
         return _gpu().batch_norm_infer(x, mean, var, gamma, beta, axis=axis, eps=eps, out=out)
     v = _view(x, axis)
