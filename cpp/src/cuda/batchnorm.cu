@@ -38,7 +38,7 @@ constexpr int kUnroll = 4;                 // vectors in flight per thread
 // registers keeps 3 blocks (768 threads, 48 KiB of loads in flight) on every SM.
 constexpr int kReduceBlocksPerSm = 3;
 constexpr int kRound = 64;                 // vectors a thread sums in T before moving the sums to double
-constexpr int64_t kBlockBytes = 64 << 10;  // bytes of each input one reduction block reads
+constexpr int64_t kBlockBytes = 256 << 10;  // bytes of each input one reduction block reads
 constexpr int64_t kMaxChunks = 1024;       // partials per channel (the finalize reads at most 4 per thread)
 constexpr int64_t kMaxGrid = 0x7fffffff;   // gridDim.x limit; the y extent (chunks) stays far below 65535
 constexpr unsigned kFullMask = 0xffffffffu;
