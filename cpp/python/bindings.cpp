@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -305,14 +306,33 @@ bool simple_channels(py::handle obj, const py::dtype& dt, int64_t channels, bool
   return true;
 }
 
-py::array new_like(const py::array& x) {
-  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-  if (static_cast<size_t>(x.nbytes()) >= kCachedMinBytes) return cached_empty(shape, x.dtype());
-  return py::array(x.dtype(), shape);
+// The output: a new array like x, or `out` when it is simple too (same shape and dtype, C-contiguous, aligned,
+// writable) and either is x itself (in place) or does not overlap it. False: not simple.
+bool simple_out(py::handle out, const py::array& x, py::array& y) {
+  if (out.is_none()) {
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    const bool big = static_cast<size_t>(x.nbytes()) >= kCachedMinBytes;
+    y = big ? cached_empty(shape, x.dtype()) : py::array(x.dtype(), shape);
+    return true;
+  }
+  if (!py::isinstance<py::array>(out)) return false;
+  auto o = py::reinterpret_borrow<py::array>(out);
+  const int flags = py::detail::array_proxy(o.ptr())->flags;
+  constexpr int kNeed = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_ |
+                        py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  if ((flags & kNeed) != kNeed || !o.dtype().is(x.dtype()) || o.ndim() != x.ndim() ||
+      !std::equal(x.shape(), x.shape() + x.ndim(), o.shape())) {
+    return false;
+  }
+  const auto* xb = static_cast<const char*>(x.data());
+  const auto* ob = static_cast<const char*>(o.data());
+  if (xb != ob && ob < xb + x.nbytes() && xb < ob + o.nbytes()) return false;
+  y = o;
+  return true;
 }
 
 py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handle gamma, py::handle beta,
-                        py::handle axis, py::handle eps_obj) {
+                        py::handle axis, py::handle eps_obj, py::handle out) {
   SimpleView v;
   double eps = 0;
   void *m, *s, *g, *b;
@@ -323,7 +343,8 @@ py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handl
       !simple_channels(gamma, dt, C, true, g) || !simple_channels(beta, dt, C, true, b)) {
     return py::none();
   }
-  py::array y = new_like(v.x);
+  py::array y;
+  if (!simple_out(out, v.x, y)) return py::none();
   void* yp = y.mutable_data();
   const void* xp = v.x.data();
   {
@@ -339,7 +360,8 @@ py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handl
   return std::move(y);
 }
 
-py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::handle axis, py::handle eps_obj) {
+py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::handle axis, py::handle eps_obj,
+                        py::handle out) {
   SimpleView v;
   double eps = 0;
   void *g, *b;
@@ -350,7 +372,8 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
       !simple_channels(beta, dt, C, true, b)) {
     return py::none();
   }
-  py::array y = new_like(v.x);
+  py::array y;
+  if (!simple_out(out, v.x, y)) return py::none();
   py::array mean(dt, std::vector<py::ssize_t>{C}), var(dt, std::vector<py::ssize_t>{C});
   void *yp = y.mutable_data(), *mp = mean.mutable_data(), *vp = var.mutable_data();
   const void* xp = v.x.data();

@@ -242,8 +242,8 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis: int = 1, eps: float = 1e
     mean, var : ndarray of shape (C,)
         The batch mean and the BIASED batch variance (divided by n, as used for normalization).
     """
-    if out is None and type(x) is np.ndarray:
-        r = _core.train_simple(x, gamma, beta, axis, eps)  # the common case in one call, or None
+    if type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
+        r = _core.train_simple(x, gamma, beta, axis, eps, out)  # the common case in one call, or None
         if r is not None:
             return r
     if _on_gpu(x):
@@ -266,8 +266,8 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis: int = 1, eps:
     Returns ``gamma * (x - mean) / sqrt(var + eps) + beta``; ``mean`` and ``var`` have shape (C,). Other
     arguments as in :func:`batch_norm_train`.
     """
-    if out is None and type(x) is np.ndarray:
-        r = _core.infer_simple(x, mean, var, gamma, beta, axis, eps)  # the common case in one call, or None
+    if type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
+        r = _core.infer_simple(x, mean, var, gamma, beta, axis, eps, out)  # the common case in one call, or None
         if r is not None:
             return r
     if _on_gpu(x):
