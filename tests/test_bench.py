@@ -8,14 +8,25 @@ import sys
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "fastbn", "bench", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "fastbn", "bench", *args], capture_output=True, text=True, timeout=600)
 
 
 def test_bench_small_run_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    r = run_cli("--shapes", "16x8x6x6,32x5", "--passes", "train,backward", "--repeat", "3", "--dtypes", "float32",
-                "--threads", "1,2", "--json", str(out))
+    r = run_cli(
+        "--shapes",
+        "16x8x6x6,32x5",
+        "--passes",
+        "train,backward",
+        "--repeat",
+        "3",
+        "--dtypes",
+        "float32",
+        "--threads",
+        "1,2",
+        "--json",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert "roofline" in r.stdout and "copy bandwidth" in r.stdout
     report = json.loads(out.read_text())

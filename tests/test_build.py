@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SIMD_PATHS
 
 import fastbn
+
+from conftest import SIMD_PATHS
 
 
 def run_python(code, **env):

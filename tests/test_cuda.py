@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ref_backward, ref_stats, ref_train
 
 import fastbn
+
+from conftest import ref_backward, ref_stats, ref_train
 
 pytestmark = [
     pytest.mark.cuda,
@@ -65,10 +66,10 @@ def test_device_array_passes_match_the_float64_reference(shape, axis, layout, dt
     np.testing.assert_allclose(mean.get(), m_ref, rtol=rtol, atol=atol)
     np.testing.assert_allclose(var.get(), v_ref, rtol=rtol, atol=atol)
     for batch_stats in (True, False):
-        dx, dg, db = fastbn.batch_norm_backward(fastbn.cuda.to_device(dy), xd, mean, var,
-                                                fastbn.cuda.to_device(gamma), axis=axis, batch_stats=batch_stats)
-        dx_ref, dg_ref, db_ref = ref_backward(dy, x, mean.get(), var.get(), gamma, axis=axis,
-                                              batch_stats=batch_stats)
+        dx, dg, db = fastbn.batch_norm_backward(
+            fastbn.cuda.to_device(dy), xd, mean, var, fastbn.cuda.to_device(gamma), axis=axis, batch_stats=batch_stats
+        )
+        dx_ref, dg_ref, db_ref = ref_backward(dy, x, mean.get(), var.get(), gamma, axis=axis, batch_stats=batch_stats)
         n = x.size // c
         np.testing.assert_allclose(dx.get(), dx_ref, rtol=10 * rtol, atol=10 * atol)
         np.testing.assert_allclose(dg.get(), dg_ref, rtol=rtol, atol=atol * np.sqrt(n))
@@ -113,8 +114,9 @@ def test_cuda_module_matches_the_cpu_module(momentum):
         y_cpu = cpu(x)
         y_gpu = gpu(fastbn.cuda.to_device(x))
         np.testing.assert_allclose(y_gpu.get(), y_cpu, rtol=1e-10, atol=1e-10)
-        np.testing.assert_allclose(gpu.backward(fastbn.cuda.to_device(dy)).get(), cpu.backward(dy),
-                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(
+            gpu.backward(fastbn.cuda.to_device(dy)).get(), cpu.backward(dy), rtol=1e-9, atol=1e-9
+        )
         np.testing.assert_allclose(gpu.grad_gamma.get(), cpu.grad_gamma, rtol=1e-9, atol=1e-9)
         np.testing.assert_allclose(gpu.grad_beta.get(), cpu.grad_beta, rtol=1e-9, atol=1e-9)
     for k, v in cpu.state_dict().items():

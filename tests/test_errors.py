@@ -49,15 +49,27 @@ def x4(shape=(4, 3, 2, 2), dtype=F32):
         (lambda: fastbn.batch_norm_infer(x4(), np.zeros(3), np.ones(3)), TypeError, "dtype"),
         (lambda: fastbn.batch_norm_infer(x4(), None, np.ones(3, F32)), ValueError, "mean is required"),
         (lambda: fastbn.batch_norm_infer(x4(), np.zeros(3, F32), np.ones(3, F32), eps=0), ValueError, "eps"),
-        (lambda: fastbn.batch_norm_backward(x4((4, 3, 2, 1)), x4(), np.zeros(3, F32), np.ones(3, F32)),
-         ValueError, "dy has shape"),
-        (lambda: fastbn.batch_norm_backward(x4(dtype=np.float64), x4(), np.zeros(3, F32), np.ones(3, F32)),
-         TypeError, "dy has dtype"),
+        (
+            lambda: fastbn.batch_norm_backward(x4((4, 3, 2, 1)), x4(), np.zeros(3, F32), np.ones(3, F32)),
+            ValueError,
+            "dy has shape",
+        ),
+        (
+            lambda: fastbn.batch_norm_backward(x4(dtype=np.float64), x4(), np.zeros(3, F32), np.ones(3, F32)),
+            TypeError,
+            "dy has dtype",
+        ),
         (lambda: fastbn.batch_norm_backward(x4(), x4(), np.zeros(2, F32), np.ones(3, F32)), ValueError, "mean"),
-        (lambda: fastbn.batch_norm_backward(x4(), x4(), np.zeros(3, F32), np.ones(3, F32), np.ones(5, F32)),
-         ValueError, "gamma"),
-        (lambda: fastbn.batch_norm_backward(x4(), x4(), np.zeros(3, F32), np.ones(3, F32), out=np.empty(3, F32)),
-         ValueError, "out has shape"),
+        (
+            lambda: fastbn.batch_norm_backward(x4(), x4(), np.zeros(3, F32), np.ones(3, F32), np.ones(5, F32)),
+            ValueError,
+            "gamma",
+        ),
+        (
+            lambda: fastbn.batch_norm_backward(x4(), x4(), np.zeros(3, F32), np.ones(3, F32), out=np.empty(3, F32)),
+            ValueError,
+            "out has shape",
+        ),
     ],
 )
 def test_functional_bad_input(call, exc, match):

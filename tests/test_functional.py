@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import LAYOUTS, layout_id, make_input, ref_backward, ref_infer, ref_stats, ref_train, tol
 
 import fastbn
+
+from conftest import LAYOUTS, layout_id, make_input, ref_backward, ref_infer, ref_stats, ref_train, tol
 
 DTYPES = [np.float32, np.float64]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import ref_backward, ref_infer, ref_stats, ref_train, tol
 
 import fastbn
+
+from conftest import ref_backward, ref_infer, ref_stats, ref_train, tol
 
 
 def ref_running(batches, momentum, axis=1):

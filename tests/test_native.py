@@ -10,7 +10,6 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pytest
@@ -41,8 +40,19 @@ def run(cmd, **kw):
 def configure_and_build(source: Path, build: Path, *extra) -> None:
     cmake = cmake_exe()
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    run([cmake, "-S", source, "-B", build, *gen, f"-Dfastbn_DIR={fastbn.get_cmake_dir()}",
-         "-DCMAKE_BUILD_TYPE=Release", *extra])
+    run(
+        [
+            cmake,
+            "-S",
+            source,
+            "-B",
+            build,
+            *gen,
+            f"-Dfastbn_DIR={fastbn.get_cmake_dir()}",
+            "-DCMAKE_BUILD_TYPE=Release",
+            *extra,
+        ]
+    )
     run([cmake, "--build", build])
 
 
@@ -76,17 +86,21 @@ def python_report():
     y_infer = fastbn.batch_norm_infer(x, mean, var, gamma, beta)
     f64 = np.float64
     return {
-        "mean": mean, "var": var, "dgamma": dgamma, "dbeta": dbeta,
-        "y_sum": y.astype(f64).sum(), "y_abs_sum": np.abs(y.astype(f64)).sum(),
-        "dx_abs_sum": np.abs(dx.astype(f64)).sum(), "y_infer_abs_sum": np.abs(y_infer.astype(f64)).sum(),
+        "mean": mean,
+        "var": var,
+        "dgamma": dgamma,
+        "dbeta": dbeta,
+        "y_sum": y.astype(f64).sum(),
+        "y_abs_sum": np.abs(y.astype(f64)).sum(),
+        "dx_abs_sum": np.abs(dx.astype(f64)).sum(),
+        "y_infer_abs_sum": np.abs(y_infer.astype(f64)).sum(),
     }
 
 
 def assert_same_numbers(native: dict, python: dict):
     assert native["simd"] == fastbn.get_simd()
     for key, want in python.items():
-        np.testing.assert_allclose(np.asarray(native[key], dtype=np.float64), want, rtol=1e-6, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(np.asarray(native[key], dtype=np.float64), want, rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 @pytest.mark.parametrize("language", ["cpp", "c"])
@@ -98,7 +112,7 @@ def test_example_builds_with_find_package_and_matches_python(tmp_path, language)
     assert_same_numbers(json.loads(out), python_report())
 
 
-def pkg_config(pc_file: Path, field: str) -> List[str]:
+def pkg_config(pc_file: Path, field: str) -> list[str]:
     """Cflags or Libs of a .pc file, with its variables expanded (no pkg-config binary needed)."""
     variables = {"pcfiledir": str(pc_file.parent)}
 
@@ -120,6 +134,15 @@ def test_pkg_config_file_links_the_c_example(tmp_path):
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     assert cc, "a C compiler is needed"
     exe = tmp_path / "example_pc"
-    run([cc, "-std=c99", *pkg_config(pc, "Cflags"), str(ROOT / "examples" / "c" / "main.c"), "-o", str(exe),
-         *pkg_config(pc, "Libs")])
+    run(
+        [
+            cc,
+            "-std=c99",
+            *pkg_config(pc, "Cflags"),
+            str(ROOT / "examples" / "c" / "main.c"),
+            "-o",
+            str(exe),
+            *pkg_config(pc, "Libs"),
+        ]
+    )
     assert_same_numbers(json.loads(run([exe])), python_report())

@@ -6,9 +6,10 @@ import gc
 
 import numpy as np
 import pytest
-from conftest import ref_train, tol
 
 import fastbn
+
+from conftest import ref_train, tol
 
 BIG = (64, 8, 32, 32)  # 2 MB of float32
 

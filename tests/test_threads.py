@@ -6,9 +6,10 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import ref_train
 
 import fastbn
+
+from conftest import ref_train
 
 
 @pytest.fixture
@@ -31,8 +32,14 @@ def run_all(x, axis):
 
 
 # Shapes that take each schedule: whole channels per thread, (channel, block) units, channels-last chunks.
-SHAPES = [((64, 32, 20, 20), 1), ((128, 3, 32, 32), 1), ((96, 5, 16, 16), 1), ((6000, 100), 1),
-          ((16, 24, 24, 48), -1), ((2000, 300), 1)]
+SHAPES = [
+    ((64, 32, 20, 20), 1),
+    ((128, 3, 32, 32), 1),
+    ((96, 5, 16, 16), 1),
+    ((6000, 100), 1),
+    ((16, 24, 24, 48), -1),
+    ((2000, 300), 1),
+]
 
 
 @pytest.mark.parametrize("shape,axis", SHAPES)
@@ -59,7 +66,7 @@ def test_concurrent_python_threads_get_the_same_answers():
             for _ in range(20):
                 for got, want in zip(run_all(inputs[k], 1), expected[k]):
                     np.testing.assert_array_equal(got, want)
-        except Exception as e:  # noqa: BLE001 - reported to the main thread below
+        except Exception as e:
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
@@ -68,8 +75,9 @@ def test_concurrent_python_threads_get_the_same_answers():
     for t in threads:
         t.join()
     assert not errors, errors
-    np.testing.assert_allclose(expected[0][0], ref_train(inputs[0], np.linspace(0.5, 1.5, 16),
-                                                        np.linspace(-1, 1, 16))[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        expected[0][0], ref_train(inputs[0], np.linspace(0.5, 1.5, 16), np.linspace(-1, 1, 16))[0], rtol=1e-4, atol=1e-4
+    )
 
 
 def test_gil_is_released_while_kernels_run():
@@ -118,8 +126,9 @@ def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_th
         "fastbn.set_num_threads(4); print(t._digest(t.SHAPES))"
     )
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
-    out = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code, os.path.dirname(__file__)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     fastbn.set_num_threads(1)
     assert out.stdout.strip() == _digest(SHAPES)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import List, Optional
 
 
 def _info(_args) -> int:
@@ -15,7 +14,7 @@ def _info(_args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import fastbn
     from fastbn import bench as _bench
     from fastbn.demo import cli as _demo

@@ -50,6 +50,63 @@ def copy_bandwidth(torch, repeat: int) -> float:
     return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
 
 
+def _run_case(torch, args, shape, layout, dtype, bw):
+    eps = 1e-5
+    tdt = torch.float32 if dtype == "float32" else torch.float64
+    x = torch.randn(shape, dtype=tdt, device="cuda")
+    if layout == "nhwc":
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w = torch.rand(c, dtype=tdt, device="cuda") + 0.5
+    b = torch.randn(c, dtype=tdt, device="cuda")
+    rm, rv = torch.zeros(c, dtype=tdt, device="cuda"), torch.ones(c, dtype=tdt, device="cuda")
+    dy = torch.randn_like(x)
+    y, dx = torch.empty_like(x), torch.empty_like(x)
+    _, mean, var = fastbn.batch_norm_train(x, w, b)
+    xr = x.clone().requires_grad_(True)
+    wr, br = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+    yr = torch.nn.functional.batch_norm(xr, None, None, wr, br, training=True, eps=eps)
+    ours = {
+        "train": lambda: fastbn.batch_norm_train(x, w, b, eps=eps, out=y),
+        "infer": lambda: fastbn.batch_norm_infer(x, mean, var, w, b, eps=eps, out=y),
+        "backward": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w, eps=eps, out=dx),
+    }
+    fresh = {
+        "train": lambda: fastbn.batch_norm_train(x, w, b, eps=eps),
+        "infer": lambda: fastbn.batch_norm_infer(x, mean, var, w, b, eps=eps),
+        "backward": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w, eps=eps),
+    }
+    theirs = {
+        "train": lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=True, eps=eps),
+        "infer": lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False, eps=eps),
+        "backward": lambda: torch.autograd.grad(yr, (xr, wr, br), dy, retain_graph=True),
+    }
+    results = []
+    for pass_ in args.passes:
+        t_ours = _time(torch, ours[pass_], args.repeat, args.warmup)
+        t_fresh = _time(torch, fresh[pass_], args.repeat, args.warmup)
+        t_torch = _time(torch, theirs[pass_], args.repeat, args.warmup)
+        nbytes = x.numel() * x.element_size()
+        r = Result(
+            shape="x".join(map(str, shape)),
+            layout=layout,
+            pass_=pass_,
+            dtype=dtype,
+            threads=0,
+            mbytes=nbytes / 1e6,
+            fastbn_ms=t_ours,
+            fresh_ms=t_fresh,
+            torch_ms=t_torch,
+        )
+        r.gbs = TRAFFIC[pass_] * nbytes / (t_ours * 1e-3) / 1e9
+        r.roofline = r.gbs / bw
+        r.speedup = t_torch / t_ours
+        r.fresh_speedup = t_torch / t_fresh
+        results.append(r)
+        print(f"  {r.shape} {layout} {pass_} {dtype}: {t_ours:.3f} ms, torch {t_torch:.3f} ms", file=sys.stderr)
+    return results
+
+
 def run(args) -> int:
     try:
         import torch
@@ -57,60 +114,23 @@ def run(args) -> int:
         print("fastbn bench --device cuda needs PyTorch with CUDA for allocation and timing", file=sys.stderr)
         return 1
     if not (torch.cuda.is_available() and fastbn.cuda.is_available()):
-        print(f"fastbn bench --device cuda: no usable GPU (torch sees one: {torch.cuda.is_available()}, "
-              f"fastbn: {fastbn.cuda.is_available()})", file=sys.stderr)
+        print(
+            f"fastbn bench --device cuda: no usable GPU (torch sees one: {torch.cuda.is_available()}, "
+            f"fastbn: {fastbn.cuda.is_available()})",
+            file=sys.stderr,
+        )
         return 1
     bw = copy_bandwidth(torch, args.repeat)
     results = []
-    eps = 1e-5
     for shape, layout, dtype in _cases(args):
-        tdt = torch.float32 if dtype == "float32" else torch.float64
-        x = torch.randn(shape, dtype=tdt, device="cuda")
-        if layout == "nhwc":
-            x = x.contiguous(memory_format=torch.channels_last)
-        c = shape[1]
-        w = torch.rand(c, dtype=tdt, device="cuda") + 0.5
-        b = torch.randn(c, dtype=tdt, device="cuda")
-        rm, rv = torch.zeros(c, dtype=tdt, device="cuda"), torch.ones(c, dtype=tdt, device="cuda")
-        dy = torch.randn_like(x)
-        y, dx = torch.empty_like(x), torch.empty_like(x)
-        _, mean, var = fastbn.batch_norm_train(x, w, b)
-        xr = x.clone().requires_grad_(True)
-        wr, br = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
-        yr = torch.nn.functional.batch_norm(xr, None, None, wr, br, training=True, eps=eps)
-        ours = {
-            "train": lambda: fastbn.batch_norm_train(x, w, b, eps=eps, out=y),
-            "infer": lambda: fastbn.batch_norm_infer(x, mean, var, w, b, eps=eps, out=y),
-            "backward": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w, eps=eps, out=dx),
-        }
-        fresh = {
-            "train": lambda: fastbn.batch_norm_train(x, w, b, eps=eps),
-            "infer": lambda: fastbn.batch_norm_infer(x, mean, var, w, b, eps=eps),
-            "backward": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w, eps=eps),
-        }
-        theirs = {
-            "train": lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=True, eps=eps),
-            "infer": lambda: torch.nn.functional.batch_norm(x, rm, rv, w, b, training=False, eps=eps),
-            "backward": lambda: torch.autograd.grad(yr, (xr, wr, br), dy, retain_graph=True),
-        }
-        for pass_ in args.passes:
-            t_ours = _time(torch, ours[pass_], args.repeat, args.warmup)
-            t_fresh = _time(torch, fresh[pass_], args.repeat, args.warmup)
-            t_torch = _time(torch, theirs[pass_], args.repeat, args.warmup)
-            nbytes = x.numel() * x.element_size()
-            r = Result(shape="x".join(map(str, shape)), layout=layout, pass_=pass_, dtype=dtype, threads=0,
-                       mbytes=nbytes / 1e6, fastbn_ms=t_ours, fresh_ms=t_fresh, torch_ms=t_torch)
-            r.gbs = TRAFFIC[pass_] * nbytes / (t_ours * 1e-3) / 1e9
-            r.roofline = r.gbs / bw
-            r.speedup = t_torch / t_ours
-            r.fresh_speedup = t_torch / t_fresh
-            results.append(r)
-            print(f"  {r.shape} {layout} {pass_} {dtype}: {t_ours:.3f} ms, torch {t_torch:.3f} ms", file=sys.stderr)
-        del x, dy, y, dx, xr, yr
+        results += _run_case(torch, args, shape, layout, dtype, bw)
         torch.cuda.empty_cache()
     report = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu": fastbn.cuda.device_description(0), "cores": torch.cuda.get_device_properties(0).multi_processor_count},
+        "machine": {
+            "cpu": fastbn.cuda.device_description(0),
+            "cores": torch.cuda.get_device_properties(0).multi_processor_count,
+        },
         "fastbn": fastbn.build_info(),
         "torch": torch.__version__,
         "numpy": np.__version__,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -23,7 +22,7 @@ def _check_dtype(dtype) -> np.dtype:
     return d
 
 
-def _check_momentum(momentum) -> Optional[float]:
+def _check_momentum(momentum) -> float | None:
     if momentum is None:
         return None
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
@@ -70,7 +69,7 @@ class BatchNorm:
         num_features: int,
         *,
         eps: float = 1e-5,
-        momentum: Optional[float] = 0.1,
+        momentum: float | None = 0.1,
         affine: bool = True,
         track_running_stats: bool = True,
         axis: int = 1,
@@ -128,7 +127,7 @@ class BatchNorm:
     def _host(self, a) -> np.ndarray:
         return a.copy() if self.device == "cpu" else a.get()
 
-    def to(self, device: str) -> "BatchNorm":
+    def to(self, device: str) -> BatchNorm:
         """Move the parameters, gradients and running statistics to "cpu" or "cuda"; returns self."""
         if device not in ("cpu", "cuda"):
             raise ValueError(f"fastbn: device must be 'cpu' or 'cuda', got {device!r}")
@@ -149,12 +148,12 @@ class BatchNorm:
     # ------------------------------------------------------------------------------------------------------
     # Modes
 
-    def train(self, mode: bool = True) -> "BatchNorm":
+    def train(self, mode: bool = True) -> BatchNorm:
         """Set training mode (batch statistics, running averages updated); returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self) -> "BatchNorm":
+    def eval(self) -> BatchNorm:
         """Set eval mode (running statistics when tracked); returns self."""
         return self.train(False)
 
@@ -270,11 +269,11 @@ class BatchNorm:
     # ------------------------------------------------------------------------------------------------------
     # Parameters and state
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> list[np.ndarray]:
         """[gamma, beta] (the arrays themselves, for an optimizer to update in place); [] without affine."""
         return [self.gamma, self.beta] if self.affine else []
 
-    def gradients(self) -> List[np.ndarray]:
+    def gradients(self) -> list[np.ndarray]:
         """[grad_gamma, grad_beta], matching parameters()."""
         return [self.grad_gamma, self.grad_beta] if self.affine else []
 
@@ -294,10 +293,10 @@ class BatchNorm:
             self._set(self.gamma, np.ones(self.num_features, self.dtype))
             self._set(self.beta, np.zeros(self.num_features, self.dtype))
 
-    def state_dict(self) -> Dict[str, np.ndarray]:
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the state under PyTorch's names: weight, bias (affine), running_mean, running_var,
         num_batches_tracked (tracked; an int64 0-d array)."""
-        d: Dict[str, np.ndarray] = {}
+        d: dict[str, np.ndarray] = {}
         if self.affine:
             d["weight"] = self._host(self.gamma)
             d["bias"] = self._host(self.beta)
@@ -307,7 +306,7 @@ class BatchNorm:
             d["num_batches_tracked"] = np.array(self.num_batches_tracked, dtype=np.int64)
         return d
 
-    def load_state_dict(self, state: Dict, strict: bool = True) -> None:
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
         """Load a state_dict of this class or of ``torch.nn.BatchNorm*d`` (values may be NumPy arrays or CPU
         tensors). Raises ValueError for missing keys, unexpected keys (when strict) or wrong shapes; on any
         error nothing is changed."""

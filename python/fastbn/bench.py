@@ -8,8 +8,8 @@ last-level cache can beat a copy of a buffer that does not, each case also gets 
 streaming copy of a buffer of S bytes, timed alongside ("vs S-copy": minimal traffic / t over 2S / t_copy).
 
 Timings are medians of ``--repeat`` samples after warm-ups, all in this process; fastbn, PyTorch and NumPy are
-interleaved sample by sample, in a rotating order, so that drifts of a shared machine hit them alike. Each sample runs the call enough
-times to last at least a millisecond, so tiny shapes are timed too.
+interleaved sample by sample, in a rotating order, so that drifts of a shared machine hit them alike. Each sample
+runs the call enough times to last at least a millisecond, so tiny shapes are timed too.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -44,15 +44,15 @@ class Result:
     mbytes: float  # S, the size of x in MB
     fastbn_ms: float  # with out= buffers (steady state)
     fresh_ms: float  # a new output every call, as PyTorch does
-    torch_ms: Optional[float] = None
-    numpy_ms: Optional[float] = None
+    torch_ms: float | None = None
+    numpy_ms: float | None = None
     gbs: float = 0.0  # minimal traffic / fastbn_ms
     roofline: float = 0.0  # gbs / copy bandwidth
     copy_ms: float = 0.0  # the streaming copy of S bytes, timed alongside
     copy_fraction: float = 0.0  # gbs / (2S / copy_ms)
-    speedup: Optional[float] = None  # torch_ms / fastbn_ms
-    fresh_speedup: Optional[float] = None  # torch_ms / fresh_ms
-    extra: Dict[str, float] = field(default_factory=dict)
+    speedup: float | None = None  # torch_ms / fastbn_ms
+    fresh_speedup: float | None = None  # torch_ms / fresh_ms
+    extra: dict[str, float] = field(default_factory=dict)
 
 
 def parse_shape(text: str):
@@ -87,17 +87,33 @@ def thread_list(text: str):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shapes", type=lambda s: [parse_shape(t) for t in s.split(",")],
-                   default=[parse_shape(s) for s in DEFAULT_SHAPES],
-                   help="comma-separated shapes, channels on axis 1 (default: %(default)s)".replace(
-                       "%(default)s", ",".join(DEFAULT_SHAPES)))
+    p.add_argument(
+        "--shapes",
+        type=lambda s: [parse_shape(t) for t in s.split(",")],
+        default=[parse_shape(s) for s in DEFAULT_SHAPES],
+        help="comma-separated shapes, channels on axis 1 (default: %(default)s)".replace(
+            "%(default)s", ",".join(DEFAULT_SHAPES)
+        ),
+    )
     p.add_argument("--passes", type=comma_list(PASSES), default=PASSES, help="train,infer,backward")
-    p.add_argument("--layouts", type=comma_list(["nchw", "nhwc"]), default=["nchw", "nhwc"],
-                   help="memory layouts for shapes with spatial dimensions (default: nchw,nhwc)")
-    p.add_argument("--dtypes", type=comma_list(["float32", "float64"]), default=["float32", "float64"],
-                   help="default: float32,float64 (float64 on the big shapes only unless listed alone)")
-    p.add_argument("--threads", type=thread_list, default=None,
-                   help="comma-separated thread counts (default: fastbn.get_num_threads())")
+    p.add_argument(
+        "--layouts",
+        type=comma_list(["nchw", "nhwc"]),
+        default=["nchw", "nhwc"],
+        help="memory layouts for shapes with spatial dimensions (default: nchw,nhwc)",
+    )
+    p.add_argument(
+        "--dtypes",
+        type=comma_list(["float32", "float64"]),
+        default=["float32", "float64"],
+        help="default: float32,float64 (float64 on the big shapes only unless listed alone)",
+    )
+    p.add_argument(
+        "--threads",
+        type=thread_list,
+        default=None,
+        help="comma-separated thread counts (default: fastbn.get_num_threads())",
+    )
     p.add_argument("--repeat", type=int, default=11, help="timed samples per measurement (median; >= 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -123,19 +139,19 @@ def _calibrate(fn: Callable[[], object], min_seconds: float = 1e-3) -> int:
         n *= 4
 
 
-def time_interleaved(fns: Dict[str, Callable[[], object]], repeat: int, warmup: int) -> Dict[str, float]:
+def time_interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int) -> dict[str, float]:
     """Median milliseconds per call of each function, sampling them in turn."""
     loops = {}
     for k, fn in fns.items():
         for _ in range(warmup):
             fn()
         loops[k] = _calibrate(fn)
-    samples: Dict[str, List[float]] = {k: [] for k in fns}
+    samples: dict[str, list[float]] = {k: [] for k in fns}
     keys = list(fns)
     for i in range(repeat):
         # Rotate the order each round: whoever runs right after another library's threads pays for their
         # spin-down, so no one function should always go first.
-        for k in keys[i % len(keys):] + keys[: i % len(keys)]:
+        for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
             fn = fns[k]
             n = loops[k]
             t = time.perf_counter()
@@ -241,6 +257,13 @@ def _fastbn_fns(x, axis, gamma, beta, dy, eps=1e-5):
     return steady, fresh
 
 
+def _copy_fn(x):
+    """The streaming copy of x's bytes, the per-case yardstick."""
+    src = x.reshape(-1).view(np.float32)
+    dst = np.empty_like(src)
+    return lambda: fastbn._core.stream_copy(src, dst)
+
+
 def _cases(args):
     for shape in args.shapes:
         big = int(np.prod(shape)) >= 1 << 20
@@ -276,7 +299,7 @@ def _progress(total: int):
         return Plain()
 
 
-def run_cpu(args, torch) -> Dict:
+def run_cpu(args, torch) -> dict:
     rng = np.random.default_rng(0)
     threads = args.threads or [fastbn.get_num_threads()]
     saved_threads = fastbn.get_num_threads()
@@ -284,7 +307,7 @@ def run_cpu(args, torch) -> Dict:
     bw_start = copy_bandwidth()
     cases = list(_cases(args))
     bar = _progress(len(cases) * len(threads) * len(args.passes))
-    results: List[Result] = []
+    results: list[Result] = []
     try:
         for shape, layout, dtype in cases:
             x, axis = _make(shape, layout, np.dtype(dtype), rng)
@@ -293,8 +316,7 @@ def run_cpu(args, torch) -> Dict:
             gamma = (rng.random(c) + 0.5).astype(dtype)
             beta = rng.standard_normal(c).astype(dtype)
             steady, fresh = _fastbn_fns(x, axis, gamma, beta, dy)
-            src = x.reshape(-1).view(np.float32)
-            dst = np.empty_like(src)
+            copy = _copy_fn(x)
             tfns = _torch_fns(torch, x, axis, gamma, beta, dy) if torch is not None else {}
             nfns = _numpy_fns(x, axis, gamma, beta, dy) if not args.no_numpy else {}
             for t in threads:
@@ -303,17 +325,23 @@ def run_cpu(args, torch) -> Dict:
                     torch.set_num_threads(t)
                 for pass_ in args.passes:
                     bar.set_postfix_str(f"{'x'.join(map(str, shape))} {layout} {pass_} {dtype} {t}T")
-                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_],
-                           "copy": lambda: fastbn._core.stream_copy(src, dst)}
+                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_], "copy": copy}
                     if pass_ in tfns:
                         fns["torch"] = tfns[pass_]
                     ms = time_interleaved(fns, args.repeat, args.warmup)
                     if pass_ in nfns:  # slow: fewer samples, timed on its own
                         ms["numpy"] = time_interleaved({"numpy": nfns[pass_]}, min(3, args.repeat), 1)["numpy"]
                     r = Result(
-                        shape="x".join(map(str, shape)), layout=layout, pass_=pass_, dtype=dtype, threads=t,
-                        mbytes=x.nbytes / 1e6, fastbn_ms=ms["fastbn"], fresh_ms=ms["fresh"],
-                        torch_ms=ms.get("torch"), numpy_ms=ms.get("numpy"),
+                        shape="x".join(map(str, shape)),
+                        layout=layout,
+                        pass_=pass_,
+                        dtype=dtype,
+                        threads=t,
+                        mbytes=x.nbytes / 1e6,
+                        fastbn_ms=ms["fastbn"],
+                        fresh_ms=ms["fresh"],
+                        torch_ms=ms.get("torch"),
+                        numpy_ms=ms.get("numpy"),
                     )
                     r.gbs = TRAFFIC[pass_] * x.nbytes / (r.fastbn_ms * 1e-3) / 1e9
                     r.roofline = r.gbs / bw_start
@@ -343,7 +371,7 @@ def run_cpu(args, torch) -> Dict:
     }
 
 
-def _machine() -> Dict[str, object]:
+def _machine() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -364,19 +392,44 @@ def _fmt(v, spec=".2f", none="-"):
     return none if v is None else format(v, spec)
 
 
-def format_table(report: Dict) -> str:
+def format_table(report: dict) -> str:
     rows = report["results"]
-    head = ["shape", "layout", "pass", "dtype", "thr", "fastbn ms", "fresh ms", "torch ms", "numpy ms",
-            "speed-up", "fresh x", "GB/s", "roofline", "vs S-copy"]
+    head = [
+        "shape",
+        "layout",
+        "pass",
+        "dtype",
+        "thr",
+        "fastbn ms",
+        "fresh ms",
+        "torch ms",
+        "numpy ms",
+        "speed-up",
+        "fresh x",
+        "GB/s",
+        "roofline",
+        "vs S-copy",
+    ]
     lines = [head]
     for r in rows:
-        lines.append([
-            r["shape"], r["layout"], r["pass_"], r["dtype"], str(r["threads"]),
-            _fmt(r["fastbn_ms"], ".3f"), _fmt(r["fresh_ms"], ".3f"), _fmt(r["torch_ms"], ".3f"),
-            _fmt(r["numpy_ms"], ".1f"), _fmt(r["speedup"], ".1f") + ("x" if r["speedup"] else ""),
-            _fmt(r["fresh_speedup"], ".1f") + ("x" if r["fresh_speedup"] else ""),
-            _fmt(r["gbs"], ".1f"), _fmt(r["roofline"], ".2f"), _fmt(r.get("copy_fraction") or None, ".2f"),
-        ])
+        lines.append(
+            [
+                r["shape"],
+                r["layout"],
+                r["pass_"],
+                r["dtype"],
+                str(r["threads"]),
+                _fmt(r["fastbn_ms"], ".3f"),
+                _fmt(r["fresh_ms"], ".3f"),
+                _fmt(r["torch_ms"], ".3f"),
+                _fmt(r["numpy_ms"], ".1f"),
+                _fmt(r["speedup"], ".1f") + ("x" if r["speedup"] else ""),
+                _fmt(r["fresh_speedup"], ".1f") + ("x" if r["fresh_speedup"] else ""),
+                _fmt(r["gbs"], ".1f"),
+                _fmt(r["roofline"], ".2f"),
+                _fmt(r.get("copy_fraction") or None, ".2f"),
+            ]
+        )
     widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
     out = [
         f"fastbn {report['fastbn']['version']} ({report['fastbn']['simd']}, {report['machine']['cpu']}, "
@@ -393,7 +446,7 @@ def format_table(report: Dict) -> str:
     return "\n".join(out)
 
 
-def plot(report: Dict, path: str) -> None:
+def plot(report: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,7 +462,8 @@ def plot(report: Dict, path: str) -> None:
     ax.set_yticks(range(len(rows)))
     ax.set_yticklabels(labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"roofline fraction (minimal traffic / time) / copy bandwidth {report['copy_bandwidth_gbs']:.0f} GB/s")
+    bw = report["copy_bandwidth_gbs"]
+    ax.set_xlabel(f"roofline fraction (minimal traffic / time) / copy bandwidth {bw:.0f} GB/s")
     ax.set_title(f"fastbn {report['fastbn']['version']} on {report['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -429,8 +483,11 @@ def run(args) -> int:
         try:
             import torch
         except ImportError:
-            print("fastbn bench: PyTorch is not installed, so there is no PyTorch column "
-                  "(pip install 'fastbn[bench]' pins torch==2.13.0)", file=sys.stderr)
+            print(
+                "fastbn bench: PyTorch is not installed, so there is no PyTorch column "
+                "(pip install 'fastbn[bench]' pins torch==2.13.0)",
+                file=sys.stderr,
+            )
     report = run_cpu(args, torch)
     print(format_table(report))
     if args.json:

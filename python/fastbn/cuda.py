@@ -14,7 +14,8 @@ error, without a GPU, a driver, or CUDA compiled in).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -63,7 +64,7 @@ class DeviceArray:
     """
 
     def __init__(self, shape: Sequence[int], dtype=np.float32, *, _buffer=None, _strides=None, _offset=0):
-        self.shape: Tuple[int, ...] = tuple(int(s) for s in shape)
+        self.shape: tuple[int, ...] = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         itemsize = self.dtype.itemsize
         if _strides is None:
@@ -72,7 +73,7 @@ class DeviceArray:
                 strides.append(step)
                 step *= s
             _strides = tuple(reversed(strides))
-        self.strides: Tuple[int, ...] = tuple(_strides)
+        self.strides: tuple[int, ...] = tuple(_strides)
         if _buffer is None:
             require()
             _buffer = _core.DeviceBuffer(math.prod(self.shape) * itemsize)
@@ -105,15 +106,18 @@ class DeviceArray:
             "version": 3,
         }
 
-    def transpose(self, *axes) -> "DeviceArray":
+    def transpose(self, *axes) -> DeviceArray:
         """A view with permuted axes (no copy)."""
         if len(axes) == 1 and not isinstance(axes[0], int):
             axes = tuple(axes[0])
         if sorted(axes) != list(range(self.ndim)):
             raise ValueError(f"fastbn: {axes} is not a permutation of {self.ndim} axes")
         return DeviceArray(
-            [self.shape[a] for a in axes], self.dtype, _buffer=self._buffer,
-            _strides=[self.strides[a] for a in axes], _offset=self._offset,
+            [self.shape[a] for a in axes],
+            self.dtype,
+            _buffer=self._buffer,
+            _strides=[self.strides[a] for a in axes],
+            _offset=self._offset,
         )
 
     def get(self) -> np.ndarray:
@@ -148,8 +152,8 @@ class _Dev(NamedTuple):
     obj: object  # the array as given (or a CAI-capable wrapper of a DLPack one)
     kind: str  # "torch", "cupy" or "fastbn" (anything else with the interface is answered with DeviceArray)
     ptr: int
-    shape: Tuple[int, ...]
-    strides: Tuple[int, ...]  # bytes
+    shape: tuple[int, ...]
+    strides: tuple[int, ...]  # bytes
     dtype: np.dtype
 
 
@@ -167,13 +171,13 @@ def is_device_array(a) -> bool:
     try:
         if getattr(a, "__cuda_array_interface__", None) is not None:
             return True
-    except Exception:  # noqa: BLE001 - e.g. a CPU tensor refusing the interface
+    except Exception:
         return False
     dev = getattr(a, "__dlpack_device__", None)
     if dev is not None:
         try:
             return dev()[0] in (2, 13)  # kDLCUDA, kDLCUDAManaged
-        except Exception:  # noqa: BLE001
+        except Exception:
             return False
     return False
 
@@ -221,7 +225,7 @@ def _read(a, name: str) -> _Dev:
         return _Dev(a, "cupy", int(a.data.ptr), tuple(a.shape), tuple(a.strides), dtype)
     try:
         cai = getattr(a, "__cuda_array_interface__", None)
-    except Exception:  # noqa: BLE001
+    except Exception:
         cai = None
     if cai is None:
         if not is_device_array(a):
@@ -299,13 +303,13 @@ def _is_contiguous(d: _Dev) -> bool:
 _IDENTITIES: dict = {}
 
 
-def _identity(n: int) -> Tuple[int, ...]:
+def _identity(n: int) -> tuple[int, ...]:
     return _IDENTITIES.setdefault(n, tuple(range(n)))
 
 
 class _View(NamedTuple):
     dev: _Dev
-    perm: Tuple[int, ...]
+    perm: tuple[int, ...]
     outer: int
     channels: int
     inner: int
@@ -387,8 +391,9 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
     require()
     y, yp = _out(out, v)
     (mean, mp), (var, vp) = _channel_pair(v.dev, v.channels)
-    _core.cuda_train(v.dev.ptr, yp, g, b, mp, vp, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64,
-                     _stream_of(v.dev))
+    _core.cuda_train(
+        v.dev.ptr, yp, g, b, mp, vp, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64, _stream_of(v.dev)
+    )
     return y, mean, var
 
 
@@ -402,8 +407,9 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5, o
     b = _channel_ptr(beta, "beta", v, True)
     require()
     y, yp = _out(out, v)
-    _core.cuda_infer(v.dev.ptr, yp, m, s, g, b, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64,
-                     _stream_of(v.dev))
+    _core.cuda_infer(
+        v.dev.ptr, yp, m, s, g, b, v.outer, v.channels, v.inner, e, v.dev.dtype == np.float64, _stream_of(v.dev)
+    )
     return y
 
 
@@ -429,8 +435,23 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
     else:
         dgamma = dbeta = None
         dgp = dbp = 0
-    _core.cuda_backward(d.ptr, v.dev.ptr, m, s, g, dxp, dgp, dbp, v.outer, v.channels, v.inner, e, bool(batch_stats),
-                        v.dev.dtype == np.float64, _stream_of(v.dev))
+    _core.cuda_backward(
+        d.ptr,
+        v.dev.ptr,
+        m,
+        s,
+        g,
+        dxp,
+        dgp,
+        dbp,
+        v.outer,
+        v.channels,
+        v.inner,
+        e,
+        bool(batch_stats),
+        v.dev.dtype == np.float64,
+        _stream_of(v.dev),
+    )
     return dx, dgamma, dbeta
 
 
@@ -453,7 +474,10 @@ def copy(a):
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, factor: float) -> None:
     """running = (1 - factor) * running + factor * batch on the device, the variance made unbiased."""
-    rm, rv, m, s = (_read(a, n) for a, n in ((running_mean, "running_mean"), (running_var, "running_var"),
-                                              (mean, "mean"), (var, "var")))
-    _core.cuda_update_running_stats(rm.ptr, rv.ptr, m.ptr, s.ptr, rm.shape[0], int(count), float(factor),
-                                    rm.dtype == np.float64, _stream_of(m))
+    rm, rv, m, s = (
+        _read(a, n)
+        for a, n in ((running_mean, "running_mean"), (running_var, "running_var"), (mean, "mean"), (var, "var"))
+    )
+    _core.cuda_update_running_stats(
+        rm.ptr, rv.ptr, m.ptr, s.ptr, rm.shape[0], int(count), float(factor), rm.dtype == np.float64, _stream_of(m)
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,7 +25,7 @@ _IDENTITY = [tuple(range(n)) for n in range(65)]  # NumPy arrays have at most 64
 
 class _View(NamedTuple):
     array: np.ndarray  # the array whose memory is used (the input itself, or a contiguous copy)
-    perm: Tuple[int, ...]  # axes from slowest to fastest in memory
+    perm: tuple[int, ...]  # axes from slowest to fastest in memory
     flat: np.ndarray  # 1-D C-contiguous view of that memory
     outer: int
     channels: int
@@ -70,7 +70,7 @@ def _normalize_axis(axis, ndim: int) -> int:
     return int(axis) % ndim
 
 
-def _dense_order(shape, strides, itemsize) -> Optional[Tuple[int, ...]]:
+def _dense_order(shape, strides, itemsize) -> tuple[int, ...] | None:
     """Axes from slowest to fastest in memory, if the memory is a permutation of a C-contiguous layout (no
     gaps, no negative or zero strides); else None. Axes of extent 1 can go anywhere: they go last."""
     big = [i for i in range(len(shape)) if shape[i] > 1]
@@ -83,7 +83,7 @@ def _dense_order(shape, strides, itemsize) -> Optional[Tuple[int, ...]]:
     return tuple(order + [i for i in range(len(shape)) if shape[i] <= 1])
 
 
-def _memory_order(a: np.ndarray) -> Optional[Tuple[int, ...]]:
+def _memory_order(a: np.ndarray) -> tuple[int, ...] | None:
     if not a.flags.aligned:
         return None
     if a.flags.c_contiguous:
@@ -91,7 +91,7 @@ def _memory_order(a: np.ndarray) -> Optional[Tuple[int, ...]]:
     return _dense_order(a.shape, a.strides, a.itemsize)
 
 
-def _flat(a: np.ndarray, perm: Tuple[int, ...]) -> Optional[np.ndarray]:
+def _flat(a: np.ndarray, perm: tuple[int, ...]) -> np.ndarray | None:
     """1-D view of ``a``'s memory in the order ``perm``, or None if ``a`` is not laid out that way."""
     t = a.transpose(perm)
     if not (t.flags.c_contiguous and t.flags.aligned):
@@ -138,7 +138,7 @@ def _empty(shape, dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype=dtype)
 
 
-def _empty_like_view(v: _View) -> Tuple[np.ndarray, np.ndarray]:
+def _empty_like_view(v: _View) -> tuple[np.ndarray, np.ndarray]:
     """A new array shaped like v.array with the same memory order, and its flat view."""
     if v.perm is _IDENTITY[v.array.ndim]:
         buf = _empty(v.array.shape, v.array.dtype)
@@ -150,7 +150,7 @@ def _empty_like_view(v: _View) -> Tuple[np.ndarray, np.ndarray]:
 class _Output(NamedTuple):
     result: np.ndarray  # what the caller gets back
     flat: np.ndarray  # where the kernel writes
-    pending: Optional[np.ndarray]  # a temporary to copy into `result` afterwards, when out= has another layout
+    pending: np.ndarray | None  # a temporary to copy into `result` afterwards, when out= has another layout
 
 
 def _output(out, v: _View, shape, inputs=(), name: str = "out") -> _Output:
@@ -186,7 +186,7 @@ def _finish(o: _Output) -> np.ndarray:
     return o.result
 
 
-def _channel_array(p, name: str, channels: int, dtype: np.dtype, optional: bool) -> Optional[np.ndarray]:
+def _channel_array(p, name: str, channels: int, dtype: np.dtype, optional: bool) -> np.ndarray | None:
     if type(p) is np.ndarray and p.dtype == dtype and p.shape == (channels,) and p.flags.c_contiguous:
         return p  # the common case, checked cheaply
     if p is None:
@@ -306,9 +306,7 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
         dbeta = np.empty(v.channels, dtype=v.array.dtype)
     else:
         dgamma = dbeta = None
-    _core.backward(
-        d_flat, v.flat, m, s, g, o.flat, dgamma, dbeta, v.outer, v.channels, v.inner, e, bool(batch_stats)
-    )
+    _core.backward(d_flat, v.flat, m, s, g, o.flat, dgamma, dbeta, v.outer, v.channels, v.inner, e, bool(batch_stats))
     return _finish(o), dgamma, dbeta
 
 

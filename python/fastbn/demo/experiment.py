@@ -12,9 +12,10 @@ difference between their curves is batch norm.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable
 
 import numpy as np
 
@@ -55,12 +56,12 @@ class Config:
     """Everything a run depends on; two runs with equal Configs (and data) give identical results."""
 
     optimizer: str = "sgd"
-    lr: Optional[float] = None  # None: DEFAULT_LR[optimizer]
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
     steps: int = 6000  # convergence run
     sweep_steps: int = 2000  # each run of the sweep
     sweep_points: int = 15
     batch_size: int = 60
-    hidden: Tuple[int, ...] = (100, 100, 100)
+    hidden: tuple[int, ...] = (100, 100, 100)
     init_std: float = 0.05
     eval_every: int = 100
     seed: int = 0
@@ -83,11 +84,11 @@ class Config:
 class History:
     """What one training run recorded at each evaluation (every ``eval_every`` steps, and at the end)."""
 
-    steps: List[int] = field(default_factory=list)
-    train_loss: List[float] = field(default_factory=list)  # mean training loss since the previous evaluation
-    test_acc: List[float] = field(default_factory=list)  # eval mode: BN uses its running averages
-    test_acc_batch: List[float] = field(default_factory=list)  # BN with test mini-batch statistics instead
-    percentiles: List[Tuple[float, float, float]] = field(default_factory=list)  # 15/50/85th, probed sigmoid input
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)  # mean training loss since the previous evaluation
+    test_acc: list[float] = field(default_factory=list)  # eval mode: BN uses its running averages
+    test_acc_batch: list[float] = field(default_factory=list)  # BN with test mini-batch statistics instead
+    percentiles: list[tuple[float, float, float]] = field(default_factory=list)  # 15/50/85th, probed sigmoid input
     diverged: bool = False
 
     @property
@@ -100,8 +101,8 @@ class Sweep:
     """The learning-rate sweep: the grid and, per variant, the final test accuracy and divergence at each rate."""
 
     lrs: np.ndarray
-    final_acc: Dict[str, np.ndarray]  # variant -> final test accuracy per learning rate
-    diverged: Dict[str, np.ndarray]
+    final_acc: dict[str, np.ndarray]  # variant -> final test accuracy per learning rate
+    diverged: dict[str, np.ndarray]
 
 
 def build_network(batch_norm: bool, rng: np.random.Generator, cfg: Config, n_in: int, n_classes: int):
@@ -119,7 +120,7 @@ def build_network(batch_norm: bool, rng: np.random.Generator, cfg: Config, n_in:
     return Sequential(layers), probe
 
 
-def _batch_norms(net: Sequential) -> List[fastbn.BatchNorm]:
+def _batch_norms(net: Sequential) -> list[fastbn.BatchNorm]:
     return [layer for layer in net.layers if isinstance(layer, fastbn.BatchNorm)]
 
 
@@ -142,7 +143,7 @@ def accuracy(net: Sequential, x: np.ndarray, y: np.ndarray, batch_stats: bool = 
     return correct / len(x)
 
 
-def _probe_percentiles(net: Sequential, probe: Sigmoid, x: np.ndarray, unit: int) -> Tuple[float, float, float]:
+def _probe_percentiles(net: Sequential, probe: Sigmoid, x: np.ndarray, unit: int) -> tuple[float, float, float]:
     net.eval()
     net(x)
     net.train()
@@ -166,7 +167,7 @@ def _one_blas_thread():
         yield
 
 
-def _generators(seed: int) -> Tuple[np.random.Generator, np.random.Generator]:
+def _generators(seed: int) -> tuple[np.random.Generator, np.random.Generator]:
     """One generator for the initial weights, one for the order of the mini-batches."""
     init, order = np.random.SeedSequence(seed).spawn(2)
     return np.random.default_rng(init), np.random.default_rng(order)
@@ -178,9 +179,9 @@ def train(
     cfg: Config,
     lr: float,
     steps: int,
-    eval_every: Optional[int] = None,
+    eval_every: int | None = None,
     probe: bool = True,
-    on_step: Optional[Callable[[int], None]] = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> History:
     """Train one variant for ``steps`` mini-batches with ``cfg.optimizer`` at ``lr``; evaluate every
     ``eval_every`` steps (None: only at the end). Stops early, marking the run diverged, if the loss overflows."""
@@ -232,7 +233,7 @@ def train(
     return hist
 
 
-def run_convergence(data: Digits, cfg: Config, on_step=None) -> Dict[str, History]:
+def run_convergence(data: Digits, cfg: Config, on_step=None) -> dict[str, History]:
     """Fig. 1: both variants at ``cfg.learning_rate`` for ``cfg.steps`` steps, evaluated every ``eval_every``."""
     return {
         name: train(name == "batch norm", data, cfg, cfg.learning_rate, cfg.steps, cfg.eval_every, True, on_step)
@@ -252,7 +253,7 @@ def run_sweep(data: Digits, cfg: Config, on_step=None) -> Sweep:
     return Sweep(lrs, acc, div)
 
 
-def steps_to_reach(hist: History, threshold: float) -> Optional[int]:
+def steps_to_reach(hist: History, threshold: float) -> int | None:
     """First evaluated step at which the test accuracy reached ``threshold``; None if it never did."""
     for step, a in zip(hist.steps, hist.test_acc):
         if a >= threshold:
@@ -260,7 +261,7 @@ def steps_to_reach(hist: History, threshold: float) -> Optional[int]:
     return None
 
 
-def trainable_range(lrs: Sequence[float], acc: Sequence[float], threshold: float) -> Optional[Tuple[float, float]]:
+def trainable_range(lrs: Sequence[float], acc: Sequence[float], threshold: float) -> tuple[float, float] | None:
     """The widest run of consecutive grid rates whose final accuracy reaches ``threshold``: (lowest, highest)."""
     best, start = None, None
     for i, a in enumerate(list(acc) + [-1.0]):

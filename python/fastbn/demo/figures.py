@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 
@@ -20,7 +19,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def plot_convergence(runs: Dict[str, History], cfg: Config, path: Path) -> Path:
+def plot_convergence(runs: dict[str, History], cfg: Config, path: Path) -> Path:
     """Fig. 1 of the paper: (a) test accuracy against training step for both variants; (b), (c) the 15th, 50th
     and 85th percentiles of the input of one last-hidden-layer sigmoid over the test set, without and with BN."""
     fig = _figure(15, 4.4)
@@ -94,7 +93,7 @@ def plot_sweep(sweep: Sweep, cfg: Config, path: Path) -> Path:
     return path
 
 
-def write_figures(runs: Dict[str, History], sweep: Sweep, cfg: Config, out_dir) -> List[Path]:
+def write_figures(runs: dict[str, History], sweep: Sweep, cfg: Config, out_dir) -> list[Path]:
     """Write fig1_convergence.png and lr_sweep.png into ``out_dir`` (created if needed); returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ Shapes are (batch, features) throughout.
 
 from __future__ import annotations
 
-from typing import List, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,16 +33,16 @@ __all__ = [
 class Layer:
     """Defaults for layers without parameters or modes."""
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> list[np.ndarray]:
         return []
 
-    def gradients(self) -> List[np.ndarray]:
+    def gradients(self) -> list[np.ndarray]:
         return []
 
-    def train(self, mode: bool = True) -> "Layer":
+    def train(self, mode: bool = True) -> Layer:
         return self
 
-    def eval(self) -> "Layer":
+    def eval(self) -> Layer:
         return self.train(False)
 
 
@@ -77,10 +77,10 @@ class Dense(Layer):
             np.sum(dy, axis=0, out=self.grad_b)
         return dy @ self.W.T
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> list[np.ndarray]:
         return [self.W] if self.b is None else [self.W, self.b]
 
-    def gradients(self) -> List[np.ndarray]:
+    def gradients(self) -> list[np.ndarray]:
         return [self.grad_W] if self.b is None else [self.grad_W, self.grad_b]
 
 
@@ -123,13 +123,13 @@ class Sequential(Layer):
             dy = layer.backward(dy)
         return dy
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> list[np.ndarray]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def gradients(self) -> List[np.ndarray]:
+    def gradients(self) -> list[np.ndarray]:
         return [g for layer in self.layers for g in layer.gradients()]
 
-    def train(self, mode: bool = True) -> "Sequential":
+    def train(self, mode: bool = True) -> Sequential:
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -159,10 +159,10 @@ def softmax_cross_entropy(logits: np.ndarray, labels: np.ndarray):
 class SGD:
     """Plain stochastic gradient descent: ``p -= lr * g``."""
 
-    def __init__(self, params: List[np.ndarray], lr: float) -> None:
+    def __init__(self, params: list[np.ndarray], lr: float) -> None:
         self.params, self.lr = params, lr
 
-    def step(self, grads: List[np.ndarray]) -> None:
+    def step(self, grads: list[np.ndarray]) -> None:
         for p, g in zip(self.params, grads):
             p -= self.lr * g
 
@@ -170,11 +170,11 @@ class SGD:
 class Momentum:
     """SGD with (heavy-ball) momentum: ``v = mu * v + g; p -= lr * v``."""
 
-    def __init__(self, params: List[np.ndarray], lr: float, mu: float = 0.9) -> None:
+    def __init__(self, params: list[np.ndarray], lr: float, mu: float = 0.9) -> None:
         self.params, self.lr, self.mu = params, lr, mu
         self.v = [np.zeros_like(p) for p in params]
 
-    def step(self, grads: List[np.ndarray]) -> None:
+    def step(self, grads: list[np.ndarray]) -> None:
         for p, g, v in zip(self.params, grads, self.v):
             v *= self.mu
             v += g
@@ -184,11 +184,11 @@ class Momentum:
 class RMSprop:
     """RMSprop: divide the step by a running root-mean-square of recent gradients."""
 
-    def __init__(self, params: List[np.ndarray], lr: float, rho: float = 0.9, eps: float = 1e-8) -> None:
+    def __init__(self, params: list[np.ndarray], lr: float, rho: float = 0.9, eps: float = 1e-8) -> None:
         self.params, self.lr, self.rho, self.eps = params, lr, rho, eps
         self.s = [np.zeros_like(p) for p in params]
 
-    def step(self, grads: List[np.ndarray]) -> None:
+    def step(self, grads: list[np.ndarray]) -> None:
         for p, g, s in zip(self.params, grads, self.s):
             s *= self.rho
             s += (1 - self.rho) * g * g
@@ -199,14 +199,14 @@ class Adam:
     """Adam (Kingma & Ba, 2015): momentum on the gradient and on its square, both bias-corrected."""
 
     def __init__(
-        self, params: List[np.ndarray], lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
+        self, params: list[np.ndarray], lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8
     ) -> None:
         self.params, self.lr, self.beta1, self.beta2, self.eps = params, lr, beta1, beta2, eps
         self.m = [np.zeros_like(p) for p in params]
         self.v = [np.zeros_like(p) for p in params]
         self.t = 0
 
-    def step(self, grads: List[np.ndarray]) -> None:
+    def step(self, grads: list[np.ndarray]) -> None:
         self.t += 1
         # Folding both bias corrections into the step size keeps the loop to three in-place updates.
         lr_t = float(self.lr * np.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t))
