@@ -32,13 +32,7 @@ void run(F&& f) {
 
 template <class T>
 void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var, const Shape& s, double eps) {
-  checks::require(x, "x");
-  checks::require(y, "y");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::shape(s);
-  checks::eps(eps);
-  checks::train_count(s);
+  checks::train_args(x, y, mean, var, s, eps);
   const cpu::TrainArgs<T> a{x, y, gamma, beta, mean, var, s.outer, s.channels, s.inner, eps};
   run([&] { kernels(cpu::active(), T()).train(a, exec()); });
 }
@@ -46,12 +40,7 @@ void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var
 template <class T>
 void infer_impl(const T* x, T* y, const T* mean, const T* var, const T* gamma, const T* beta, const Shape& s,
                 double eps) {
-  checks::require(x, "x");
-  checks::require(y, "y");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::shape(s);
-  checks::eps(eps);
+  checks::infer_args(x, y, mean, var, s, eps);
   const cpu::InferArgs<T> a{x, y, mean, var, gamma, beta, s.outer, s.channels, s.inner, eps};
   run([&] { kernels(cpu::active(), T()).infer(a, exec()); });
 }
@@ -59,13 +48,7 @@ void infer_impl(const T* x, T* y, const T* mean, const T* var, const T* gamma, c
 template <class T>
 void backward_impl(const T* dy, const T* x, const T* mean, const T* var, const T* gamma, T* dx, T* dgamma,
                    T* dbeta, const Shape& s, double eps, bool batch_stats) {
-  checks::require(dy, "dy");
-  checks::require(x, "x");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::require(dx, "dx");
-  checks::shape(s);
-  checks::eps(eps);
+  checks::backward_args(dy, x, mean, var, dx, s, eps);
   const cpu::BackwardArgs<T> a{dy,     x,       mean,    var,   gamma, dx, dgamma, dbeta, s.outer, s.channels,
                                s.inner, eps, batch_stats};
   run([&] { kernels(cpu::active(), T()).backward(a, exec()); });

@@ -44,5 +44,30 @@ void train_count(const Shape& s) {
   }
 }
 
+void train_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double e) {
+  infer_args(x, y, mean, var, s, e);
+  train_count(s);
+}
+
+void infer_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double e) {
+  require(x, "x");
+  require(y, "y");
+  require(mean, "mean");
+  require(var, "var");
+  shape(s);
+  eps(e);
+}
+
+void backward_args(const void* dy, const void* x, const void* mean, const void* var, const void* dx, const Shape& s,
+                   double e) {
+  require(dy, "dy");
+  require(x, "x");
+  require(mean, "mean");
+  require(var, "var");
+  require(dx, "dx");
+  shape(s);
+  eps(e);
+}
+
 }  // namespace checks
 }  // namespace fastbn

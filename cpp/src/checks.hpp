@@ -15,5 +15,11 @@ void eps(double eps);
 // Training: more than one value per channel.
 void train_count(const Shape& s);
 
+// The whole check of each pass's arguments (required pointers, shape, eps), for the CPU and CUDA fronts alike.
+void train_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double eps);
+void infer_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double eps);
+void backward_args(const void* dy, const void* x, const void* mean, const void* var, const void* dx, const Shape& s,
+                   double eps);
+
 }  // namespace checks
 }  // namespace fastbn

@@ -1,8 +1,8 @@
 // C++ API unit tests: every pass against a double-precision reference on every SIMD path this CPU has, the
 // same bits for any thread count, large-mean accuracy, and errors that throw without writing anything.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -10,19 +10,10 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "fastbn/batchnorm.hpp"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                              \
-    }                                                                            \
-  } while (0)
 
 struct Ref {
   std::vector<double> y, mean, var, dx, dgamma, dbeta;

@@ -14,20 +14,11 @@
 #include <string>
 #include <vector>
 
+#include "check.hpp"
 #include "fastbn/batchnorm.hpp"
 #include "fastbn/cuda.hpp"
 
 namespace {
-
-int g_failures = 0;
-
-#define CHECK(cond)                                                                  \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++g_failures;                                                                  \
-    }                                                                                \
-  } while (0)
 
 // Reports which case a failed CHECK belongs to.
 struct Context {

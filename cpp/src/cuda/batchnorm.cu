@@ -870,13 +870,7 @@ void launch_elementwise(const T* in0, const T* in1, T* out, const T* coef, int64
 template <class T>
 void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var, const Shape& s, double eps,
                 void* stream_ptr) {
-  checks::require(x, "x");
-  checks::require(y, "y");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::shape(s);
-  checks::eps(eps);
-  checks::train_count(s);
+  checks::train_args(x, y, mean, var, s, eps);
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
@@ -898,12 +892,7 @@ void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var
 template <class T>
 void infer_impl(const T* x, T* y, const T* mean, const T* var, const T* gamma, const T* beta, const Shape& s,
                 double eps, void* stream_ptr) {
-  checks::require(x, "x");
-  checks::require(y, "y");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::shape(s);
-  checks::eps(eps);
+  checks::infer_args(x, y, mean, var, s, eps);
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
@@ -917,13 +906,7 @@ void infer_impl(const T* x, T* y, const T* mean, const T* var, const T* gamma, c
 template <class T>
 void backward_impl(const T* dy, const T* x, const T* mean, const T* var, const T* gamma, T* dx, T* dgamma,
                    T* dbeta, const Shape& s, double eps, bool batch_stats, void* stream_ptr) {
-  checks::require(dy, "dy");
-  checks::require(x, "x");
-  checks::require(mean, "mean");
-  checks::require(var, "var");
-  checks::require(dx, "dx");
-  checks::shape(s);
-  checks::eps(eps);
+  checks::backward_args(dy, x, mean, var, dx, s, eps);
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
