@@ -2,8 +2,10 @@
 // (and FASTBN_ISA_AVX512 / FASTBN_ISA_AVX2), so this one source becomes one namespace per ISA.
 //
 // Two layouts of the (outer, C, inner) view:
-//  - inner > 1 ("nc"): each channel is `outer` contiguous runs of `inner` values. Work is split per channel, and
-//    within a channel into blocks of whole runs small enough to stay in L1/L2.
+//  - inner > 1 ("nc"): each channel is `outer` contiguous runs of `inner` values, cut into blocks of whole runs
+//    small enough to stay in L1/L2. Each thread takes a contiguous range of channels and pipelines them (block b
+//    of channel c is normalized from cache while block b of channel c + 1 is read for its statistics); when the
+//    channels do not split evenly over the threads, (channel, block) units are shared out instead.
 //  - inner == 1 ("cl", channels-last and 2-D): rows of C contiguous channels. Vectors run across channels; rows
 //    are grouped into tiles (in cache) and tiles into chunks (the unit a thread takes).
 //
