@@ -15,32 +15,26 @@ import fastbn
 from .bench import TRAFFIC, Result, _cases, format_table
 
 
+def _batch_ms(torch, fn, n: int) -> float:
+    """CUDA-event milliseconds of n calls in a row."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    for _ in range(n):
+        fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b)
+
+
 def _time(torch, fn, repeat: int, warmup: int) -> float:
     """Median milliseconds per call from CUDA events over batches of calls lasting >= 1 ms."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     n = 1
-    while True:
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(n):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        if a.elapsed_time(b) >= 1.0 or n >= 4096:
-            break
+    while _batch_ms(torch, fn, n) < 1.0 and n < 4096:
         n *= 2
-    samples = []
-    for _ in range(repeat):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(n):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        samples.append(a.elapsed_time(b) / n)
-    return float(np.median(samples))
+    return float(np.median([_batch_ms(torch, fn, n) / n for _ in range(repeat)]))
 
 
 def copy_bandwidth(torch, repeat: int) -> float:

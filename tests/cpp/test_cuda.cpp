@@ -326,16 +326,6 @@ void test_running_stats() {
   CHECK(max_err(gv, wv) < tol);
 }
 
-void expect_error(fastbn::Status status, const std::function<void()>& f) {
-  try {
-    f();
-    CHECK(!"expected fastbn::Error");
-  } catch (const fastbn::Error& e) {
-    CHECK(e.status() == status);
-    CHECK(std::string(e.what()).find("fastbn:") == 0);
-  }
-}
-
 void test_errors() {
   const Context ctx("argument errors");
   using fastbn::Status;
