@@ -33,6 +33,33 @@ int guard(F&& f) noexcept {
 
 fastbn::Shape shape(int64_t outer, int64_t channels, int64_t inner) { return {outer, channels, inner}; }
 
+fastbn::Fusion fusion(int activation, double negative_slope) {
+  return {static_cast<fastbn::Activation>(activation), negative_slope};
+}
+
+// The C ABI's half-precision tensors are uint16_t bit patterns; the C++ API's are these one-member structs.
+template <class T>
+struct Tensor {
+  using type = T;
+};
+template <>
+struct Tensor<fastbn::bfloat16> {
+  using type = uint16_t;
+};
+template <>
+struct Tensor<fastbn::float16> {
+  using type = uint16_t;
+};
+
+template <class T>
+const T* as(const typename Tensor<T>::type* p) {
+  return reinterpret_cast<const T*>(p);
+}
+template <class T>
+T* as(typename Tensor<T>::type* p) {
+  return reinterpret_cast<T*>(p);
+}
+
 }  // namespace
 
 extern "C" {
@@ -70,6 +97,127 @@ int fastbn_backward_f64(const double* dy, const double* x, const double* mean, c
   return guard([&] {
     fastbn::backward(dy, x, mean, var, gamma, dx, dgamma, dbeta, shape(outer, channels, inner), eps,
                      batch_stats != 0);
+  });
+}
+
+// Every typed entry point of the C ABI for one tensor type T (uint16_t bit patterns in C for the halves).
+#define FASTBN_C_TYPED(sfx, T)                                                                                     \
+  int fastbn_forward_train_fused_##sfx(const Tensor<T>::type* x, const Tensor<T>::type* residual,                 \
+                                       Tensor<T>::type* y, const fastbn::param_t<T>* gamma,                       \
+                                       const fastbn::param_t<T>* beta, fastbn::param_t<T>* mean,                  \
+                                       fastbn::param_t<T>* var, int64_t outer, int64_t channels, int64_t inner,   \
+                                       double eps, int activation, double negative_slope) {                       \
+    return guard([&] {                                                                                            \
+      fastbn::forward_train(as<T>(x), as<T>(residual), as<T>(y), gamma, beta, mean, var,                          \
+                            shape(outer, channels, inner), eps, fusion(activation, negative_slope));              \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_forward_infer_fused_##sfx(const Tensor<T>::type* x, const Tensor<T>::type* residual,                 \
+                                       Tensor<T>::type* y, const fastbn::param_t<T>* mean,                        \
+                                       const fastbn::param_t<T>* var, const fastbn::param_t<T>* gamma,            \
+                                       const fastbn::param_t<T>* beta, int64_t outer, int64_t channels,           \
+                                       int64_t inner, double eps, int activation, double negative_slope) {        \
+    return guard([&] {                                                                                            \
+      fastbn::forward_infer(as<T>(x), as<T>(residual), as<T>(y), mean, var, gamma, beta,                          \
+                            shape(outer, channels, inner), eps, fusion(activation, negative_slope));              \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_backward_fused_##sfx(const Tensor<T>::type* dy, const Tensor<T>::type* x, const Tensor<T>::type* y,  \
+                                  const fastbn::param_t<T>* mean, const fastbn::param_t<T>* var,                  \
+                                  const fastbn::param_t<T>* gamma, const fastbn::param_t<T>* beta,                \
+                                  Tensor<T>::type* dx, Tensor<T>::type* dresidual, fastbn::param_t<T>* dgamma,    \
+                                  fastbn::param_t<T>* dbeta, int64_t outer, int64_t channels, int64_t inner,      \
+                                  double eps, int batch_stats, int activation, double negative_slope) {           \
+    return guard([&] {                                                                                            \
+      fastbn::backward(as<T>(dy), as<T>(x), as<T>(y), mean, var, gamma, beta, as<T>(dx), as<T>(dresidual),        \
+                       dgamma, dbeta, shape(outer, channels, inner), eps, batch_stats != 0,                       \
+                       fusion(activation, negative_slope));                                                       \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_local_stats_##sfx(const Tensor<T>::type* x, double* mean, double* m2, int64_t outer,                 \
+                               int64_t channels, int64_t inner) {                                                 \
+    return guard([&] { fastbn::local_stats(as<T>(x), mean, m2, shape(outer, channels, inner)); });                \
+  }                                                                                                               \
+  int fastbn_normalize_##sfx(const Tensor<T>::type* x, const Tensor<T>::type* residual, Tensor<T>::type* y,       \
+                             const double* mean, const double* var, const fastbn::param_t<T>* gamma,              \
+                             const fastbn::param_t<T>* beta, int64_t outer, int64_t channels, int64_t inner,      \
+                             double eps, int activation, double negative_slope) {                                 \
+    return guard([&] {                                                                                            \
+      fastbn::normalize(as<T>(x), as<T>(residual), as<T>(y), mean, var, gamma, beta,                              \
+                        shape(outer, channels, inner), eps, fusion(activation, negative_slope));                  \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_backward_reduce_##sfx(const Tensor<T>::type* dy, const Tensor<T>::type* x,                           \
+                                   const Tensor<T>::type* y, const double* mean, const double* var,               \
+                                   const fastbn::param_t<T>* gamma, const fastbn::param_t<T>* beta,               \
+                                   double* sum_dy, double* sum_dy_xhat, int64_t outer, int64_t channels,          \
+                                   int64_t inner, double eps, int activation, double negative_slope) {            \
+    return guard([&] {                                                                                            \
+      fastbn::backward_reduce(as<T>(dy), as<T>(x), as<T>(y), mean, var, gamma, beta, sum_dy, sum_dy_xhat,         \
+                              shape(outer, channels, inner), eps, fusion(activation, negative_slope));            \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_backward_apply_##sfx(const Tensor<T>::type* dy, const Tensor<T>::type* x, const Tensor<T>::type* y,  \
+                                  const double* mean, const double* var, const fastbn::param_t<T>* gamma,         \
+                                  const fastbn::param_t<T>* beta, const double* sum_dy,                           \
+                                  const double* sum_dy_xhat, double count, Tensor<T>::type* dx,                   \
+                                  Tensor<T>::type* dresidual, int64_t outer, int64_t channels, int64_t inner,     \
+                                  double eps, int activation, double negative_slope) {                            \
+    return guard([&] {                                                                                            \
+      fastbn::backward_apply(as<T>(dy), as<T>(x), as<T>(y), mean, var, gamma, beta, sum_dy, sum_dy_xhat, count,   \
+                             as<T>(dx), as<T>(dresidual), shape(outer, channels, inner), eps,                     \
+                             fusion(activation, negative_slope));                                                 \
+    });                                                                                                           \
+  }
+
+// The plain passes of the half types (float and double have theirs written out above).
+#define FASTBN_C_HALF(sfx, T)                                                                                      \
+  int fastbn_forward_train_##sfx(const uint16_t* x, uint16_t* y, const float* gamma, const float* beta,           \
+                                 float* mean, float* var, int64_t outer, int64_t channels, int64_t inner,         \
+                                 double eps) {                                                                    \
+    return guard([&] {                                                                                            \
+      fastbn::forward_train(as<T>(x), as<T>(y), gamma, beta, mean, var, shape(outer, channels, inner), eps);      \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_forward_infer_##sfx(const uint16_t* x, uint16_t* y, const float* mean, const float* var,             \
+                                 const float* gamma, const float* beta, int64_t outer, int64_t channels,          \
+                                 int64_t inner, double eps) {                                                     \
+    return guard([&] {                                                                                            \
+      fastbn::forward_infer(as<T>(x), as<T>(y), mean, var, gamma, beta, shape(outer, channels, inner), eps);      \
+    });                                                                                                           \
+  }                                                                                                               \
+  int fastbn_backward_##sfx(const uint16_t* dy, const uint16_t* x, const float* mean, const float* var,           \
+                            const float* gamma, uint16_t* dx, float* dgamma, float* dbeta, int64_t outer,         \
+                            int64_t channels, int64_t inner, double eps, int batch_stats) {                       \
+    return guard([&] {                                                                                            \
+      fastbn::backward(as<T>(dy), as<T>(x), mean, var, gamma, as<T>(dx), dgamma, dbeta,                           \
+                       shape(outer, channels, inner), eps, batch_stats != 0);                                     \
+    });                                                                                                           \
+  }
+
+FASTBN_C_TYPED(f32, float)
+FASTBN_C_TYPED(f64, double)
+FASTBN_C_TYPED(bf16, fastbn::bfloat16)
+FASTBN_C_TYPED(f16, fastbn::float16)
+FASTBN_C_HALF(bf16, fastbn::bfloat16)
+FASTBN_C_HALF(f16, fastbn::float16)
+#undef FASTBN_C_TYPED
+#undef FASTBN_C_HALF
+
+int fastbn_merge_stats(int64_t parts, const double* count, const double* mean, const double* m2, int64_t channels,
+                       double* total_count, double* mean_out, double* m2_out) {
+  return guard([&] { fastbn::merge_stats(parts, count, mean, m2, channels, total_count, mean_out, m2_out); });
+}
+int fastbn_update_running_stats_f32(float* running_mean, float* running_var, const double* mean, const double* var,
+                                    int64_t channels, double count, double momentum) {
+  return guard([&] {
+    fastbn::update_running_stats(running_mean, running_var, mean, var, channels, count, momentum);
+  });
+}
+int fastbn_update_running_stats_f64(double* running_mean, double* running_var, const double* mean,
+                                    const double* var, int64_t channels, double count, double momentum) {
+  return guard([&] {
+    fastbn::update_running_stats(running_mean, running_var, mean, var, channels, count, momentum);
   });
 }
 

@@ -44,6 +44,18 @@ void train_count(const Shape& s) {
   }
 }
 
+void fusion(int activation, double negative_slope) {
+  if (activation < FASTBN_ACT_NONE || activation > FASTBN_ACT_SIGMOID) {
+    throw Error(Status::bad_argument, "fastbn: unknown activation " + std::to_string(activation) +
+                                          "; expected 0 (none), 1 (relu), 2 (leaky_relu) or 3 (sigmoid)");
+  }
+  if (!std::isfinite(negative_slope)) {
+    std::ostringstream o;
+    o << "fastbn: negative_slope must be finite, got " << negative_slope;
+    throw Error(Status::bad_argument, o.str());
+  }
+}
+
 void train_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double e) {
   infer_args(x, y, mean, var, s, e);
   train_count(s);

@@ -15,6 +15,9 @@ void eps(double eps);
 // Training: more than one value per channel.
 void train_count(const Shape& s);
 
+// A known activation (fastbn_activation) and a finite negative_slope.
+void fusion(int activation, double negative_slope);
+
 // The whole check of each pass's arguments (required pointers, shape, eps), for the CPU and CUDA fronts alike.
 void train_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double eps);
 void infer_args(const void* x, const void* y, const void* mean, const void* var, const Shape& s, double eps);

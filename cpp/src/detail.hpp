@@ -14,6 +14,8 @@ FASTBN_API void quiet_simd_warning();
 // Copies `count` floats with the active SIMD path's streaming stores on all threads: the yardstick the
 // benchmark measures memory bandwidth with. Values pass through (x - 0) * 1 + 0, so -0.0 arrives as +0.0.
 FASTBN_API void stream_copy(const float* src, float* dst, int64_t count);
+// dst = a + b, the same way: two streams in, one out (3S of traffic).
+FASTBN_API void stream_add(const float* a, const float* b, float* dst, int64_t count);
 
 }  // namespace detail
 }  // namespace fastbn

@@ -1,6 +1,6 @@
 #pragma once
-// fastbn C++ API. The same kernels as the C ABI (fastbn/fastbn.h), with overloads for float and double and
-// errors reported as fastbn::Error exceptions instead of status codes.
+// fastbn C++ API. The same kernels as the C ABI (fastbn/fastbn.h), as templates over the tensor type (float,
+// double, bfloat16, float16) and with errors reported as fastbn::Error exceptions instead of status codes.
 //
 // Layout: every tensor is viewed as (outer, channels, inner), C-contiguous; element (o, c, i) is at
 // (o * channels + c) * inner + i. (N, C) -> {N, C, 1}; NCHW -> {N, C, H*W}; NHWC -> {N*H*W, C, 1}.
@@ -47,28 +47,134 @@ struct Shape {
   int64_t inner = 1;
 };
 
+// Half-precision storage: the bits of an IEEE binary16 (float16) or of a bfloat16 value. Tensors of these
+// types compute in float32 with float32 parameters and statistics; results are rounded once, to nearest even.
+struct bfloat16 {
+  uint16_t bits;
+};
+struct float16 {
+  uint16_t bits;
+};
+
+// The type of gamma, beta, the statistics and the parameter gradients for tensors of type T: double for
+// double, float for float, bfloat16 and float16.
+template <class T>
+struct Param {
+  using type = float;
+};
+template <>
+struct Param<double> {
+  using type = double;
+};
+template <class T>
+using param_t = typename Param<T>::type;
+// T, in a parameter that does not take part in deducing T (so that nullptr can be passed there).
+template <class T>
+struct Same {
+  using type = T;
+};
+template <class T>
+using same_t = typename Same<T>::type;
+
+// What follows the normalization, fused into the same pass: y = act(gamma * xhat + beta + residual).
+// leaky_relu(z) = z > 0 ? z : negative_slope * z. The backward of an activation takes act' from the forward's
+// output y (so y must be passed), and needs negative_slope >= 0 for leaky_relu.
+enum class Activation : int {
+  none = FASTBN_ACT_NONE,
+  relu = FASTBN_ACT_RELU,
+  leaky_relu = FASTBN_ACT_LEAKY_RELU,
+  sigmoid = FASTBN_ACT_SIGMOID,
+};
+struct Fusion {
+  Activation activation = Activation::none;
+  double negative_slope = 0.01;
+};
+
+// Every function below is a template over the tensor type T = float, double, bfloat16 or float16 (explicitly
+// instantiated in the library; T is deduced from x). P = param_t<T>.
+
 // Training forward: y = gamma * (x - mean) / sqrt(var + eps) + beta with the batch statistics of x, which are
 // also written to mean and var (channels values each; var biased). Needs more than one value per channel.
-FASTBN_API void forward_train(const float* x, float* y, const float* gamma, const float* beta, float* mean,
-                              float* var, const Shape& shape, double eps);
-FASTBN_API void forward_train(const double* x, double* y, const double* gamma, const double* beta, double* mean,
-                              double* var, const Shape& shape, double eps);
+template <class T>
+FASTBN_API void forward_train(const T* x, same_t<T>* y, const param_t<T>* gamma, const param_t<T>* beta, param_t<T>* mean,
+                              param_t<T>* var, const Shape& shape, double eps);
+// The same with a fused epilogue: y = act(gamma * xhat + beta + residual); residual may be nullptr.
+template <class T>
+FASTBN_API void forward_train(const T* x, const same_t<T>* residual, same_t<T>* y, const param_t<T>* gamma, const param_t<T>* beta,
+                              param_t<T>* mean, param_t<T>* var, const Shape& shape, double eps,
+                              const Fusion& fusion);
 
 // Inference forward with given per-channel statistics (running averages).
-FASTBN_API void forward_infer(const float* x, float* y, const float* mean, const float* var, const float* gamma,
-                              const float* beta, const Shape& shape, double eps);
-FASTBN_API void forward_infer(const double* x, double* y, const double* mean, const double* var,
-                              const double* gamma, const double* beta, const Shape& shape, double eps);
+template <class T>
+FASTBN_API void forward_infer(const T* x, same_t<T>* y, const param_t<T>* mean, const param_t<T>* var,
+                              const param_t<T>* gamma, const param_t<T>* beta, const Shape& shape, double eps);
+template <class T>
+FASTBN_API void forward_infer(const T* x, const same_t<T>* residual, same_t<T>* y, const param_t<T>* mean, const param_t<T>* var,
+                              const param_t<T>* gamma, const param_t<T>* beta, const Shape& shape, double eps,
+                              const Fusion& fusion);
 
 // Backward of either forward. batch_stats = true: mean/var are the batch statistics of x and the gradient
 // flows through them (training). false: they were constants (eval). dgamma / dbeta may be nullptr.
-FASTBN_API void backward(const float* dy, const float* x, const float* mean, const float* var, const float* gamma,
-                         float* dx, float* dgamma, float* dbeta, const Shape& shape, double eps, bool batch_stats);
-FASTBN_API void backward(const double* dy, const double* x, const double* mean, const double* var,
-                         const double* gamma, double* dx, double* dgamma, double* dbeta, const Shape& shape,
+template <class T>
+FASTBN_API void backward(const T* dy, const same_t<T>* x, const param_t<T>* mean, const param_t<T>* var,
+                         const param_t<T>* gamma, same_t<T>* dx, param_t<T>* dgamma, param_t<T>* dbeta, const Shape& shape,
                          double eps, bool batch_stats);
+// Backward of a fused forward. y is the forward's output (needed with an activation, or when x is nullptr);
+// dresidual (may be nullptr) receives dy * act'(.), the gradient of the residual input. x == nullptr: xhat is
+// recovered from y ("in-place activated batch norm"): needs beta, a gamma without zeros, an invertible
+// activation (none, leaky_relu with negative_slope > 0, sigmoid) and a forward without residual.
+template <class T>
+FASTBN_API void backward(const T* dy, const same_t<T>* x, const same_t<T>* y, const param_t<T>* mean, const param_t<T>* var,
+                         const param_t<T>* gamma, const param_t<T>* beta, same_t<T>* dx, same_t<T>* dresidual, param_t<T>* dgamma,
+                         param_t<T>* dbeta, const Shape& shape, double eps, bool batch_stats, const Fusion& fusion);
 
-// Threads for the CPU kernels; n >= 1 (throws Error(bad_argument) otherwise). Tiny tensors use fewer.
+// ---------------------------------------------------------------------------------------------------------
+// The phases of a batch norm whose batch is split over processes (SyncBatchNorm). Every process runs the same
+// calls; only the small per-channel vectors travel between them:
+//   forward:  local_stats -> (gather) -> merge_stats -> normalize (+ update_running_stats)
+//   backward: backward_reduce -> (sum over processes) -> backward_apply
+// Statistics and sums are double; var is biased (M2 / count).
+
+// Per-channel mean and M2 (sum of squared deviations) of x over its outer * inner values per channel.
+template <class T>
+FASTBN_API void local_stats(const T* x, double* mean, double* m2, const Shape& shape);
+
+// Merges `parts` partial statistics (part p: count[p] values per channel, means and M2s at mean[p * channels],
+// m2[p * channels]) in the order given, with Chan's formula, so every process that merges the same parts in
+// the same order gets the same bits. Parts with count 0 are skipped. Writes the total count and per-channel
+// mean and M2 (mean 0 and M2 0 when the total count is 0).
+FASTBN_API void merge_stats(int64_t parts, const double* count, const double* mean, const double* m2,
+                            int64_t channels, double* total_count, double* mean_out, double* m2_out);
+
+// Normalization with given (e.g. global) statistics: y = act(gamma * (x - mean) / sqrt(var + eps) + beta
+// + residual); residual may be nullptr.
+template <class T>
+FASTBN_API void normalize(const T* x, const same_t<T>* residual, same_t<T>* y, const double* mean, const double* var,
+                          const param_t<T>* gamma, const param_t<T>* beta, const Shape& shape, double eps,
+                          const Fusion& fusion);
+
+// running = (1 - momentum) * running + momentum * batch, with the unbiased batch variance
+// var * count / (count - 1). Needs count > 1 and momentum in [0, 1].
+template <class T>
+FASTBN_API void update_running_stats(T* running_mean, same_t<T>* running_var, const double* mean, const double* var,
+                                     int64_t channels, double count, double momentum);
+
+// Local backward sums: sum_dy = sum(dz) and sum_dy_xhat = sum(dz * xhat) per channel, dz = dy * act'(.).
+// x, y as in backward(). Summed over all processes they are the global dbeta and dgamma.
+template <class T>
+FASTBN_API void backward_reduce(const T* dy, const same_t<T>* x, const same_t<T>* y, const double* mean, const double* var,
+                                const param_t<T>* gamma, const param_t<T>* beta, double* sum_dy,
+                                double* sum_dy_xhat, const Shape& shape, double eps, const Fusion& fusion);
+
+// dx (and dresidual, may be nullptr) from the global sums over `count` values per channel (all processes).
+template <class T>
+FASTBN_API void backward_apply(const T* dy, const same_t<T>* x, const same_t<T>* y, const double* mean, const double* var,
+                               const param_t<T>* gamma, const param_t<T>* beta, const double* sum_dy,
+                               const double* sum_dy_xhat, double count, same_t<T>* dx, same_t<T>* dresidual, const Shape& shape,
+                               double eps, const Fusion& fusion);
+
+// Threads for the CPU kernels; 1 <= n <= max_threads_limit (throws Error(bad_argument) otherwise). Tiny
+// tensors use fewer.
 FASTBN_API void set_num_threads(int n);
 FASTBN_API int get_num_threads();
 

@@ -9,9 +9,11 @@
  * Functions return 0 (FASTBN_OK) on success or a fastbn_status code; they never abort the process, and on
  * error they write nothing. Outputs may alias inputs of the same shape (y == x, dx == dy) for in-place use.
  *
- * Each f32 function has an _f64 twin taking double. The fastbn_cuda_* functions take DEVICE pointers and a
- * cudaStream_t passed as void* (NULL = the default stream); they return FASTBN_ERR_NO_CUDA when the library
- * was built without CUDA or no device is usable.
+ * Each f32 function has an _f64 twin taking double, and _bf16 and _f16 twins whose tensors (x, y, dy, dx,
+ * residual) are bfloat16 or IEEE float16 bit patterns (uint16_t) while gamma, beta, the statistics and the
+ * parameter gradients stay float; half-precision results are rounded once, to nearest even. The
+ * fastbn_cuda_* functions take DEVICE pointers and a cudaStream_t passed as void* (NULL = the default
+ * stream); they return FASTBN_ERR_NO_CUDA when the library was built without CUDA or no device is usable.
  */
 #include <stdint.h>
 
@@ -33,6 +35,15 @@ typedef enum fastbn_status {
   FASTBN_ERR_CUDA = 8,           /* a CUDA runtime call failed */
   FASTBN_ERR_INTERNAL = 9        /* a bug: please report it */
 } fastbn_status;
+
+/* Activations fused after the normalization (the _fused functions): y = act(gamma * xhat + beta + residual).
+ * leaky_relu(z) = z > 0 ? z : negative_slope * z. */
+typedef enum fastbn_activation {
+  FASTBN_ACT_NONE = 0,
+  FASTBN_ACT_RELU = 1,
+  FASTBN_ACT_LEAKY_RELU = 2,
+  FASTBN_ACT_SIGMOID = 3
+} fastbn_activation;
 
 /* Training forward: writes y (outer*channels*inner values) and the batch mean / biased var (channels). */
 FASTBN_API int fastbn_forward_train_f32(const float* x, float* y, const float* gamma, const float* beta,
@@ -60,6 +71,159 @@ FASTBN_API int fastbn_backward_f64(const double* dy, const double* x, const doub
                                    const double* gamma, double* dx, double* dgamma, double* dbeta,
                                    int64_t outer, int64_t channels, int64_t inner, double eps, int batch_stats);
 
+/* Half precision: bfloat16 (_bf16) and IEEE float16 (_f16) tensors as uint16_t, float parameters. */
+FASTBN_API int fastbn_forward_train_bf16(const uint16_t* x, uint16_t* y, const float* gamma, const float* beta,
+                                         float* mean, float* var, int64_t outer, int64_t channels, int64_t inner,
+                                         double eps);
+FASTBN_API int fastbn_forward_infer_bf16(const uint16_t* x, uint16_t* y, const float* mean, const float* var,
+                                         const float* gamma, const float* beta, int64_t outer, int64_t channels,
+                                         int64_t inner, double eps);
+FASTBN_API int fastbn_backward_bf16(const uint16_t* dy, const uint16_t* x, const float* mean, const float* var,
+                                    const float* gamma, uint16_t* dx, float* dgamma, float* dbeta, int64_t outer,
+                                    int64_t channels, int64_t inner, double eps, int batch_stats);
+FASTBN_API int fastbn_forward_train_f16(const uint16_t* x, uint16_t* y, const float* gamma, const float* beta,
+                                         float* mean, float* var, int64_t outer, int64_t channels, int64_t inner,
+                                         double eps);
+FASTBN_API int fastbn_forward_infer_f16(const uint16_t* x, uint16_t* y, const float* mean, const float* var,
+                                         const float* gamma, const float* beta, int64_t outer, int64_t channels,
+                                         int64_t inner, double eps);
+FASTBN_API int fastbn_backward_f16(const uint16_t* dy, const uint16_t* x, const float* mean, const float* var,
+                                    const float* gamma, uint16_t* dx, float* dgamma, float* dbeta, int64_t outer,
+                                    int64_t channels, int64_t inner, double eps, int batch_stats);
+
+/* Fused epilogues (activation is a fastbn_activation; residual may be NULL):
+ *   forward_train_fused / forward_infer_fused: y = act(gamma * xhat + beta + residual).
+ *   backward_fused: y is the forward's output, needed with an activation (act' is taken from it) or when x is
+ *   NULL; dresidual (may be NULL) receives dy * act'(.), the gradient of the residual. x == NULL recovers xhat
+ *   from y ("in-place activated batch norm"): needs beta, gamma without zeros, an invertible activation (none,
+ *   leaky_relu with negative_slope > 0, sigmoid) and a forward without residual. */
+FASTBN_API int fastbn_forward_train_fused_f32(const float* x, const float* residual, float* y, const float* gamma,
+                                               const float* beta, float* mean, float* var, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_forward_infer_fused_f32(const float* x, const float* residual, float* y, const float* mean,
+                                               const float* var, const float* gamma, const float* beta, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_backward_fused_f32(const float* dy, const float* x, const float* y, const float* mean,
+                                          const float* var, const float* gamma, const float* beta, float* dx,
+                                          float* dresidual, float* dgamma, float* dbeta, int64_t outer, int64_t channels,
+                                          int64_t inner, double eps, int batch_stats, int activation,
+                                          double negative_slope);
+FASTBN_API int fastbn_forward_train_fused_f64(const double* x, const double* residual, double* y, const double* gamma,
+                                               const double* beta, double* mean, double* var, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_forward_infer_fused_f64(const double* x, const double* residual, double* y, const double* mean,
+                                               const double* var, const double* gamma, const double* beta, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_backward_fused_f64(const double* dy, const double* x, const double* y, const double* mean,
+                                          const double* var, const double* gamma, const double* beta, double* dx,
+                                          double* dresidual, double* dgamma, double* dbeta, int64_t outer, int64_t channels,
+                                          int64_t inner, double eps, int batch_stats, int activation,
+                                          double negative_slope);
+FASTBN_API int fastbn_forward_train_fused_bf16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* gamma,
+                                               const float* beta, float* mean, float* var, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_forward_infer_fused_bf16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* mean,
+                                               const float* var, const float* gamma, const float* beta, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_backward_fused_bf16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const float* mean,
+                                          const float* var, const float* gamma, const float* beta, uint16_t* dx,
+                                          uint16_t* dresidual, float* dgamma, float* dbeta, int64_t outer, int64_t channels,
+                                          int64_t inner, double eps, int batch_stats, int activation,
+                                          double negative_slope);
+FASTBN_API int fastbn_forward_train_fused_f16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* gamma,
+                                               const float* beta, float* mean, float* var, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_forward_infer_fused_f16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const float* mean,
+                                               const float* var, const float* gamma, const float* beta, int64_t outer,
+                                               int64_t channels, int64_t inner, double eps, int activation,
+                                               double negative_slope);
+FASTBN_API int fastbn_backward_fused_f16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const float* mean,
+                                          const float* var, const float* gamma, const float* beta, uint16_t* dx,
+                                          uint16_t* dresidual, float* dgamma, float* dbeta, int64_t outer, int64_t channels,
+                                          int64_t inner, double eps, int batch_stats, int activation,
+                                          double negative_slope);
+
+/* The phases of a batch norm whose batch is split over processes (SyncBatchNorm); every process makes the same
+ * calls and only the small per-channel double vectors travel between them:
+ *   forward:  local_stats -> (gather over processes) -> merge_stats -> normalize (+ update_running_stats)
+ *   backward: backward_reduce -> (sum over processes) -> backward_apply
+ * local_stats: per-channel mean and M2 (sum of squared deviations) over outer * inner values.
+ * merge_stats: `parts` partials (part p: count[p] values per channel, mean[p * channels + c], m2[...]) merged
+ *   in the order given (Chan's formula), so every process gets the same bits; count-0 parts are skipped.
+ * normalize: y = act(gamma * (x - mean) / sqrt(var + eps) + beta + residual) with given double statistics.
+ * update_running_stats: running = (1 - momentum) * running + momentum * batch, unbiased var * count/(count-1).
+ * backward_reduce: local sum_dy = sum(dz), sum_dy_xhat = sum(dz * xhat), dz = dy * act'(.); x, y as in
+ *   backward_fused. backward_apply: dx (and dresidual) from the sums over all processes, `count` values. */
+FASTBN_API int fastbn_merge_stats(int64_t parts, const double* count, const double* mean, const double* m2,
+                                  int64_t channels, double* total_count, double* mean_out, double* m2_out);
+FASTBN_API int fastbn_update_running_stats_f32(float* running_mean, float* running_var, const double* mean,
+                                               const double* var, int64_t channels, double count, double momentum);
+FASTBN_API int fastbn_update_running_stats_f64(double* running_mean, double* running_var, const double* mean,
+                                               const double* var, int64_t channels, double count, double momentum);
+FASTBN_API int fastbn_local_stats_f32(const float* x, double* mean, double* m2, int64_t outer, int64_t channels,
+                                       int64_t inner);
+FASTBN_API int fastbn_normalize_f32(const float* x, const float* residual, float* y, const double* mean, const double* var,
+                                     const float* gamma, const float* beta, int64_t outer, int64_t channels, int64_t inner,
+                                     double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_reduce_f32(const float* dy, const float* x, const float* y, const double* mean,
+                                           const double* var, const float* gamma, const float* beta, double* sum_dy,
+                                           double* sum_dy_xhat, int64_t outer, int64_t channels, int64_t inner,
+                                           double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_apply_f32(const float* dy, const float* x, const float* y, const double* mean,
+                                          const double* var, const float* gamma, const float* beta,
+                                          const double* sum_dy, const double* sum_dy_xhat, double count, float* dx,
+                                          float* dresidual, int64_t outer, int64_t channels, int64_t inner,
+                                          double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_local_stats_f64(const double* x, double* mean, double* m2, int64_t outer, int64_t channels,
+                                       int64_t inner);
+FASTBN_API int fastbn_normalize_f64(const double* x, const double* residual, double* y, const double* mean, const double* var,
+                                     const double* gamma, const double* beta, int64_t outer, int64_t channels, int64_t inner,
+                                     double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_reduce_f64(const double* dy, const double* x, const double* y, const double* mean,
+                                           const double* var, const double* gamma, const double* beta, double* sum_dy,
+                                           double* sum_dy_xhat, int64_t outer, int64_t channels, int64_t inner,
+                                           double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_apply_f64(const double* dy, const double* x, const double* y, const double* mean,
+                                          const double* var, const double* gamma, const double* beta,
+                                          const double* sum_dy, const double* sum_dy_xhat, double count, double* dx,
+                                          double* dresidual, int64_t outer, int64_t channels, int64_t inner,
+                                          double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_local_stats_bf16(const uint16_t* x, double* mean, double* m2, int64_t outer, int64_t channels,
+                                       int64_t inner);
+FASTBN_API int fastbn_normalize_bf16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const double* mean, const double* var,
+                                     const float* gamma, const float* beta, int64_t outer, int64_t channels, int64_t inner,
+                                     double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_reduce_bf16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const double* mean,
+                                           const double* var, const float* gamma, const float* beta, double* sum_dy,
+                                           double* sum_dy_xhat, int64_t outer, int64_t channels, int64_t inner,
+                                           double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_apply_bf16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const double* mean,
+                                          const double* var, const float* gamma, const float* beta,
+                                          const double* sum_dy, const double* sum_dy_xhat, double count, uint16_t* dx,
+                                          uint16_t* dresidual, int64_t outer, int64_t channels, int64_t inner,
+                                          double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_local_stats_f16(const uint16_t* x, double* mean, double* m2, int64_t outer, int64_t channels,
+                                       int64_t inner);
+FASTBN_API int fastbn_normalize_f16(const uint16_t* x, const uint16_t* residual, uint16_t* y, const double* mean, const double* var,
+                                     const float* gamma, const float* beta, int64_t outer, int64_t channels, int64_t inner,
+                                     double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_reduce_f16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const double* mean,
+                                           const double* var, const float* gamma, const float* beta, double* sum_dy,
+                                           double* sum_dy_xhat, int64_t outer, int64_t channels, int64_t inner,
+                                           double eps, int activation, double negative_slope);
+FASTBN_API int fastbn_backward_apply_f16(const uint16_t* dy, const uint16_t* x, const uint16_t* y, const double* mean,
+                                          const double* var, const float* gamma, const float* beta,
+                                          const double* sum_dy, const double* sum_dy_xhat, double count, uint16_t* dx,
+                                          uint16_t* dresidual, int64_t outer, int64_t channels, int64_t inner,
+                                          double eps, int activation, double negative_slope);
+
 /* A short English description of a status code; never NULL (unknown codes get "unknown fastbn status"). */
 FASTBN_API const char* fastbn_status_string(int status);
 /* The full message of the last failed call made by this thread ("" if none failed yet); never NULL. */
@@ -70,7 +234,7 @@ FASTBN_API const char* fastbn_last_error_message(void);
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 
-/* The library version ("0.1.0") and the instruction set the CPU kernels run with ("avx512", "avx2", "scalar"). */
+/* The library version ("0.2.0") and the instruction set the CPU kernels run with ("avx512", "avx2", "scalar"). */
 FASTBN_API const char* fastbn_version(void);
 FASTBN_API const char* fastbn_simd(void);
 

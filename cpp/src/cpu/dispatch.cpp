@@ -61,7 +61,9 @@ bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
-bool has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+bool has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
 #endif
 bool always() { return true; }
 
@@ -152,8 +154,11 @@ namespace detail {
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 
 void stream_copy(const float* src, float* dst, int64_t count) {
-  static thread_local cpu::Workspace workspace;
-  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), &workspace, cpu::core_cache_bytes()});
+  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), nullptr, cpu::core_cache_bytes()});
+}
+
+void stream_add(const float* a, const float* b, float* dst, int64_t count) {
+  cpu::active().add(a, b, dst, count, cpu::Exec{get_num_threads(), nullptr, cpu::core_cache_bytes()});
 }
 }  // namespace detail
 

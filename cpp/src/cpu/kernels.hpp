@@ -1,10 +1,16 @@
 #pragma once
 // The interface between the argument-checking front (batchnorm.cpp) and the CPU kernels, which are compiled
 // once per instruction set (kernels_<isa>.cpp) into their own namespace and reached through a KernelTable.
-// Arguments arrive validated: pointers non-null where required, extents >= 1, eps > 0.
+// Arguments arrive validated: pointers non-null where required, extents >= 1, eps > 0, a known activation.
+//
+// S is the storage type of the tensors (float, double, bfloat16, float16); P = param_t<S> that of gamma, beta,
+// the statistics and the parameter gradients (double for double, float otherwise). Statistics handed to a
+// kernel as inputs are double: the front widens them once per call.
 #include <cstddef>
 #include <cstdint>
 #include <string>
+
+#include "cpu/half.hpp"
 
 namespace fastbn {
 namespace cpu {
@@ -34,59 +40,117 @@ struct Exec {
 // The per-core L2 size as the OS reports it (1 MiB when it does not).
 int64_t core_cache_bytes();
 
-template <class T>
+// What follows the normalization: y = act(gamma * xhat + beta + residual). Leaky ReLU's slope is `slope`.
+enum class Act : int { none = 0, relu = 1, leaky_relu = 2, sigmoid = 3 };
+
+struct Epilogue {
+  Act act = Act::none;
+  double slope = 0.01;
+};
+
+template <class S>
 struct TrainArgs {
-  const T* x;
-  T* y;
-  const T* gamma;  // may be null
-  const T* beta;   // may be null
-  T* mean;
-  T* var;
+  const S* x;
+  const S* residual;  // may be null
+  S* y;
+  const param_t<S>* gamma;  // may be null
+  const param_t<S>* beta;   // may be null
+  param_t<S>* mean;
+  param_t<S>* var;  // biased
   int64_t outer, channels, inner;
   double eps;
+  Epilogue epi;
 };
 
-template <class T>
-struct InferArgs {
-  const T* x;
-  T* y;
-  const T* mean;
-  const T* var;
-  const T* gamma;  // may be null
-  const T* beta;   // may be null
+// Normalization with given statistics: inference, and the apply step of a distributed forward.
+template <class S>
+struct ApplyArgs {
+  const S* x;
+  const S* residual;  // may be null
+  S* y;
+  const double* mean;
+  const double* var;
+  const param_t<S>* gamma;  // may be null
+  const param_t<S>* beta;   // may be null
   int64_t outer, channels, inner;
   double eps;
+  Epilogue epi;
 };
 
-template <class T>
+// Per-channel statistics of x alone: mean and M2 (sum of squared deviations) over outer * inner values.
+template <class S>
+struct StatsArgs {
+  const S* x;
+  double* mean;
+  double* m2;
+  int64_t outer, channels, inner;
+};
+
+// full: sums, then dx (one process). reduce: only the sums, into sum_dy / sum_dy_xhat. apply: dx from given
+// (global) sums over `count` values per channel.
+enum class Phase : int { full = 0, reduce = 1, apply = 2 };
+
+template <class S>
 struct BackwardArgs {
-  const T* dy;
-  const T* x;
-  const T* mean;
-  const T* var;
-  const T* gamma;  // may be null
-  T* dx;
-  T* dgamma;  // may be null
-  T* dbeta;   // may be null
+  const S* dy;
+  const S* x;  // null: xhat is recovered from y (in-place activated batch norm)
+  const S* y;  // the forward's output: needed with an activation or without x
+  const double* mean;
+  const double* var;
+  const param_t<S>* gamma;  // may be null
+  const param_t<S>* beta;   // may be null; used when x is null
+  S* dx;                    // may be null in the reduce phase
+  S* dresidual;             // may be null: dy * act'(.)
+  param_t<S>* dgamma;       // may be null
+  param_t<S>* dbeta;        // may be null
   int64_t outer, channels, inner;
   double eps;
   bool batch_stats;
+  Epilogue epi;
+  Phase phase;
+  double* sum_dy;       // reduce: written; apply: read
+  double* sum_dy_xhat;  // reduce: written; apply: read
+  double count;         // apply: values per channel over all processes
 };
 
-template <class T>
+template <class S>
 struct Kernels {
-  void (*train)(const TrainArgs<T>&, const Exec&);
-  void (*infer)(const InferArgs<T>&, const Exec&);
-  void (*backward)(const BackwardArgs<T>&, const Exec&);
+  void (*train)(const TrainArgs<S>&, const Exec&);
+  void (*apply)(const ApplyArgs<S>&, const Exec&);
+  void (*stats)(const StatsArgs<S>&, const Exec&);
+  void (*backward)(const BackwardArgs<S>&, const Exec&);
 };
 
 struct KernelTable {
   const char* name;
   Kernels<float> f32;
   Kernels<double> f64;
-  // The fastest plain copy this path can do (streaming stores, all threads): the benchmark's yardstick.
+  Kernels<bfloat16> bf16;
+  Kernels<float16> f16;
+  // The yardsticks of the benchmark, with this path's streaming stores on all threads: a copy (2S of traffic)
+  // and dst = a + b (3S).
   void (*copy)(const float* src, float* dst, int64_t count, const Exec&);
+  void (*add)(const float* a, const float* b, float* dst, int64_t count, const Exec&);
 };
+
+template <class S>
+const Kernels<S>& kernels_of(const KernelTable& t);
+template <>
+inline const Kernels<float>& kernels_of<float>(const KernelTable& t) {
+  return t.f32;
+}
+template <>
+inline const Kernels<double>& kernels_of<double>(const KernelTable& t) {
+  return t.f64;
+}
+template <>
+inline const Kernels<bfloat16>& kernels_of<bfloat16>(const KernelTable& t) {
+  return t.bf16;
+}
+template <>
+inline const Kernels<float16>& kernels_of<float16>(const KernelTable& t) {
+  return t.f16;
+}
 
 namespace scalar {
 const KernelTable& table();

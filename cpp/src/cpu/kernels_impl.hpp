@@ -2,24 +2,35 @@
 // (and FASTBN_ISA_AVX512 / FASTBN_ISA_AVX2), so this one source becomes one namespace per ISA.
 //
 // Two layouts of the (outer, C, inner) view:
-//  - inner > 1 ("nc"): each channel is `outer` contiguous runs of `inner` values, cut into blocks of whole runs
-//    small enough to stay in L1/L2. Each thread takes a contiguous range of channels and pipelines them (block b
-//    of channel c is normalized from cache while block b of channel c + 1 is read for its statistics); when the
-//    channels do not split evenly over the threads, (channel, block) units are shared out instead.
+//  - inner > 1 ("nc"): each channel is `outer` contiguous runs of `inner` values, cut into blocks small enough
+//    to stay in L1/L2 (whole runs, or pieces of one long run). Each thread takes a contiguous range of
+//    channels and pipelines them (block b of channel c is normalized from cache while block b of channel c + 1
+//    is read for its statistics); when the channels do not split evenly over the threads, (channel, block)
+//    units are shared out instead.
 //  - inner == 1 ("cl", channels-last and 2-D): rows of C contiguous channels. Vectors run across channels; rows
 //    are grouped into tiles (in cache) and tiles into chunks (the unit a thread takes).
 //
+// One loop per shape of work, many flags: the storage type S (float, double, bfloat16, float16; halves compute
+// in float) is a template parameter of every driver; the epilogue (activation; residual) and the prologue of
+// the backward (xhat from x, or recovered from the output y) are template or run-time parameters of the block
+// functions, chosen once per call. Drivers also run the phases of a distributed batch norm on their own: the
+// statistics alone, normalization with given statistics, the backward sums alone, dx from given sums.
+//
 // Determinism: every reduction is defined by the shape alone. A channel's statistics are the in-order merge of
 // its blocks (nc) or chunks (cl), whichever thread computed each one, so the bits are the same for any thread
-// count. Kernel sources are compiled with -ffp-contract=off so that vector bodies and scalar tails round alike.
+// count. Kernel sources are compiled with -ffp-contract=off, and heads and tails of loops go through the same
+// (masked) vector code as their bodies, so every element of a pass rounds alike.
 //
-// Statistics: two passes over each in-cache block give a shift k near the block mean, then sums of (x - k) and
-// (x - k)^2; blocks are merged in double with Chan's formula. This stays accurate when |mean| >> std, and the
-// second pass costs no memory traffic. Normalization computes (x - mean) * scale + beta, not x * scale + shift:
-// for large means the subtraction is exact while a folded shift would cancel catastrophically.
+// Statistics: each in-cache block is read twice. The first pass gives a shift k, its first value plus the mean
+// deviation from it (exact for a constant block); the second sums x - k and (x - k)^2. Every sum is kept in
+// float (or double) lanes for at most kRound vectors and then moved into double lanes, so no float partial sum
+// ever spans more than a few dozen values, however long a run is; blocks are merged in double with Chan's
+// formula. A block whose squares overflow float is summed again in double, scaled. Normalization computes
+// (x - hi) * scale + (beta - lo * scale) with mean = hi + lo, so large means do not cancel.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -33,7 +44,7 @@ namespace cpu {
 namespace FASTBN_ISA_NS {
 namespace {
 
-// Bytes of one array a block (nc) or tile (cl) spans: the working set of the second, in-cache pass.
+// Bytes of one array a block (nc) spans: the working set of the second, in-cache pass.
 constexpr int64_t kBlockBytes = 32 * 1024;
 // Bytes of one array a channels-last tile spans (its reductions re-read it from L1/L2).
 constexpr int64_t kTileBytes = 64 * 1024;
@@ -44,6 +55,9 @@ constexpr int64_t kMinBytesPerThread = 96 * 1024;
 // Outputs at least this large bypass the caches (streaming stores): they would not stay there anyway, and a
 // normal store first reads the line it writes.
 constexpr int64_t kStreamMinBytes = 4 << 20;
+// Vectors an accumulator takes before its float lanes are moved into double lanes: a float partial sum spans
+// at most this many values per lane, so its relative error stays below ~kRound * 2^-24 for any run length.
+constexpr int kRound = 32;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -97,9 +111,9 @@ inline bool channels_balance(int64_t channels, int threads) {
   return threads == 1 || channels % threads == 0 || channels >= 8 * threads;
 }
 
-template <class T>
-inline bool can_stream(const T* out, int64_t bytes) {
-  return bytes >= kStreamMinBytes && reinterpret_cast<uintptr_t>(out) % sizeof(T) == 0;
+template <class S>
+inline bool can_stream(const S* out, int64_t bytes) {
+  return out != nullptr && bytes >= kStreamMinBytes && reinterpret_cast<uintptr_t>(out) % sizeof(S) == 0;
 }
 
 // Carves 64-byte aligned arrays out of one workspace block.
@@ -122,14 +136,128 @@ class Carver {
 };
 
 // ---------------------------------------------------------------------------------------------------------
+// Loads of whole vectors (Full) and of the first m lanes of one
+
+struct Full {};
+
+template <class S>
+inline typename IO<S>::reg ld(const S* p, Full) {
+  return IO<S>::load(p);
+}
+template <class S>
+inline typename IO<S>::reg ld(const S* p, int m) {
+  return IO<S>::load_first(p, m);
+}
+template <class V>
+inline typename V::reg keep(Full, typename V::reg v, typename V::reg) {
+  return v;
+}
+template <class V>
+inline typename V::reg keep(int m, typename V::reg v, typename V::reg fill) {
+  return V::keep_first(m, v, fill);
+}
+
+template <class S>
+inline compute_t<S> load1(const S* p) {
+  if constexpr (is_half_v<S>) {
+    return to_float(*p);
+  } else {
+    return *p;
+  }
+}
+
+// Writes the vector of elements [i, i + m) of out (m == width unless a head or tail), streaming or not.
+template <class S, class M>
+inline void put(S* out, typename IO<S>::reg v, M m, bool stream) {
+  if constexpr (std::is_same<M, Full>::value) {
+    if (stream) {
+      IO<S>::stream(out, v);
+    } else {
+      IO<S>::store(out, v);
+    }
+  } else {
+    IO<S>::store_first(out, v, m);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Bounded sums: two accumulators of float (or double) lanes, moved into double lanes by flush()
+
+template <class V>
+struct Bounded {
+  typename V::reg f0 = V::zero(), f1 = V::zero();
+  alignas(64) double d[V::width] = {};
+  void add(int j, typename V::reg v) {
+    if (j == 0) {
+      f0 = V::add(f0, v);
+    } else {
+      f1 = V::add(f1, v);
+    }
+  }
+  void fma(int j, typename V::reg a, typename V::reg b) {
+    if (j == 0) {
+      f0 = V::fmadd(a, b, f0);
+    } else {
+      f1 = V::fmadd(a, b, f1);
+    }
+  }
+  void flush() {
+    V::add_to(d, V::add(f0, f1));
+    f0 = f1 = V::zero();
+  }
+  double total() {
+    flush();
+    double s = 0.0;
+    for (int i = 0; i < V::width; ++i) s += d[i];
+    return s;
+  }
+};
+
+// Calls f(j, offset, m) for every vector of `rows` runs of `len` values (run r at offset r * stride), j the
+// accumulator (0 or 1) and m Full or the lanes of a tail; calls flush() whenever an accumulator may have taken
+// kRound vectors since the last one.
+template <int W, class F, class G>
+inline void walk(int64_t rows, int64_t len, int64_t stride, F&& f, G&& flush) {
+  int cnt = 0;
+  auto tick = [&] {
+    if (++cnt == kRound) {
+      flush();
+      cnt = 0;
+    }
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * stride;
+    int64_t i = 0;
+    for (; i + 2 * W <= len; i += 2 * W) {
+      f(0, o + i, Full{});
+      f(1, o + i + W, Full{});
+      tick();
+    }
+    for (; i + W <= len; i += W) {
+      f(0, o + i, Full{});
+      tick();
+    }
+    if (i < len) {
+      f(1, o + i, static_cast<int>(len - i));
+      tick();
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Moments and per-channel coefficients
 
 struct Moments {
   double n = 0, mean = 0, m2 = 0;
 };
 
-// Chan et al.: fold a part of nb values with mean mb and M2 qb into acc. Exact for the first part (acc.n == 0).
+// Chan et al.: fold a part of nb values with mean mb and M2 qb into acc. The first part is copied (a delta
+// against the empty mean 0 could overflow and give inf * 0).
 inline void merge(Moments& acc, double nb, double mb, double qb) {
+  if (acc.n == 0) {
+    acc = {nb, mb, qb};
+    return;
+  }
   const double n = acc.n + nb;
   const double delta = mb - acc.mean;
   const double f = nb / n;
@@ -138,354 +266,155 @@ inline void merge(Moments& acc, double nb, double mb, double qb) {
   acc.n = n;
 }
 
-template <class T>
-struct Coef {
-  T mu, scale, shift;
-};
-
 inline double inv_std(double var, double eps) { return 1.0 / std::sqrt(var + eps); }
 
-// Finishes channel c of a training forward: writes mean/var and returns the normalization coefficients.
-template <class T>
-inline Coef<T> train_coef(const TrainArgs<T>& a, int64_t c, const Moments& m) {
-  const double var = m.m2 / m.n;
-  a.mean[c] = static_cast<T>(m.mean);
-  a.var[c] = static_cast<T>(var);
-  const double g = a.gamma ? static_cast<double>(a.gamma[c]) : 1.0;
-  const double scale = g * inv_std(var, a.eps);
-  // mean = hi + lo: x - hi is exact for x near the mean, and lo is folded into the shift, so y keeps full
-  // precision even when |mean| >> std.
-  const T hi = static_cast<T>(m.mean);
-  const double lo = m.mean - static_cast<double>(hi);
-  const double beta = a.beta ? static_cast<double>(a.beta[c]) : 0.0;
-  return {hi, static_cast<T>(scale), static_cast<T>(beta - lo * scale)};
-}
-
-// Backward coefficients of channel c: dx = a * dy + (b * (x - mu) + d). Writes dgamma / dbeta when wanted.
-template <class T>
-struct GradCoef {
-  T mu, a, b, d;
+// Forward coefficients of a channel: y = act((x - center) * sc + sh [+ residual]).
+template <class C>
+struct FwdCoef {
+  C center, sc, sh;
 };
 
-template <class T>
-inline GradCoef<T> grad_coef(const BackwardArgs<T>& a, int64_t c, double sdy, double sdyx) {
-  const double invstd = inv_std(static_cast<double>(a.var[c]), a.eps);
+// mean = hi + lo: x - hi is exact for x near the mean, and lo is folded into the shift, so y keeps full
+// precision even when |mean| >> std.
+template <class C, class P>
+inline FwdCoef<C> fwd_coef(double mean, double var, const P* gamma, const P* beta, int64_t c, double eps) {
+  const double g = gamma ? static_cast<double>(gamma[c]) : 1.0;
+  const double b = beta ? static_cast<double>(beta[c]) : 0.0;
+  const double scale = g * inv_std(var, eps);
+  const C hi = static_cast<C>(mean);
+  const double lo = mean - static_cast<double>(hi);
+  return {hi, static_cast<C>(scale), static_cast<C>(b - lo * scale)};
+}
+
+// Backward, per element: dz = dy * act'(.) and a centred value u with xhat = kappa * u + lambda per channel.
+// From x: u = x - hi (center = hi, kappa = invstd, lambda = -lo * invstd). From y: u = act^-1(y) - beta
+// (center = beta, kappa = 1 / gamma, lambda = 0). Then dx = a * dz + (b * u + d).
+template <class C>
+struct BwdCoef {
+  C center, a, b, d;
+};
+
+struct BwdChannel {
+  double invstd, g, kappa, lambda;
+  double center;
+};
+
+template <class S>
+inline BwdChannel bwd_channel(const BackwardArgs<S>& a, int64_t c) {
+  using C = compute_t<S>;
+  const double invstd = inv_std(a.var[c], a.eps);
   const double g = a.gamma ? static_cast<double>(a.gamma[c]) : 1.0;
-  if (a.dgamma) a.dgamma[c] = static_cast<T>(sdyx * invstd);
-  if (a.dbeta) a.dbeta[c] = static_cast<T>(sdy);
-  GradCoef<T> k{a.mean[c], static_cast<T>(g * invstd), T(0), T(0)};
+  if (a.x) {
+    const C hi = static_cast<C>(a.mean[c]);
+    const double lo = a.mean[c] - static_cast<double>(hi);
+    return {invstd, g, invstd, -lo * invstd, static_cast<double>(hi)};
+  }
+  const double b = a.beta ? static_cast<double>(a.beta[c]) : 0.0;
+  return {invstd, g, 1.0 / g, 0.0, b};
+}
+
+// Per-channel sums of a backward: Sdz = sum(dz), Su = sum(dz * u); finishes channel c: writes the parameter
+// gradients (full and reduce phases) or the sums (reduce phase), and returns the dx coefficients.
+template <class S>
+inline BwdCoef<compute_t<S>> finish_bwd(const BackwardArgs<S>& a, int64_t c, double sdz, double su) {
+  using C = compute_t<S>;
+  using P = param_t<S>;
+  const BwdChannel ch = bwd_channel(a, c);
+  double sxh;
+  if (a.phase == Phase::apply) {
+    sdz = a.sum_dy[c];
+    sxh = a.sum_dy_xhat[c];
+  } else {
+    sxh = ch.kappa * su + ch.lambda * sdz;
+    if (a.dgamma) a.dgamma[c] = static_cast<P>(sxh);
+    if (a.dbeta) a.dbeta[c] = static_cast<P>(sdz);
+    if (a.phase == Phase::reduce) {
+      a.sum_dy[c] = sdz;
+      a.sum_dy_xhat[c] = sxh;
+    }
+  }
+  const double A = ch.g * ch.invstd;
+  BwdCoef<C> k{static_cast<C>(ch.center), static_cast<C>(A), C(0), C(0)};
   if (a.batch_stats) {
-    const double n = static_cast<double>(a.outer * a.inner);
-    k.b = static_cast<T>(-g * invstd * invstd * invstd * sdyx / n);
-    k.d = static_cast<T>(-g * invstd * sdy / n);
+    const double n = a.phase == Phase::apply ? a.count : static_cast<double>(a.outer * a.inner);
+    k.b = static_cast<C>(-A * ch.kappa * sxh / n);
+    k.d = static_cast<C>(-A * (sdz + ch.lambda * sxh) / n);
   }
   return k;
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Runs (inner > 1): `rows` runs of `len` contiguous values, run r at p + r * stride.
+// Activations: the forward, the derivative taken from the output y, and the inverse (z from y)
 
-template <class T>
-inline void block_moments(const T* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  typename V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
-  T t = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* q = p + r * stride;
-    int64_t i = 0;
-    for (; i + 4 * W <= len; i += 4 * W) {
-      a0 = V::add(a0, V::load(q + i));
-      a1 = V::add(a1, V::load(q + i + W));
-      a2 = V::add(a2, V::load(q + i + 2 * W));
-      a3 = V::add(a3, V::load(q + i + 3 * W));
-    }
-    for (; i + W <= len; i += W) a0 = V::add(a0, V::load(q + i));
-    for (; i < len; ++i) t += q[i];
-  }
-  const double n = static_cast<double>(rows * len);
-  const T k = static_cast<T>((V::hsum(V::add(V::add(a0, a1), V::add(a2, a3))) + t) / n);
-  const typename V::reg kv = V::set1(k);
-  typename V::reg s0 = V::zero(), s1 = V::zero(), q0 = V::zero(), q1 = V::zero();
-  T ts = 0, tq = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* q = p + r * stride;
-    int64_t i = 0;
-    for (; i + 2 * W <= len; i += 2 * W) {
-      const typename V::reg d0 = V::sub(V::load(q + i), kv);
-      const typename V::reg d1 = V::sub(V::load(q + i + W), kv);
-      s0 = V::add(s0, d0);
-      s1 = V::add(s1, d1);
-      q0 = V::fmadd(d0, d0, q0);
-      q1 = V::fmadd(d1, d1, q1);
-    }
-    for (; i + W <= len; i += W) {
-      const typename V::reg d0 = V::sub(V::load(q + i), kv);
-      s0 = V::add(s0, d0);
-      q0 = V::fmadd(d0, d0, q0);
-    }
-    for (; i < len; ++i) {
-      const T d = q[i] - k;
-      ts += d;
-      tq = V::fma1(d, d, tq);
-    }
-  }
-  const double s = V::hsum(V::add(s0, s1)) + ts;
-  const double sq = V::hsum(V::add(q0, q1)) + tq;
-  mean = static_cast<double>(k) + s / n;
-  m2 = sq - s * s / n;
-  if (m2 < 0) m2 = 0;  // rounding; NaN passes through
-}
-
-// y = (x - mu) * scale + shift over a run.
-template <class T, bool kStream>
-inline void normalize_run(const T* x, T* y, int64_t len, const Coef<T>& k) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  int64_t i = 0;
-  if (kStream) {  // peel to the vector alignment streaming stores need
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(y) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, len) : 0;
-    for (; i < head; ++i) y[i] = V::fma1(x[i] - k.mu, k.scale, k.shift);
-  }
-  const typename V::reg mu = V::set1(k.mu), sc = V::set1(k.scale), sh = V::set1(k.shift);
-  for (; i + 2 * W <= len; i += 2 * W) {
-    const typename V::reg r0 = V::fmadd(V::sub(V::load(x + i), mu), sc, sh);
-    const typename V::reg r1 = V::fmadd(V::sub(V::load(x + i + W), mu), sc, sh);
-    if (kStream) {
-      V::stream(y + i, r0);
-      V::stream(y + i + W, r1);
+template <class C, Act A>
+struct ActOps {
+  using V = Vec<C>;
+  using reg = typename V::reg;
+  static inline reg fwd(reg z, reg slope) {
+    if constexpr (A == Act::relu) {
+      return V::max(V::zero(), z);  // max(0, NaN) is NaN
+    } else if constexpr (A == Act::leaky_relu) {
+      return V::select_pos(z, z, V::mul(z, slope));
+    } else if constexpr (A == Act::sigmoid) {
+      // t = e^-|z| never overflows; sigmoid(z) = 1 / (1 + t) for z > 0 and t / (1 + t) otherwise.
+      const reg t = vexp<C>(V::sub(V::zero(), V::abs(z)));
+      const reg s = V::div(V::set1(C(1)), V::add(V::set1(C(1)), t));
+      return V::select_pos(z, s, V::mul(t, s));
     } else {
-      V::store(y + i, r0);
-      V::store(y + i + W, r1);
+      (void)slope;
+      return z;
     }
   }
-  for (; i + W <= len; i += W) {
-    const typename V::reg r0 = V::fmadd(V::sub(V::load(x + i), mu), sc, sh);
-    if (kStream) {
-      V::stream(y + i, r0);
+  static inline reg deriv(reg y, reg slope) {
+    if constexpr (A == Act::relu) {
+      return V::select_pos(y, V::set1(C(1)), V::zero());
+    } else if constexpr (A == Act::leaky_relu) {
+      return V::select_pos(y, V::set1(C(1)), slope);
+    } else if constexpr (A == Act::sigmoid) {
+      return V::mul(y, V::sub(V::set1(C(1)), y));
     } else {
-      V::store(y + i, r0);
+      (void)y;
+      (void)slope;
+      return V::set1(C(1));
     }
   }
-  for (; i < len; ++i) y[i] = V::fma1(x[i] - k.mu, k.scale, k.shift);
-}
-
-template <class T>
-inline void normalize_run(bool stream, const T* x, T* y, int64_t len, const Coef<T>& k) {
-  if (stream) {
-    normalize_run<T, true>(x, y, len, k);
-  } else {
-    normalize_run<T, false>(x, y, len, k);
-  }
-}
-
-// Sums of dy and dy * (x - mu) over a block of runs.
-template <class T>
-inline void block_grad_sums(const T* dy, const T* x, int64_t stride, int64_t rows, int64_t len, T mu,
-                            double& sdy, double& sdyx) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  const typename V::reg m = V::set1(mu);
-  typename V::reg g0 = V::zero(), g1 = V::zero(), h0 = V::zero(), h1 = V::zero();
-  T tg = 0, th = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* pd = dy + r * stride;
-    const T* px = x + r * stride;
-    int64_t i = 0;
-    for (; i + 2 * W <= len; i += 2 * W) {
-      const typename V::reg d0 = V::load(pd + i), d1 = V::load(pd + i + W);
-      g0 = V::add(g0, d0);
-      g1 = V::add(g1, d1);
-      h0 = V::fmadd(d0, V::sub(V::load(px + i), m), h0);
-      h1 = V::fmadd(d1, V::sub(V::load(px + i + W), m), h1);
-    }
-    for (; i + W <= len; i += W) {
-      const typename V::reg d0 = V::load(pd + i);
-      g0 = V::add(g0, d0);
-      h0 = V::fmadd(d0, V::sub(V::load(px + i), m), h0);
-    }
-    for (; i < len; ++i) {
-      tg += pd[i];
-      th = V::fma1(pd[i], px[i] - mu, th);
-    }
-  }
-  sdy = V::hsum(V::add(g0, g1)) + tg;
-  sdyx = V::hsum(V::add(h0, h1)) + th;
-}
-
-// dx = a * dy + (b * (x - mu) + d) over a run; with kScaleOnly, dx = a * dy (x unused).
-template <class T, bool kStream, bool kScaleOnly>
-inline void grad_run(const T* dy, const T* x, T* dx, int64_t len, const GradCoef<T>& k) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  auto one = [&](int64_t j) {
-    return kScaleOnly ? dy[j] * k.a : V::fma1(k.a, dy[j], V::fma1(k.b, x[j] - k.mu, k.d));
-  };
-  int64_t i = 0;
-  if (kStream) {
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(dx) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, len) : 0;
-    for (; i < head; ++i) dx[i] = one(i);
-  }
-  const typename V::reg va = V::set1(k.a), vb = V::set1(k.b), vd = V::set1(k.d), vm = V::set1(k.mu);
-  for (; i + W <= len; i += W) {
-    typename V::reg r;
-    if (kScaleOnly) {
-      r = V::mul(V::load(dy + i), va);
+  // Outputs saturated to exactly 0 or 1 by the sigmoid cannot be inverted; their logit is clamped to the range
+  // an unsaturated output can have.
+  static inline reg inverse(reg y, reg inv_slope) {
+    if constexpr (A == Act::leaky_relu) {
+      return V::select_pos(y, y, V::mul(y, inv_slope));
+    } else if constexpr (A == Act::sigmoid) {
+      constexpr C lo = sizeof(C) == 4 ? C(1.17549435e-38) : C(2.2250738585072014e-308);
+      constexpr C hi = sizeof(C) == 4 ? C(16777216.0) : C(9007199254740992.0);
+      const reg q = V::div(y, V::sub(V::set1(C(1)), y));
+      return vlog<C>(V::min(V::set1(hi), V::max(V::set1(lo), q)));
     } else {
-      r = V::fmadd(va, V::load(dy + i), V::fmadd(vb, V::sub(V::load(x + i), vm), vd));
-    }
-    if (kStream) {
-      V::stream(dx + i, r);
-    } else {
-      V::store(dx + i, r);
+      (void)inv_slope;
+      return y;
     }
   }
-  for (; i < len; ++i) dx[i] = one(i);
-}
-
-template <class T>
-inline void grad_run(bool stream, bool scale_only, const T* dy, const T* x, T* dx, int64_t len,
-                     const GradCoef<T>& k) {
-  if (stream) {
-    if (scale_only) {
-      grad_run<T, true, true>(dy, x, dx, len, k);
-    } else {
-      grad_run<T, true, false>(dy, x, dx, len, k);
-    }
-  } else {
-    if (scale_only) {
-      grad_run<T, false, true>(dy, x, dx, len, k);
-    } else {
-      grad_run<T, false, false>(dy, x, dx, len, k);
-    }
-  }
-}
+};
 
 // ---------------------------------------------------------------------------------------------------------
-// Rows (inner == 1): `rows` rows of C contiguous channels. The reductions walk a tile column group by column
-// group (G vectors of channels held in registers); the elementwise passes walk the rows as one flat run, the
-// channel index cycling, with coefficient arrays extended to C + W entries (entry j is channel j % C) so a
-// vector load never needs to wrap.
+// Coefficient sources of the elementwise loops: one channel (nc runs) or channels cycling along a flat run of
+// whole rows (cl), read from arrays extended to C + width entries (entry j is channel j % C).
 
-#if defined(FASTBN_ISA_AVX512)
-constexpr int kGroup = 8;  // 3 * 8 of the 32 vector registers
-#else
-constexpr int kGroup = 4;
-#endif
+template <class C, int N>
+struct Uniform {
+  typename Vec<C>::reg k[N];
+  typename Vec<C>::reg get(int i) const { return k[i]; }
+  void advance(int64_t) {}
+};
 
-// Per channel of [0, G * V::width): a shift k (the tile mean) and s1 = sum(x - k), s2 = sum((x - k)^2).
-template <class T, class V, int G>
-inline void group_moments_cl(const T* x, int64_t rows, int64_t C, T* k, T* s1, T* s2) {
-  constexpr int64_t W = V::width;
-  typename V::reg a[G], u[G], q[G];
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) a[g] = u[g] = q[g] = V::zero();
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* p = x + r * C;
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], V::load(p + g * W));
-  }
-  const typename V::reg inv = V::set1(T(1) / static_cast<T>(rows));
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) {
-    a[g] = V::mul(a[g], inv);
-    V::store(k + g * W, a[g]);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* p = x + r * C;
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const typename V::reg d = V::sub(V::load(p + g * W), a[g]);
-      u[g] = V::add(u[g], d);
-      q[g] = V::fmadd(d, d, q[g]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) {
-    V::store(s1 + g * W, u[g]);
-    V::store(s2 + g * W, q[g]);
-  }
-}
-
-template <class T>
-inline void tile_moments_cl(const T* x, int64_t rows, int64_t C, T* k, T* s1, T* s2) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  int64_t c = 0;
-  for (; c + kGroup * W <= C; c += kGroup * W) group_moments_cl<T, V, kGroup>(x + c, rows, C, k + c, s1 + c, s2 + c);
-  for (; c + W <= C; c += W) group_moments_cl<T, V, 1>(x + c, rows, C, k + c, s1 + c, s2 + c);
-  for (; c < C; ++c) group_moments_cl<T, Lane<T>, 1>(x + c, rows, C, k + c, s1 + c, s2 + c);
-}
-
-// Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
-// n_acc values: the formulas of block_moments + merge.
-template <class T>
-inline void merge_tile_cl(double* pm, double* pq, double n_acc, int64_t rows, int64_t C, const T* k, const T* s1,
-                          const T* s2) {
-  const double nb = static_cast<double>(rows);
-  const double f = nb / (n_acc + nb);
-  for (int64_t c = 0; c < C; ++c) {
-    const double s = static_cast<double>(s1[c]);
-    const double mb = static_cast<double>(k[c]) + s / nb;
-    double qb = static_cast<double>(s2[c]) - s * s / nb;
-    qb = qb < 0 ? 0 : qb;
-    const double delta = mb - pm[c];
-    pm[c] += delta * f;
-    pq[c] += qb + delta * delta * n_acc * f;
-  }
-}
-
-// Per channel of [0, G * V::width): g = sum(dy), h = sum(dy * (x - mu)) over the tile.
-template <class T, class V, int G>
-inline void group_grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu, T* g_out, T* h_out) {
-  constexpr int64_t W = V::width;
-  typename V::reg m[G], g[G], h[G];
-#pragma GCC unroll 8
-  for (int j = 0; j < G; ++j) {
-    m[j] = V::load(mu + j * W);
-    g[j] = h[j] = V::zero();
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* pd = dy + r * C;
-    const T* px = x + r * C;
-#pragma GCC unroll 8
-    for (int j = 0; j < G; ++j) {
-      const typename V::reg d = V::load(pd + j * W);
-      g[j] = V::add(g[j], d);
-      h[j] = V::fmadd(d, V::sub(V::load(px + j * W), m[j]), h[j]);
-    }
-  }
-#pragma GCC unroll 8
-  for (int j = 0; j < G; ++j) {
-    V::store(g_out + j * W, g[j]);
-    V::store(h_out + j * W, h[j]);
-  }
-}
-
-template <class T>
-inline void tile_grad_sums_cl(const T* dy, const T* x, int64_t rows, int64_t C, const T* mu, T* g, T* h) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  int64_t c = 0;
-  for (; c + kGroup * W <= C; c += kGroup * W) {
-    group_grad_sums_cl<T, V, kGroup>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
-  }
-  for (; c + W <= C; c += W) group_grad_sums_cl<T, V, 1>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
-  for (; c < C; ++c) group_grad_sums_cl<T, Lane<T>, 1>(dy + c, x + c, rows, C, mu + c, g + c, h + c);
-}
-
-// Channel index bookkeeping of a flat run over whole rows: c advances by one vector and wraps at C.
-struct ChannelCursor {
-  int64_t c = 0, C, step;
-  ChannelCursor(int64_t channels, int64_t width) : C(channels), step(width % channels) {}
-  void advance() {
-    c += step;
-    if (c >= C) c -= C;
-  }
-  void advance1() {
-    if (++c == C) c = 0;
+template <class C, int N>
+struct Cycling {
+  const C* k[N];
+  int64_t C_;
+  int64_t c = 0, step = Vec<C>::width % C_;
+  typename Vec<C>::reg get(int i) const { return Vec<C>::load(k[i] + c); }
+  void advance(int64_t m) {
+    c += m == Vec<C>::width ? step : m % C_;  // a division only for heads
+    if (c >= C_) c -= C_;
   }
 };
 
@@ -495,92 +424,534 @@ inline void extend_channels(T* a, int64_t C, int64_t W) {
   for (int64_t j = C; j < C + W; ++j) a[j] = a[j % C];
 }
 
-// y = (x - mu) * sc + sh over `n` values of whole rows; mu / sc / sh extended.
-template <class T, bool kStream>
-inline void normalize_flat_cl(const T* x, T* y, int64_t n, int64_t C, const T* mu, const T* sc, const T* sh) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  ChannelCursor cur(C, W);
+// Runs f(i, m) -> reg over [0, n) and writes each result to out (+ i), peeling a head to the vector alignment
+// that streaming stores need; k advances along. f also gets Full or the lanes of a head/tail.
+template <class S, class K, class F>
+inline void span(S* out, int64_t n, bool stream, K& k, F&& f) {
+  constexpr int W = IO<S>::width;
   int64_t i = 0;
-  if (kStream) {
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(y) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, n) : 0;
-    for (; i < head; ++i, cur.advance1()) y[i] = V::fma1(x[i] - mu[cur.c], sc[cur.c], sh[cur.c]);
-  }
-  for (; i + W <= n; i += W, cur.advance()) {
-    const int64_t c = cur.c;
-    const typename V::reg r = V::fmadd(V::sub(V::load(x + i), V::load(mu + c)), V::load(sc + c), V::load(sh + c));
-    if (kStream) {
-      V::stream(y + i, r);
-    } else {
-      V::store(y + i, r);
+  if (stream) {
+    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(out) / sizeof(S)) % W);
+    const int head = static_cast<int>(mis ? min64(W - mis, n) : 0);
+    if (head) {
+      put(out, f(int64_t{0}, head), head, false);
+      k.advance(head);
+      i = head;
     }
   }
-  for (; i < n; ++i, cur.advance1()) y[i] = V::fma1(x[i] - mu[cur.c], sc[cur.c], sh[cur.c]);
+  for (; i + W <= n; i += W) {
+    put(out + i, f(i, Full{}), Full{}, stream);
+    k.advance(W);
+  }
+  if (i < n) put(out + i, f(i, static_cast<int>(n - i)), static_cast<int>(n - i), false);
 }
 
-template <class T>
-inline void normalize_flat_cl(bool stream, const T* x, T* y, int64_t n, int64_t C, const T* mu, const T* sc,
-                              const T* sh) {
-  if (stream) {
-    normalize_flat_cl<T, true>(x, y, n, C, mu, sc, sh);
-  } else {
-    normalize_flat_cl<T, false>(x, y, n, C, mu, sc, sh);
+// ---------------------------------------------------------------------------------------------------------
+// Forward elementwise: y = act((x - center) * sc + sh [+ r])
+
+template <class S, Act A, class K>
+inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k, compute_t<S> slope) {
+  using V = Vec<compute_t<S>>;
+  const typename V::reg sl = V::set1(slope);
+  span(y, n, stream, k, [&](int64_t i, auto m) {
+    typename V::reg z = V::fmadd(V::sub(ld(x + i, m), k.get(0)), k.get(1), k.get(2));
+    if (r) z = V::add(z, ld(r + i, m));
+    return ActOps<compute_t<S>, A>::fwd(z, sl);
+  });
+}
+
+// `rows` runs of `len` values at stride `stride`, one channel.
+template <class S>
+struct FwdBlock {
+  const S* x;
+  const S* r;
+  S* y;
+  int64_t stride, rows, len;
+  FwdCoef<compute_t<S>> k;
+  compute_t<S> slope;
+  bool stream;
+};
+
+template <class S, Act A>
+void fwd_block_nc(const FwdBlock<S>& b) {
+  using C = compute_t<S>;
+  Uniform<C, 3> k{{Vec<C>::set1(b.k.center), Vec<C>::set1(b.k.sc), Vec<C>::set1(b.k.sh)}};
+  for (int64_t o = 0; o < b.rows; ++o) {
+    const int64_t q = o * b.stride;
+    fwd_span<S, A>(b.x + q, b.r ? b.r + q : nullptr, b.y + q, b.len, b.stream, k, b.slope);
   }
 }
 
-// dx = a * dy + (b * (x - mu) + d) per channel over whole rows; with kScaleOnly, dx = a * dy. Coefficients
-// extended.
-template <class T, bool kStream, bool kScaleOnly>
-inline void grad_flat_cl(const T* dy, const T* x, T* dx, int64_t n, int64_t C, const T* mu, const T* ka,
-                         const T* kb, const T* kd) {
-  using V = Vec<T>;
-  constexpr int64_t W = V::width;
-  ChannelCursor cur(C, W);
-  auto one = [&](int64_t j, int64_t c) {
-    return kScaleOnly ? dy[j] * ka[c] : V::fma1(ka[c], dy[j], V::fma1(kb[c], x[j] - mu[c], kd[c]));
+// n values of whole rows (starting at channel 0); coefficient arrays extended.
+template <class S>
+struct FwdFlat {
+  const S* x;
+  const S* r;
+  S* y;
+  int64_t n, C;
+  const compute_t<S>* center;
+  const compute_t<S>* sc;
+  const compute_t<S>* sh;
+  compute_t<S> slope;
+  bool stream;
+};
+
+template <class S, Act A>
+void fwd_flat_cl(const FwdFlat<S>& b) {
+  using C = compute_t<S>;
+  Cycling<C, 3> k{{b.center, b.sc, b.sh}, b.C};
+  fwd_span<S, A>(b.x, b.r, b.y, b.n, b.stream, k, b.slope);
+}
+
+template <class S>
+struct FwdFns {
+  void (*nc)(const FwdBlock<S>&);
+  void (*cl)(const FwdFlat<S>&);
+};
+
+template <class S>
+FwdFns<S> fwd_fns(Act a) {
+  switch (a) {
+    case Act::relu:
+      return {&fwd_block_nc<S, Act::relu>, &fwd_flat_cl<S, Act::relu>};
+    case Act::leaky_relu:
+      return {&fwd_block_nc<S, Act::leaky_relu>, &fwd_flat_cl<S, Act::leaky_relu>};
+    case Act::sigmoid:
+      return {&fwd_block_nc<S, Act::sigmoid>, &fwd_flat_cl<S, Act::sigmoid>};
+    default:
+      return {&fwd_block_nc<S, Act::none>, &fwd_flat_cl<S, Act::none>};
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward elementwise and reductions
+
+// dz and u of the vector at i; `center` is the channel's (see BwdCoef).
+template <class S, Act A, bool kFromY, class M>
+inline void bwd_elem(const S* dy, const S* x, const S* y, int64_t i, M m, typename Vec<compute_t<S>>::reg center,
+                     typename Vec<compute_t<S>>::reg slope, typename Vec<compute_t<S>>::reg inv_slope,
+                     typename Vec<compute_t<S>>::reg& dz, typename Vec<compute_t<S>>::reg& u) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  using Ops = ActOps<C, A>;
+  dz = ld(dy + i, m);
+  typename V::reg yv = V::zero();
+  if constexpr (A != Act::none || kFromY) yv = ld(y + i, m);
+  if constexpr (A != Act::none) dz = V::mul(dz, Ops::deriv(yv, slope));
+  if constexpr (kFromY) {
+    u = V::sub(Ops::inverse(yv, inv_slope), center);
+  } else {
+    u = V::sub(ld(x + i, m), center);
+  }
+}
+
+template <class S>
+struct BwdSums {
+  const S* dy;
+  const S* x;
+  const S* y;
+  int64_t stride, rows, len;
+  compute_t<S> center, slope, inv_slope;
+};
+
+// Sdz and Su over a block of runs of one channel.
+template <class S, Act A, bool kFromY>
+void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  const typename V::reg center = V::set1(b.center), sl = V::set1(b.slope), isl = V::set1(b.inv_slope);
+  Bounded<V> g, h;
+  walk<V::width>(
+      b.rows, b.len, b.stride,
+      [&](int j, int64_t o, auto m) {
+        typename V::reg dz, u;
+        bwd_elem<S, A, kFromY>(b.dy, b.x, b.y, o, m, center, sl, isl, dz, u);
+        dz = keep<V>(m, dz, V::zero());
+        u = keep<V>(m, u, V::zero());
+        g.add(j, dz);
+        h.fma(j, dz, u);
+      },
+      [&] {
+        g.flush();
+        h.flush();
+      });
+  sdz = g.total();
+  su = h.total();
+}
+
+template <class S, Act A, bool kFromY, bool kScaleOnly, class K>
+inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_t n, bool stream, K& k,
+                     compute_t<S> slope, compute_t<S> inv_slope) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
+  span(dx, n, stream, k, [&](int64_t i, auto m) {
+    typename V::reg dz, u;
+    if constexpr (kScaleOnly) {
+      dz = ld(dy + i, m);
+      if constexpr (A != Act::none) dz = V::mul(dz, ActOps<C, A>::deriv(ld(y + i, m), sl));
+      u = V::zero();
+    } else {
+      bwd_elem<S, A, kFromY>(dy, x, y, i, m, k.get(0), sl, isl, dz, u);
+    }
+    if (dres) put(dres + i, dz, m, stream);
+    if constexpr (kScaleOnly) {
+      return V::mul(dz, k.get(1));
+    } else {
+      return V::fmadd(k.get(1), dz, V::fmadd(k.get(2), u, k.get(3)));
+    }
+  });
+}
+
+template <class S>
+struct BwdBlock {
+  const S* dy;
+  const S* x;
+  const S* y;
+  S* dx;
+  S* dres;
+  int64_t stride, rows, len;
+  BwdCoef<compute_t<S>> k;
+  compute_t<S> slope, inv_slope;
+  bool stream;
+};
+
+template <class S, Act A, bool kFromY, bool kScaleOnly>
+void bwd_block_nc(const BwdBlock<S>& b) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  Uniform<C, 4> k{{V::set1(b.k.center), V::set1(b.k.a), V::set1(b.k.b), V::set1(b.k.d)}};
+  for (int64_t o = 0; o < b.rows; ++o) {
+    const int64_t q = o * b.stride;
+    bwd_span<S, A, kFromY, kScaleOnly>(b.dy + q, b.x ? b.x + q : nullptr, b.y ? b.y + q : nullptr, b.dx + q,
+                                        b.dres ? b.dres + q : nullptr, b.len, b.stream, k, b.slope, b.inv_slope);
+  }
+}
+
+template <class S>
+struct BwdFlat {
+  const S* dy;
+  const S* x;
+  const S* y;
+  S* dx;
+  S* dres;
+  int64_t n, C;
+  const compute_t<S>* center;
+  const compute_t<S>* a;
+  const compute_t<S>* b;
+  const compute_t<S>* d;
+  compute_t<S> slope, inv_slope;
+  bool stream;
+};
+
+template <class S, Act A, bool kFromY, bool kScaleOnly>
+void bwd_flat_cl(const BwdFlat<S>& f) {
+  using C = compute_t<S>;
+  Cycling<C, 4> k{{f.center, f.a, f.b, f.d}, f.C};
+  bwd_span<S, A, kFromY, kScaleOnly>(f.dy, f.x, f.y, f.dx, f.dres, f.n, f.stream, k, f.slope, f.inv_slope);
+}
+
+// Channels-last sums of a tile: for the channels [c0, c0 + G * W) (the last group possibly m < W lanes),
+// adds sum(dz) and sum(dz * u) over `rows` rows into g and h (double, one entry per channel).
+template <class S, Act A, bool kFromY, int G, class M>
+inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, const compute_t<S>* center,
+                         compute_t<S> slope, compute_t<S> inv_slope, M m, double* g_out, double* h_out) {
+  using V = Vec<compute_t<S>>;
+  constexpr int W = V::width;
+  typename V::reg ce[G], g[G], h[G];
+  const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
+#pragma GCC unroll 8
+  for (int j = 0; j < G; ++j) {
+    ce[j] = V::load(center + j * W);
+    g[j] = h[j] = V::zero();
+  }
+  auto flush = [&] {
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) {
+      V::add_to(g_out + j * W, g[j]);
+      V::add_to(h_out + j * W, h[j]);
+      g[j] = h[j] = V::zero();
+    }
   };
-  int64_t i = 0;
-  if (kStream) {
-    const int64_t mis = static_cast<int64_t>((reinterpret_cast<uintptr_t>(dx) / sizeof(T)) % W);
-    const int64_t head = mis ? min64(W - mis, n) : 0;
-    for (; i < head; ++i, cur.advance1()) dx[i] = one(i, cur.c);
-  }
-  for (; i + W <= n; i += W, cur.advance()) {
-    const int64_t c = cur.c;
-    typename V::reg r;
-    if (kScaleOnly) {
-      r = V::mul(V::load(dy + i), V::load(ka + c));
-    } else {
-      r = V::fmadd(V::load(ka + c), V::load(dy + i),
-                   V::fmadd(V::load(kb + c), V::sub(V::load(x + i), V::load(mu + c)), V::load(kd + c)));
+  int cnt = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t o = r * C;
+#pragma GCC unroll 8
+    for (int j = 0; j < G; ++j) {
+      typename V::reg dz, u;
+      bwd_elem<S, A, kFromY>(dy, x, y, o + j * W, m, ce[j], sl, isl, dz, u);
+      dz = keep<V>(m, dz, V::zero());
+      u = keep<V>(m, u, V::zero());
+      g[j] = V::add(g[j], dz);
+      h[j] = V::fmadd(dz, u, h[j]);
     }
-    if (kStream) {
-      V::stream(dx + i, r);
-    } else {
-      V::store(dx + i, r);
+    if (++cnt == kRound) {
+      flush();
+      cnt = 0;
     }
   }
-  for (; i < n; ++i, cur.advance1()) dx[i] = one(i, cur.c);
+  flush();
 }
 
-template <class T>
-inline void grad_flat_cl(bool stream, bool scale_only, const T* dy, const T* x, T* dx, int64_t n, int64_t C,
-                         const T* mu, const T* ka, const T* kb, const T* kd) {
-  if (stream) {
-    if (scale_only) {
-      grad_flat_cl<T, true, true>(dy, x, dx, n, C, mu, ka, kb, kd);
-    } else {
-      grad_flat_cl<T, true, false>(dy, x, dx, n, C, mu, ka, kb, kd);
+template <class S, Act A, bool kFromY>
+void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, const compute_t<S>* center,
+                 compute_t<S> slope, compute_t<S> inv_slope, double* g, double* h) {
+  constexpr int W = Vec<compute_t<S>>::width;
+#if defined(FASTBN_ISA_AVX512)
+  constexpr int kG = 8;  // 2 * 8 accumulators + 8 centers of the 32 vector registers
+#else
+  constexpr int kG = 4;
+#endif
+  auto at = [](const S* p, int64_t c) { return p ? p + c : nullptr; };
+  int64_t c = 0;
+  for (; c + kG * W <= C; c += kG * W) {
+    bwd_group_cl<S, A, kFromY, kG>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope, Full{}, g + c,
+                                   h + c);
+  }
+  for (; c + W <= C; c += W) {
+    bwd_group_cl<S, A, kFromY, 1>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope, Full{}, g + c,
+                                  h + c);
+  }
+  if (c < C) {
+    bwd_group_cl<S, A, kFromY, 1>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope,
+                                  static_cast<int>(C - c), g + c, h + c);
+  }
+}
+
+template <class S>
+struct BwdFns {
+  void (*sums_nc)(const BwdSums<S>&, double&, double&);
+  void (*sums_cl)(const S*, const S*, const S*, int64_t, int64_t, const compute_t<S>*, compute_t<S>, compute_t<S>,
+                  double*, double*);
+  void (*block_nc)(const BwdBlock<S>&);
+  void (*flat_cl)(const BwdFlat<S>&);
+  void (*scale_block_nc)(const BwdBlock<S>&);
+  void (*scale_flat_cl)(const BwdFlat<S>&);
+};
+
+template <class S, Act A, bool kFromY>
+BwdFns<S> bwd_fns_of() {
+  return {&bwd_sums_nc<S, A, kFromY>,        &bwd_sums_cl<S, A, kFromY>,        &bwd_block_nc<S, A, kFromY, false>,
+          &bwd_flat_cl<S, A, kFromY, false>, &bwd_block_nc<S, A, kFromY, true>, &bwd_flat_cl<S, A, kFromY, true>};
+}
+
+// ReLU is not invertible: the front never asks for it from y.
+template <class S>
+BwdFns<S> bwd_fns(Act a, bool from_y) {
+  switch (a) {
+    case Act::relu:
+      return bwd_fns_of<S, Act::relu, false>();
+    case Act::leaky_relu:
+      return from_y ? bwd_fns_of<S, Act::leaky_relu, true>() : bwd_fns_of<S, Act::leaky_relu, false>();
+    case Act::sigmoid:
+      return from_y ? bwd_fns_of<S, Act::sigmoid, true>() : bwd_fns_of<S, Act::sigmoid, false>();
+    default:
+      return from_y ? bwd_fns_of<S, Act::none, true>() : bwd_fns_of<S, Act::none, false>();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statistics of blocks
+
+// Sums of a block again, in double and scaled by a power of two: for the rare block whose float squares
+// overflow although its variance is representable.
+template <class S>
+inline void moments_scaled(const S* p, int64_t stride, int64_t rows, int64_t len, double k, double& mean,
+                           double& m2) {
+  double mx = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < len; ++i) mx = std::fmax(mx, std::fabs(static_cast<double>(load1(p + r * stride + i)) - k));
+  }
+  const double n = static_cast<double>(rows * len);
+  if (!(mx > 0) || !std::isfinite(mx)) {
+    mean = mx == 0 ? k : k + mx;  // a constant block; or an infinite spread, which makes the variance infinite
+    m2 = mx == 0 ? 0.0 : mx * mx;
+    return;
+  }
+  const int e = std::ilogb(mx);
+  double s = 0, q = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = 0; i < len; ++i) {
+      const double d = std::scalbn(static_cast<double>(load1(p + r * stride + i)) - k, -e);
+      s += d;
+      q += d * d;
     }
-  } else {
-    if (scale_only) {
-      grad_flat_cl<T, false, true>(dy, x, dx, n, C, mu, ka, kb, kd);
-    } else {
-      grad_flat_cl<T, false, false>(dy, x, dx, n, C, mu, ka, kb, kd);
+  }
+  mean = k + std::scalbn(s / n, e);
+  m2 = std::scalbn(std::fmax(q - s * s / n, 0.0), 2 * e);
+}
+
+// Mean and M2 of `rows` runs of `len` values (run r at p + r * stride).
+template <class S>
+inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  constexpr int W = V::width;
+  const double n = static_cast<double>(rows * len);
+  const C x0 = load1(p);
+  const typename V::reg k0 = V::set1(x0);
+  Bounded<V> s1;
+  walk<W>(
+      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, keep<V>(m, V::sub(ld(p + o, m), k0), V::zero())); },
+      [&] { s1.flush(); });
+  const double kd = static_cast<double>(x0) + s1.total() / n;
+  const C k = std::isfinite(kd) ? static_cast<C>(kd) : x0;
+  const typename V::reg kv = V::set1(k);
+  Bounded<V> a, q;
+  walk<W>(
+      rows, len, stride,
+      [&](int j, int64_t o, auto m) {
+        const typename V::reg d = keep<V>(m, V::sub(ld(p + o, m), kv), V::zero());
+        a.add(j, d);
+        q.fma(j, d, d);
+      },
+      [&] {
+        a.flush();
+        q.flush();
+      });
+  const double s = a.total(), sq = q.total();
+  if (!std::isfinite(sq) && std::isfinite(s + static_cast<double>(k))) {
+    moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
+    return;
+  }
+  mean = static_cast<double>(k) + s / n;
+  m2 = sq - s * s / n;
+  if (m2 < 0) m2 = 0;  // rounding; NaN passes through
+}
+
+// Channels-last tile statistics, for the channels [c0, c0 + G * W) (the last group possibly m < W lanes) of
+// `rows` rows: per channel a shift k (first row + mean deviation) and, in double, s1 = sum(x - k) and
+// s2 = sum((x - k)^2). d1 is scratch (double, zeroed by the caller).
+template <class S, int G, class M>
+inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* d1, double* s1,
+                             double* s2) {
+  using Cp = compute_t<S>;
+  using V = Vec<Cp>;
+  constexpr int W = V::width;
+  typename V::reg a[G], k0[G], u[G], q[G];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    k0[g] = ld(x + g * W, m);
+    a[g] = u[g] = q[g] = V::zero();
+  }
+  int cnt = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], V::sub(ld(p + g * W, m), k0[g]));
+    if (++cnt == kRound || r + 1 == rows) {
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        V::add_to(d1 + g * W, a[g]);
+        a[g] = V::zero();
+      }
+      cnt = 0;
+    }
+  }
+  alignas(64) Cp kbuf[W];
+  const double inv = 1.0 / static_cast<double>(rows);
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    V::store(kbuf, k0[g]);
+    for (int i = 0; i < W; ++i) {
+      const double kd = static_cast<double>(kbuf[i]) + d1[g * W + i] * inv;
+      kbuf[i] = std::isfinite(kd) ? static_cast<Cp>(kd) : kbuf[i];
+    }
+    k0[g] = V::load(kbuf);
+    V::store(k + g * W, k0[g]);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const typename V::reg d = V::sub(ld(p + g * W, m), k0[g]);
+      u[g] = V::add(u[g], d);
+      q[g] = V::fmadd(d, d, q[g]);
+    }
+    if (++cnt == kRound || r + 1 == rows) {
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        V::add_to(s1 + g * W, u[g]);
+        V::add_to(s2 + g * W, q[g]);
+        u[g] = q[g] = V::zero();
+      }
+      cnt = 0;
     }
   }
 }
+
+template <class S>
+inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k, double* d1, double* s1,
+                            double* s2) {
+  constexpr int W = Vec<compute_t<S>>::width;
+#if defined(FASTBN_ISA_AVX512)
+  constexpr int kG = 8;  // 4 * 8 of the 32 vector registers
+#else
+  constexpr int kG = 3;
+#endif
+  for (int64_t c = 0; c < round_up(C, 16); ++c) d1[c] = s1[c] = s2[c] = 0;  // the last group writes whole vectors
+  int64_t c = 0;
+  for (; c + kG * W <= C; c += kG * W) moments_group_cl<S, kG>(x + c, rows, C, Full{}, k + c, d1 + c, s1 + c, s2 + c);
+  for (; c + W <= C; c += W) moments_group_cl<S, 1>(x + c, rows, C, Full{}, k + c, d1 + c, s1 + c, s2 + c);
+  if (c < C) moments_group_cl<S, 1>(x + c, rows, C, static_cast<int>(C - c), k + c, d1 + c, s1 + c, s2 + c);
+}
+
+// Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
+// n_acc values, with the formulas of block_moments + merge.
+template <class S>
+inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t C,
+                          const compute_t<S>* k, const double* s1, const double* s2) {
+  const double nb = static_cast<double>(rows);
+  for (int64_t c = 0; c < C; ++c) {
+    double mb, qb;
+    if (!std::isfinite(s2[c]) && std::isfinite(s1[c] + static_cast<double>(k[c]))) {
+      moments_scaled(x + c, C, rows, 1, static_cast<double>(k[c]), mb, qb);
+    } else {
+      mb = static_cast<double>(k[c]) + s1[c] / nb;
+      qb = s2[c] - s1[c] * s1[c] / nb;
+      qb = qb < 0 ? 0 : qb;
+    }
+    if (n_acc == 0) {
+      pm[c] = mb;
+      pq[c] = qb;
+      continue;
+    }
+    const double f = nb / (n_acc + nb);
+    const double delta = mb - pm[c];
+    pm[c] += delta * f;
+    pq[c] += qb + delta * delta * n_acc * f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Geometry
+
+// nc blocks: a block is up to kBlockBytes of one channel: `rpb` whole runs, or (long runs) one of `ppr` pieces
+// of a run. Block b of a channel covers runs [r0, r0 + rows) and values [i0, i0 + len) of each.
+struct NcPlan {
+  int64_t N, L, stride, rpb, ppr, plen, nb;
+  template <class S>
+  static NcPlan make(int64_t N, int64_t C, int64_t L) {
+    const int64_t elems = kBlockBytes / static_cast<int64_t>(sizeof(S));
+    NcPlan p{N, L, C * L, 1, 1, L, 0};
+    if (L <= elems) {
+      p.rpb = max64(1, elems / L);
+    } else {
+      p.ppr = ceil_div(L, elems);
+      p.plen = ceil_div(L, p.ppr);
+    }
+    p.nb = ceil_div(N, p.rpb) * p.ppr;
+    return p;
+  }
+  struct Block {
+    int64_t offset, rows, len;  // offset from the channel's first value
+  };
+  Block block(int64_t b) const {
+    const int64_t rb = b / ppr, piece = b % ppr;
+    const int64_t r0 = rb * rpb, i0 = piece * plen;
+    return {r0 * stride + i0, min64(rpb, N - r0), min64(plen, L - i0)};
+  }
+};
 
 // Channels-last geometry: tiles of rows (the in-cache unit) grouped into chunks (the parallel unit).
 struct RowPlan {
@@ -588,25 +959,124 @@ struct RowPlan {
   int64_t chunk_begin(int64_t k) const { return k * chunk; }
 };
 
-template <class T>
+template <class S>
 inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
-  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(T)) * arrays;
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S)) * arrays;
   const int64_t tile = min64(max64(1, kTileBytes * arrays / row_bytes), rows);
   const int64_t chunk = tile * max64(1, kChunkBytes / (tile * row_bytes));
   return {tile, chunk, ceil_div(rows, chunk)};
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Statistics passes (used by the training forward and by stats())
+
+// Per-channel moments of an nc tensor over (channel, block) units shared out over the team: call inside a
+// parallel region; `part` holds 2 doubles per unit; on return (after a barrier) out[c] is the channel's merge.
+template <class S>
+inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part, Moments* out) {
+#pragma omp for schedule(static)
+  for (int64_t u = 0; u < C * pl.nb; ++u) {
+    const int64_t c = u / pl.nb;
+    const NcPlan::Block bl = pl.block(u % pl.nb);
+    block_moments(x + c * pl.L + bl.offset, pl.stride, bl.rows, bl.len, part[2 * u], part[2 * u + 1]);
+  }
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    Moments m;
+    for (int64_t b = 0; b < pl.nb; ++b) {
+      const NcPlan::Block bl = pl.block(b);
+      const int64_t u = c * pl.nb + b;
+      merge(m, static_cast<double>(bl.rows * bl.len), part[2 * u], part[2 * u + 1]);
+    }
+    out[c] = m;
+  }
+}
+
+// Per-channel moments of a channels-last tensor: chunk partials in pmean / pm2 (nchunks * C each), merged
+// into out. Call inside a parallel region; scratch is 4 * Cp values per thread.
+template <class S>
+inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, double* pmean, double* pm2,
+                     compute_t<S>* kscratch, double* dscratch, Moments* out) {
+  const int64_t Cp = round_up(C, 16);
+  compute_t<S>* k = kscratch + Cp * thread_id();
+  double* d1 = dscratch + 3 * Cp * thread_id();
+  double* s1 = d1 + Cp;
+  double* s2 = s1 + Cp;
+#pragma omp for schedule(static)
+  for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
+    double* pm = pmean + ch * C;
+    double* pq = pm2 + ch * C;
+    const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
+    double n_acc = 0;
+    for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
+      const int64_t rows = min64(plan.tile, end - r0);
+      tile_moments_cl(x + r0 * C, rows, C, k, d1, s1, s2);
+      merge_tile_cl(x + r0 * C, pm, pq, n_acc, rows, C, k, s1, s2);
+      n_acc += static_cast<double>(rows);
+    }
+  }
+#pragma omp for schedule(static)
+  for (int64_t c = 0; c < C; ++c) {
+    Moments m;
+    for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
+      const int64_t rows = min64(plan.chunk, R - plan.chunk_begin(ch));
+      merge(m, static_cast<double>(rows), pmean[ch * C + c], pm2[ch * C + c]);
+    }
+    out[c] = m;
+  }
+}
+
+template <class S>
+struct ClStatsScratch {
+  double* pmean;
+  double* pm2;
+  compute_t<S>* k;
+  double* d;
+  Moments* mom;
+  static int64_t bytes(const RowPlan& plan, int64_t C, int nt) {
+    const int64_t Cp = round_up(C, 16);
+    return 2 * Carver::bytes<double>(plan.nchunks * C) + Carver::bytes<compute_t<S>>(Cp * nt) +
+           Carver::bytes<double>(3 * Cp * nt) + Carver::bytes<Moments>(C);
+  }
+  static ClStatsScratch carve(Carver& cv, const RowPlan& plan, int64_t C, int nt) {
+    const int64_t Cp = round_up(C, 16);
+    ClStatsScratch s;
+    s.pmean = cv.take<double>(plan.nchunks * C);
+    s.pm2 = cv.take<double>(plan.nchunks * C);
+    s.k = cv.take<compute_t<S>>(Cp * nt);
+    s.d = cv.take<double>(3 * Cp * nt);
+    s.mom = cv.take<Moments>(C);
+    return s;
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------------
 // Training forward
 
-template <class T>
-void train_nc(const TrainArgs<T>& a, const Exec& ex) {
+template <class S>
+inline FwdCoef<compute_t<S>> train_finish(const TrainArgs<S>& a, int64_t c, const Moments& m) {
+  using P = param_t<S>;
+  const double var = m.m2 / m.n;
+  a.mean[c] = static_cast<P>(m.mean);
+  a.var[c] = static_cast<P>(var);
+  return fwd_coef<compute_t<S>>(m.mean, var, a.gamma, a.beta, c, a.eps);
+}
+
+template <class S>
+void train_nc(const TrainArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
-  const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(T));
-  const int64_t rpb = max64(1, kBlockBytes / (L * static_cast<int64_t>(sizeof(T))));
-  const int64_t nb = ceil_div(N, rpb);
-  const int nt = pick_threads(ex.max_threads, bytes, C * nb);
+  const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
+  const NcPlan pl = NcPlan::make<S>(N, C, L);
+  const int nt = pick_threads(ex.max_threads, bytes, C * pl.nb);
   const bool stream = can_stream(a.y, bytes);
+  const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
+  const Cp slope = static_cast<Cp>(a.epi.slope);
+  auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) {
+    const NcPlan::Block bl = pl.block(b);
+    const int64_t o = c * L + bl.offset;
+    fn.nc({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream});
+  };
 
   if (channels_balance(C, nt)) {
     // Each thread owns a contiguous range of channels and pipelines them: while a block of channel c is
@@ -616,27 +1086,22 @@ void train_nc(const TrainArgs<T>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       const Share mine = my_share(C);
-      const int64_t c_begin = mine.begin, c_end = mine.end;
       auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
-        const int64_t r0 = b * rpb, rows = min64(rpb, N - r0);
+        const NcPlan::Block bl = pl.block(b);
         double mb, qb;
-        block_moments(a.x + c * L + r0 * stride, stride, rows, L, mb, qb);
-        merge(m, static_cast<double>(rows * L), mb, qb);
+        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mb, qb);
+        merge(m, static_cast<double>(bl.rows * bl.len), mb, qb);
       };
       Moments cur;
-      if (c_begin < c_end) {
-        for (int64_t b = 0; b < nb; ++b) stats_block(c_begin, b, cur);
+      if (mine.begin < mine.end) {
+        for (int64_t b = 0; b < pl.nb; ++b) stats_block(mine.begin, b, cur);
       }
-      for (int64_t c = c_begin; c < c_end; ++c) {
-        const Coef<T> k = train_coef(a, c, cur);
+      for (int64_t c = mine.begin; c < mine.end; ++c) {
+        const FwdCoef<Cp> k = train_finish(a, c, cur);
         Moments next;
-        for (int64_t b = 0; b < nb; ++b) {
-          const int64_t r0 = b * rpb, r1 = min64(N, r0 + rpb);
-          for (int64_t o = r0; o < r1; ++o) {
-            const int64_t q = c * L + o * stride;
-            normalize_run(stream, a.x + q, a.y + q, L, k);
-          }
-          if (c + 1 < c_end) stats_block(c + 1, b, next);
+        for (int64_t b = 0; b < pl.nb; ++b) {
+          apply_block(c, b, k);
+          if (c + 1 < mine.end) stats_block(c + 1, b, next);
         }
         cur = next;
       }
@@ -645,98 +1110,82 @@ void train_nc(const TrainArgs<T>& a, const Exec& ex) {
     return;
   }
 
-  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * nb) + Carver::bytes<Coef<T>>(C)));
-  double* part = carve.take<double>(2 * C * nb);
-  Coef<T>* coef = carve.take<Coef<T>>(C);
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
+                                     Carver::bytes<FwdCoef<Cp>>(C)));
+  double* part = carve.take<double>(2 * C * pl.nb);
+  Moments* mom = carve.take<Moments>(C);
+  FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    nc_unit_stats(a.x, pl, C, part, mom);
 #pragma omp for schedule(static)
-    for (int64_t u = 0; u < C * nb; ++u) {
-      const int64_t c = u / nb, b = u % nb, r0 = b * rpb;
-      block_moments(a.x + r0 * stride + c * L, stride, min64(rpb, N - r0), L, part[2 * u], part[2 * u + 1]);
-    }
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      Moments m;
-      for (int64_t b = 0; b < nb; ++b) {
-        const int64_t u = c * nb + b;
-        merge(m, static_cast<double>(min64(rpb, N - b * rpb) * L), part[2 * u], part[2 * u + 1]);
-      }
-      coef[c] = train_coef(a, c, m);
-    }
-    for_my_runs(N * C, C,
-                [&](int64_t r, int64_t c) { normalize_run(stream, a.x + r * L, a.y + r * L, L, coef[c]); });
+    for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
+    for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
+      fn.nc({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, coef[c], slope, stream});
+    });
     if (stream) stream_fence();
   }
 }
 
-template <class T>
-void train_cl(const TrainArgs<T>& a, const Exec& ex) {
+// Coefficient arrays of the channels-last elementwise passes (extended to C + W entries).
+template <class C>
+struct ClCoef {
+  C* k[4];
+  static int64_t bytes(int64_t channels, int n) { return n * Carver::bytes<C>(channels + Vec<C>::width); }
+  static ClCoef carve(Carver& cv, int64_t channels, int n) {
+    ClCoef r{};
+    for (int i = 0; i < n; ++i) r.k[i] = cv.take<C>(channels + Vec<C>::width);
+    return r;
+  }
+  void set(int64_t c, const FwdCoef<C>& f) {
+    k[0][c] = f.center;
+    k[1][c] = f.sc;
+    k[2][c] = f.sh;
+  }
+  void set(int64_t c, const BwdCoef<C>& f) {
+    k[0][c] = f.center;
+    k[1][c] = f.a;
+    k[2][c] = f.b;
+    k[3][c] = f.d;
+  }
+  void extend(int64_t channels, int n) {
+    for (int i = 0; i < n; ++i) extend_channels(k[i], channels, Vec<C>::width);
+  }
+};
+
+template <class S>
+void train_cl(const TrainArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
   const int64_t R = a.outer, C = a.channels;
-  const int64_t bytes = R * C * static_cast<int64_t>(sizeof(T));
-  const RowPlan plan = row_plan<T>(R, C, 1);
+  const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
+  const RowPlan plan = row_plan<S>(R, C, 1);
   const int nt = pick_threads(ex.max_threads, bytes, plan.nchunks);
   const bool stream = can_stream(a.y, bytes);
-  const int64_t Cp = round_up(C, 16);  // per-thread scratch rows on their own cache lines
-  const int64_t Ce = C + Vec<T>::width;
+  const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
 
-  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 3 * Carver::bytes<T>(Ce) +
-                                     Carver::bytes<T>(3 * Cp * nt)));
-  double* pmean = carve.take<double>(plan.nchunks * C);
-  double* pm2 = carve.take<double>(plan.nchunks * C);
-  T* mu = carve.take<T>(Ce);
-  T* sc = carve.take<T>(Ce);
-  T* sh = carve.take<T>(Ce);
-  T* scratch = carve.take<T>(3 * Cp * nt);
+  Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt) + ClCoef<Cp>::bytes(C, 3)));
+  const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    T* k = scratch + 3 * Cp * thread_id();
-    T* s1 = k + Cp;
-    T* s2 = s1 + Cp;
+    cl_stats(a.x, R, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom);
 #pragma omp for schedule(static)
-    for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-      double* pm = pmean + ch * C;
-      double* pq = pm2 + ch * C;
-      for (int64_t c = 0; c < C; ++c) pm[c] = pq[c] = 0;
-      const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
-      double n_acc = 0;
-      for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
-        const int64_t rows = min64(plan.tile, end - r0);
-        tile_moments_cl(a.x + r0 * C, rows, C, k, s1, s2);
-        merge_tile_cl(pm, pq, n_acc, rows, C, k, s1, s2);
-        n_acc += static_cast<double>(rows);
-      }
-    }
-#pragma omp for schedule(static)
-    for (int64_t c = 0; c < C; ++c) {
-      Moments m;
-      for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-        const int64_t rows = min64(plan.chunk, R - plan.chunk_begin(ch));
-        merge(m, static_cast<double>(rows), pmean[ch * C + c], pm2[ch * C + c]);
-      }
-      const Coef<T> q = train_coef(a, c, m);
-      mu[c] = q.mu;
-      sc[c] = q.scale;
-      sh[c] = q.shift;
-    }
+    for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, st.mom[c]));
 #pragma omp single
-    {
-      extend_channels(mu, C, Vec<T>::width);
-      extend_channels(sc, C, Vec<T>::width);
-      extend_channels(sh, C, Vec<T>::width);
-    }
+    co.extend(C, 3);
 #pragma omp for schedule(static)
     for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-      const int64_t r0 = plan.chunk_begin(ch);
-      normalize_flat_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(plan.chunk, R - r0) * C, C, mu, sc, sh);
+      const int64_t o = plan.chunk_begin(ch) * C;
+      fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, min64(plan.chunk, R - plan.chunk_begin(ch)) * C,
+             C, co.k[0], co.k[1], co.k[2], static_cast<Cp>(a.epi.slope), stream});
     }
     if (stream) stream_fence();
   }
 }
 
-template <class T>
-void train(const TrainArgs<T>& a, const Exec& ex) {
+template <class S>
+void train(const TrainArgs<S>& a, const Exec& ex) {
   if (a.inner == 1) {
     train_cl(a, ex);
   } else {
@@ -745,39 +1194,66 @@ void train(const TrainArgs<T>& a, const Exec& ex) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Inference forward
+// Statistics alone
 
-template <class T>
-void infer(const InferArgs<T>& a, const Exec& ex) {
+template <class S>
+void stats(const StatsArgs<S>& a, const Exec& ex) {
   const int64_t N = a.outer, C = a.channels, L = a.inner;
-  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(T));
-  const bool stream = can_stream(a.y, bytes);
-
-  const int64_t Ce = C + Vec<T>::width;
-  Carver carve(ex.workspace->reserve(3 * Carver::bytes<T>(Ce)));
-  T* mu = carve.take<T>(Ce);
-  T* sc = carve.take<T>(Ce);
-  T* sh = carve.take<T>(Ce);
-  for (int64_t c = 0; c < C; ++c) {
-    const double g = a.gamma ? static_cast<double>(a.gamma[c]) : 1.0;
-    mu[c] = a.mean[c];
-    sc[c] = static_cast<T>(g * inv_std(static_cast<double>(a.var[c]), a.eps));
-    sh[c] = a.beta ? a.beta[c] : T(0);
+  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
+  if (L == 1) {
+    const RowPlan plan = row_plan<S>(N, C, 1);
+    const int nt = pick_threads(ex.max_threads, bytes, plan.nchunks);
+    Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt)));
+    const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    cl_stats(a.x, N, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom);
+    for (int64_t c = 0; c < C; ++c) {
+      a.mean[c] = st.mom[c].mean;
+      a.m2[c] = st.mom[c].m2;
+    }
+    return;
   }
-  extend_channels(mu, C, Vec<T>::width);
-  extend_channels(sc, C, Vec<T>::width);
-  extend_channels(sh, C, Vec<T>::width);
+  const NcPlan pl = NcPlan::make<S>(N, C, L);
+  const int nt = pick_threads(ex.max_threads, bytes, C * pl.nb);
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C)));
+  double* part = carve.take<double>(2 * C * pl.nb);
+  Moments* mom = carve.take<Moments>(C);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  nc_unit_stats(a.x, pl, C, part, mom);
+  for (int64_t c = 0; c < C; ++c) {
+    a.mean[c] = mom[c].mean;
+    a.m2[c] = mom[c].m2;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Normalization with given statistics (inference; the apply step of a distributed forward)
+
+template <class S>
+void apply(const ApplyArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, C = a.channels, L = a.inner;
+  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
+  const bool stream = can_stream(a.y, bytes);
+  const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
+  const Cp slope = static_cast<Cp>(a.epi.slope);
+
+  Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(C, 3)));
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
+  for (int64_t c = 0; c < C; ++c) co.set(c, fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps));
+  co.extend(C, 3);
 
   if (L == 1) {
-    const int64_t rows_per_unit = max64(1, kBlockBytes / (C * static_cast<int64_t>(sizeof(T))));
+    const int64_t rows_per_unit = max64(1, kBlockBytes / (C * static_cast<int64_t>(sizeof(S))));
     const int64_t units = ceil_div(N, rows_per_unit);
     const int nt = pick_threads(ex.max_threads, bytes, units);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < units; ++u) {
-        const int64_t r0 = u * rows_per_unit;
-        normalize_flat_cl(stream, a.x + r0 * C, a.y + r0 * C, min64(rows_per_unit, N - r0) * C, C, mu, sc, sh);
+        const int64_t o = u * rows_per_unit * C;
+        fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, min64(rows_per_unit, N - u * rows_per_unit) * C,
+               C, co.k[0], co.k[1], co.k[2], slope, stream});
       }
       if (stream) stream_fence();
     }
@@ -787,7 +1263,8 @@ void infer(const InferArgs<T>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
-      normalize_run(stream, a.x + r * L, a.y + r * L, L, Coef<T>{mu[c], sc[c], sh[c]});
+      const FwdCoef<Cp> k{co.k[0][c], co.k[1][c], co.k[2][c]};
+      fn.nc({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, k, slope, stream});
     });
     if (stream) stream_fence();
   }
@@ -796,72 +1273,97 @@ void infer(const InferArgs<T>& a, const Exec& ex) {
 // ---------------------------------------------------------------------------------------------------------
 // Backward
 
-template <class T>
-void backward_nc(const BackwardArgs<T>& a, const Exec& ex) {
-  const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
-  const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(T));
-  const int64_t rpb = max64(1, kBlockBytes / (L * static_cast<int64_t>(sizeof(T))));
-  const int64_t nb = ceil_div(N, rpb);
-  const int nt = pick_threads(ex.max_threads, 2 * bytes, C * nb);
-  const bool stream = can_stream(a.dx, bytes);
-  const bool sums = a.batch_stats || a.dgamma || a.dbeta;
-  const bool scale_only = !a.batch_stats;
+template <class S>
+struct BwdSetup {
+  BwdFns<S> fn;
+  compute_t<S> slope, inv_slope;
+  bool sums;        // the reductions run
+  bool elementwise; // dx is written
+  bool scale_only;  // dx = a * dz (frozen statistics)
+  bool from_y;
+  explicit BwdSetup(const BackwardArgs<S>& a)
+      : fn(bwd_fns<S>(a.epi.act, a.x == nullptr)),
+        slope(static_cast<compute_t<S>>(a.epi.slope)),
+        inv_slope(a.epi.slope != 0 ? static_cast<compute_t<S>>(1.0 / a.epi.slope) : compute_t<S>(0)),
+        sums(a.phase == Phase::reduce ||
+             (a.phase == Phase::full && (a.batch_stats || a.dgamma || a.dbeta))),
+        elementwise(a.phase != Phase::reduce),
+        scale_only(!a.batch_stats),
+        from_y(a.x == nullptr) {}
+};
 
-  if (channels_balance(C, nt)) {
-    // The pipeline keeps two channels' dy and x in cache; when they do not fit, LRU evicts the very lines the
+template <class S>
+void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
+  const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
+  const NcPlan pl = NcPlan::make<S>(N, C, L);
+  const int nt = pick_threads(ex.max_threads, 2 * bytes, C * pl.nb);
+  const bool stream = can_stream(a.dx, bytes);
+  const BwdSetup<S> su(a);
+  auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
+  auto sums_block = [&](int64_t c, int64_t b, double& sdz, double& sum_u) {
+    const NcPlan::Block bl = pl.block(b);
+    const int64_t o = c * L + bl.offset;
+    const Cp center = static_cast<Cp>(bwd_channel(a, c).center);
+    double g, h;
+    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len, center, su.slope, su.inv_slope}, g, h);
+    sdz += g;
+    sum_u += h;
+  };
+  auto dx_block = [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) {
+    const NcPlan::Block bl = pl.block(b);
+    const int64_t o = c * L + bl.offset;
+    const BwdBlock<S> blk{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
+                          stride, bl.rows, bl.len, k, su.slope, su.inv_slope, stream};
+    if (su.scale_only) {
+      su.fn.scale_block_nc(blk);
+    } else {
+      su.fn.block_nc(blk);
+    }
+  };
+
+  if (a.phase == Phase::full && channels_balance(C, nt)) {
+    // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
-    const bool pipelined = 4 * N * L * static_cast<int64_t>(sizeof(T)) <= ex.cache_bytes;
+    const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
+    const bool pipelined = 2 * arrays * N * L * static_cast<int64_t>(sizeof(S)) <= ex.cache_bytes;
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       const Share mine = my_share(C);
-      const int64_t c_begin = mine.begin, c_end = mine.end;
-      auto sums_block = [&](int64_t c, int64_t b, double& sdy, double& sdyx) {
-        const int64_t r0 = b * rpb, o = c * L + r0 * stride;
-        double g, h;
-        block_grad_sums(a.dy + o, a.x + o, stride, min64(rpb, N - r0), L, a.mean[c], g, h);
-        sdy += g;
-        sdyx += h;
-      };
-      auto dx_rows = [&](int64_t c, int64_t b, bool scale_only_rows, const GradCoef<T>& k) {
-        const int64_t r0 = b * rpb, r1 = min64(N, r0 + rpb);
-        for (int64_t o = r0; o < r1; ++o) {
-          const int64_t q = c * L + o * stride;
-          grad_run(stream, scale_only_rows, a.dy + q, a.x + q, a.dx + q, L, k);
-        }
-      };
-      if (scale_only) {
+      if (su.scale_only) {
         // Frozen statistics: dx needs no sums, so each block's sums and dx are done together (one pass).
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const GradCoef<T> k = grad_coef(a, c, 0.0, 0.0);
-          double sdy = 0, sdyx = 0;
-          for (int64_t b = 0; b < nb; ++b) {
-            if (sums) sums_block(c, b, sdy, sdyx);
-            dx_rows(c, b, true, k);
+        for (int64_t c = mine.begin; c < mine.end; ++c) {
+          const BwdCoef<Cp> k = finish_bwd(a, c, 0.0, 0.0);
+          double sdz = 0, sum_u = 0;
+          for (int64_t b = 0; b < pl.nb; ++b) {
+            if (su.sums) sums_block(c, b, sdz, sum_u);
+            dx_block(c, b, k);
           }
-          if (sums) grad_coef(a, c, sdy, sdyx);  // writes dgamma / dbeta
+          if (su.sums) finish_bwd(a, c, sdz, sum_u);  // writes dgamma / dbeta
         }
       } else if (!pipelined) {
-        // Batch statistics, channels too big to keep two in cache: the sums of a channel, then its dx (the
-        // second read of dy and x comes from cache as long as one channel's two slabs fit).
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          double sdy = 0, sdyx = 0;
-          for (int64_t b = 0; b < nb; ++b) sums_block(c, b, sdy, sdyx);
-          const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);
-          for (int64_t b = 0; b < nb; ++b) dx_rows(c, b, false, k);
+        // Channels too big to keep two in cache: the sums of a channel, then its dx (the second read comes
+        // from cache as long as one channel's slabs fit).
+        for (int64_t c = mine.begin; c < mine.end; ++c) {
+          double sdz = 0, sum_u = 0;
+          for (int64_t b = 0; b < pl.nb; ++b) sums_block(c, b, sdz, sum_u);
+          const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);
+          for (int64_t b = 0; b < pl.nb; ++b) dx_block(c, b, k);
         }
       } else {
-        // Batch statistics: pipelined over channels as in train_nc, the dx of channel c block by block
-        // together with the sums of channel c + 1.
-        double sdy = 0, sdyx = 0;
-        if (c_begin < c_end) {
-          for (int64_t b = 0; b < nb; ++b) sums_block(c_begin, b, sdy, sdyx);
+        // Pipelined over channels as in train_nc: the dx of channel c block by block together with the sums
+        // of channel c + 1.
+        double sdz = 0, sum_u = 0;
+        if (mine.begin < mine.end) {
+          for (int64_t b = 0; b < pl.nb; ++b) sums_block(mine.begin, b, sdz, sum_u);
         }
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);
-          sdy = sdyx = 0;
-          for (int64_t b = 0; b < nb; ++b) {
-            dx_rows(c, b, false, k);
-            if (c + 1 < c_end) sums_block(c + 1, b, sdy, sdyx);
+        for (int64_t c = mine.begin; c < mine.end; ++c) {
+          const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);
+          sdz = sum_u = 0;
+          for (int64_t b = 0; b < pl.nb; ++b) {
+            dx_block(c, b, k);
+            if (c + 1 < mine.end) sums_block(c + 1, b, sdz, sum_u);
           }
         }
       }
@@ -870,135 +1372,126 @@ void backward_nc(const BackwardArgs<T>& a, const Exec& ex) {
     return;
   }
 
-  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * nb) + Carver::bytes<GradCoef<T>>(C)));
-  double* part = carve.take<double>(2 * C * nb);
-  GradCoef<T>* coef = carve.take<GradCoef<T>>(C);
-  if (scale_only) {
-    for (int64_t c = 0; c < C; ++c) coef[c] = grad_coef(a, c, 0.0, 0.0);
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<BwdCoef<Cp>>(C)));
+  double* part = carve.take<double>(2 * C * pl.nb);
+  BwdCoef<Cp>* coef = carve.take<BwdCoef<Cp>>(C);
+  if (!su.sums) {
+    for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, 0.0, 0.0);
   }
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    if (su.sums) {
 #pragma omp for schedule(static)
-    for (int64_t u = 0; u < C * nb; ++u) {
-      const int64_t c = u / nb, r0 = (u % nb) * rpb, rows = min64(rpb, N - r0), o = c * L + r0 * stride;
-      if (sums) block_grad_sums(a.dy + o, a.x + o, stride, rows, L, a.mean[c], part[2 * u], part[2 * u + 1]);
-      if (scale_only) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t q = o + r * stride;
-          grad_run(stream, true, a.dy + q, a.x + q, a.dx + q, L, coef[c]);
-        }
+      for (int64_t u = 0; u < C * pl.nb; ++u) {
+        part[2 * u] = part[2 * u + 1] = 0;
+        sums_block(u / pl.nb, u % pl.nb, part[2 * u], part[2 * u + 1]);
       }
-    }
-    if (sums) {
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
-        double sdy = 0, sdyx = 0;
-        for (int64_t b = 0; b < nb; ++b) {
-          sdy += part[2 * (c * nb + b)];
-          sdyx += part[2 * (c * nb + b) + 1];
+        double sdz = 0, sum_u = 0;
+        for (int64_t b = 0; b < pl.nb; ++b) {
+          sdz += part[2 * (c * pl.nb + b)];
+          sum_u += part[2 * (c * pl.nb + b) + 1];
         }
-        coef[c] = grad_coef(a, c, sdy, sdyx);
+        coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
     }
-    if (!scale_only) {
+    if (su.elementwise) {
       for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
-        grad_run(stream, false, a.dy + r * L, a.x + r * L, a.dx + r * L, L, coef[c]);
+        const int64_t o = r * L;
+        const BwdBlock<S> blk{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
+                              L, 1, L, coef[c], su.slope, su.inv_slope, stream};
+        if (su.scale_only) {
+          su.fn.scale_block_nc(blk);
+        } else {
+          su.fn.block_nc(blk);
+        }
       });
+      if (stream) stream_fence();
     }
-    if (stream) stream_fence();
   }
 }
 
-template <class T>
-void backward_cl(const BackwardArgs<T>& a, const Exec& ex) {
+template <class S>
+void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
   const int64_t R = a.outer, C = a.channels;
-  const int64_t bytes = R * C * static_cast<int64_t>(sizeof(T));
-  const RowPlan plan = row_plan<T>(R, C, 2);
+  const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
+  const RowPlan plan = row_plan<S>(R, C, 2);
   const int nt = pick_threads(ex.max_threads, 2 * bytes, plan.nchunks);
   const bool stream = can_stream(a.dx, bytes);
-  const bool sums = a.batch_stats || a.dgamma || a.dbeta;
-  const bool scale_only = !a.batch_stats;
-  const int64_t Cp = round_up(C, 16);
-  const int64_t Ce = C + Vec<T>::width;
+  const BwdSetup<S> su(a);
 
-  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * C) + 4 * Carver::bytes<T>(Ce) +
-                                     Carver::bytes<T>(2 * Cp * nt)));
-  double* psdy = carve.take<double>(plan.nchunks * C);
-  double* psdyx = carve.take<double>(plan.nchunks * C);
-  T* mu = carve.take<T>(Ce);
-  T* ka = carve.take<T>(Ce);
-  T* kb = carve.take<T>(Ce);
-  T* kd = carve.take<T>(Ce);
-  T* scratch = carve.take<T>(2 * Cp * nt);
-  auto set_coef = [&](int64_t c, const GradCoef<T>& k) {
-    ka[c] = k.a;
-    kb[c] = k.b;
-    kd[c] = k.d;
-  };
-  auto extend_coef = [&] {
-    extend_channels(ka, C, Vec<T>::width);
-    extend_channels(kb, C, Vec<T>::width);
-    extend_channels(kd, C, Vec<T>::width);
-  };
-  for (int64_t c = 0; c < C; ++c) mu[c] = a.mean[c];
-  extend_channels(mu, C, Vec<T>::width);
-  if (scale_only) {  // frozen statistics: the coefficients need no sums
-    for (int64_t c = 0; c < C; ++c) set_coef(c, grad_coef(a, c, 0.0, 0.0));
-    extend_coef();
+  const int64_t Cs = round_up(C, 16);  // partial rows padded: the last channel group adds whole vectors
+  Carver carve(ex.workspace->reserve(2 * Carver::bytes<double>(plan.nchunks * Cs) + ClCoef<Cp>::bytes(C, 4) +
+                                     Carver::bytes<Cp>(C + Vec<Cp>::width)));
+  double* psdz = carve.take<double>(plan.nchunks * Cs);
+  double* psu = carve.take<double>(plan.nchunks * Cs);
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 4);
+  Cp* center = carve.take<Cp>(C + Vec<Cp>::width);
+  for (int64_t c = 0; c < C; ++c) center[c] = static_cast<Cp>(bwd_channel(a, c).center);
+  extend_channels(center, C, Vec<Cp>::width);
+  const bool dx_with_sums = su.sums && su.scale_only && a.phase == Phase::full;  // dx of a tile in cache
+  if (su.scale_only || !su.sums) {
+    for (int64_t c = 0; c < C; ++c) co.set(c, finish_bwd(a, c, 0.0, 0.0));
+    co.extend(C, 4);
   }
+  auto dx_rows = [&](int64_t r0, int64_t rows) {
+    const int64_t o = r0 * C;
+    auto off = [o](auto* p) { return p ? p + o : nullptr; };
+    const BwdFlat<S> f{a.dy + o, off(a.x), off(a.y), a.dx + o, off(a.dresidual), rows * C, C,
+                       co.k[0],  co.k[1],  co.k[2],  co.k[3],  su.slope,         su.inv_slope, stream};
+    if (su.scale_only) {
+      su.fn.scale_flat_cl(f);
+    } else {
+      su.fn.flat_cl(f);
+    }
+  };
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    T* g = scratch + 2 * Cp * thread_id();
-    T* h = g + Cp;
-    if (sums) {
+    if (su.sums) {
 #pragma omp for schedule(static)
       for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-        double* pg = psdy + ch * C;
-        double* ph = psdyx + ch * C;
-        for (int64_t c = 0; c < C; ++c) pg[c] = ph[c] = 0;
+        double* pg = psdz + ch * Cs;
+        double* ph = psu + ch * Cs;
+        for (int64_t c = 0; c < Cs; ++c) pg[c] = ph[c] = 0;
         const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
         for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
           const int64_t rows = min64(plan.tile, end - r0), o = r0 * C;
-          tile_grad_sums_cl(a.dy + o, a.x + o, rows, C, mu, g, h);
-          for (int64_t c = 0; c < C; ++c) {
-            pg[c] += static_cast<double>(g[c]);
-            ph[c] += static_cast<double>(h[c]);
-          }
-          if (scale_only) {  // dx of this tile while it is in cache
-            grad_flat_cl(stream, true, a.dy + o, a.x + o, a.dx + o, rows * C, C, mu, ka, kb, kd);
-          }
+          su.fn.sums_cl(a.dy + o, a.x ? a.x + o : nullptr, a.y ? a.y + o : nullptr, rows, C, center, su.slope,
+                        su.inv_slope, pg, ph);
+          if (dx_with_sums) dx_rows(r0, rows);
         }
       }
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
-        double sdy = 0, sdyx = 0;
+        double sdz = 0, sum_u = 0;
         for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-          sdy += psdy[ch * C + c];
-          sdyx += psdyx[ch * C + c];
+          sdz += psdz[ch * Cs + c];
+          sum_u += psu[ch * Cs + c];
         }
-        const GradCoef<T> k = grad_coef(a, c, sdy, sdyx);  // writes dgamma / dbeta
-        if (!scale_only) set_coef(c, k);
+        const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);  // writes dgamma / dbeta (and sums)
+        if (!su.scale_only) co.set(c, k);
       }
-      if (!scale_only) {
+      if (!su.scale_only) {
 #pragma omp single
-        extend_coef();
+        co.extend(C, 4);
       }
     }
-    if (!scale_only || !sums) {
+    if (su.elementwise && !dx_with_sums) {
 #pragma omp for schedule(static)
       for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-        const int64_t r0 = plan.chunk_begin(ch), o = r0 * C;
-        grad_flat_cl(stream, scale_only, a.dy + o, a.x + o, a.dx + o, min64(plan.chunk, R - r0) * C, C, mu, ka,
-                     kb, kd);
+        const int64_t r0 = plan.chunk_begin(ch);
+        dx_rows(r0, min64(plan.chunk, R - r0));
       }
     }
     if (stream) stream_fence();
   }
 }
 
-template <class T>
-void backward(const BackwardArgs<T>& a, const Exec& ex) {
+template <class S>
+void backward(const BackwardArgs<S>& a, const Exec& ex) {
   if (a.inner == 1) {
     backward_cl(a, ex);
   } else {
@@ -1007,33 +1500,45 @@ void backward(const BackwardArgs<T>& a, const Exec& ex) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Copy
+// Yardsticks: a streaming copy (2S) and dst = a + b (3S), as fast as this path's loops can move bytes
 
-void copy(const float* src, float* dst, int64_t count, const Exec& ex) {
+template <class F>
+void yardstick(float* dst, int64_t count, int arrays, const Exec& ex, F&& f) {
   constexpr int64_t kUnit = 16 * 1024;  // floats per work unit
   const int64_t units = ceil_div(count, kUnit);
   const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
-  const int nt = pick_threads(ex.max_threads, 2 * bytes, units);
+  const int nt = pick_threads(ex.max_threads, arrays * bytes, units);
   const bool stream = can_stream(dst, bytes);
-  const Coef<float> identity{0.0f, 1.0f, 0.0f};
+  Uniform<float, 1> k{};
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t i = u * kUnit;
-      normalize_run(stream, src + i, dst + i, min64(kUnit, count - i), identity);
+      span(dst + i, min64(kUnit, count - i), stream, k, [&](int64_t j, auto m) { return f(i + j, m); });
     }
     if (stream) stream_fence();
   }
 }
 
+void copy(const float* src, float* dst, int64_t count, const Exec& ex) {
+  yardstick(dst, count, 2, ex, [&](int64_t i, auto m) { return ld(src + i, m); });
+}
+
+void add(const float* a, const float* b, float* dst, int64_t count, const Exec& ex) {
+  yardstick(dst, count, 3, ex, [&](int64_t i, auto m) { return Vec<float>::add(ld(a + i, m), ld(b + i, m)); });
+}
+
+template <class S>
+constexpr Kernels<S> kernels() {
+  return {&train<S>, &apply<S>, &stats<S>, &backward<S>};
+}
+
 }  // namespace
 
 const KernelTable& table() {
-  static const KernelTable t{FASTBN_ISA_NAME,
-                             {&train<float>, &infer<float>, &backward<float>},
-                             {&train<double>, &infer<double>, &backward<double>},
-                             &copy};
+  static const KernelTable t{FASTBN_ISA_NAME,  kernels<float>(), kernels<double>(), kernels<bfloat16>(),
+                             kernels<float16>(), &copy,          &add};
   return t;
 }
 
