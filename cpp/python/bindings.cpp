@@ -21,35 +21,102 @@ namespace py = pybind11;
 
 namespace {
 
-// Validated view of one argument: its data pointer, or null for an optional None.
-struct Arg {
-  void* ptr = nullptr;
-};
+using fastbn::bfloat16;
+using fastbn::float16;
 
-bool is_float32(const py::dtype& d) { return d.is(py::dtype::of<float>()); }
+// The element types a tensor may have, told apart by value (a dtype that went through pickle is another object,
+// and may carry metadata). bf16 is ml_dtypes' bfloat16, recognised by name without importing ml_dtypes.
+enum class Code { f32, f64, bf16, f16, other };
 
-// dtype of the main tensor: float32 or float64, else TypeError.
-py::dtype main_dtype(const py::array& x) {
-  const py::dtype d = x.dtype();
-  if (!is_float32(d) && !d.is(py::dtype::of<double>())) {
-    throw py::type_error("fastbn: expected a float32 or float64 array, got dtype " + std::string(py::str(d)));
+Code code_of(const py::dtype& d) {
+  const char order = d.byteorder();
+  if (order == '>') return Code::other;  // byte-swapped: the Python layer converts it once
+  switch (d.num()) {
+    case py::detail::npy_api::NPY_FLOAT_:
+      return Code::f32;
+    case py::detail::npy_api::NPY_DOUBLE_:
+      return Code::f64;
+    case 23:  // NPY_HALF
+      return Code::f16;
+    default:
+      break;
   }
-  return d;
+  if (d.itemsize() == 2 && d.kind() == 'V' && std::string(py::str(d.attr("name"))) == "bfloat16") return Code::bf16;
+  return Code::other;
 }
 
-Arg check(const py::handle& obj, const char* name, const py::dtype& dtype, int64_t size, bool writable,
-          bool optional) {
+const char* code_name(Code c) {
+  switch (c) {
+    case Code::f32:
+      return "float32";
+    case Code::f64:
+      return "float64";
+    case Code::bf16:
+      return "bfloat16";
+    case Code::f16:
+      return "float16";
+    default:
+      return "?";
+  }
+}
+
+// The parameter/statistics type of a tensor type: float64 for float64, float32 otherwise.
+Code param_code(Code c) { return c == Code::f64 ? Code::f64 : Code::f32; }
+
+// Calls f(T{}) with the C++ type of code c.
+template <class F>
+void with_type(Code c, F&& f) {
+  switch (c) {
+    case Code::f32:
+      f(float{});
+      break;
+    case Code::f64:
+      f(double{});
+      break;
+    case Code::bf16:
+      f(bfloat16{});
+      break;
+    case Code::f16:
+      f(float16{});
+      break;
+    default:
+      throw py::type_error("fastbn: unsupported dtype");
+  }
+}
+
+// dtype of the main tensor.
+Code main_code(const py::array& x, const char* name = "x") {
+  const Code c = code_of(x.dtype());
+  if (c == Code::other) {
+    throw py::type_error(std::string("fastbn: expected ") + name +
+                         " of dtype float32, float64, float16 or bfloat16, got dtype " + std::string(py::str(x.dtype())));
+  }
+  return c;
+}
+
+bool simple_flags(const py::array& a, bool writable) {
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  if (writable) need |= py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return (flags & need) == need;
+}
+
+// One argument's data pointer, after checking it is a NumPy array of the expected type and element count,
+// C-contiguous, aligned (and writable); null for an optional None. The Python layer passes only such arrays;
+// these checks make a direct call of this private module safe too.
+void* check(const py::handle& obj, const char* name, Code expected, int64_t size, bool writable, bool optional) {
   if (obj.is_none()) {
     if (!optional) throw py::value_error(std::string("fastbn: ") + name + " must not be None");
-    return {};
+    return nullptr;
   }
   if (!py::isinstance<py::array>(obj)) {
-    throw py::type_error(std::string("fastbn: ") + name + " must be a numpy array");
+    throw py::type_error(std::string("fastbn: ") + name + " must be a numpy array, got " +
+                         std::string(py::str(obj.get_type().attr("__name__"))));
   }
   py::array a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(dtype)) {
+  if (code_of(a.dtype()) != expected) {
     throw py::type_error(std::string("fastbn: ") + name + " has dtype " + std::string(py::str(a.dtype())) +
-                         ", expected " + std::string(py::str(dtype)) + " like x");
+                         ", expected " + code_name(expected));
   }
   if (static_cast<int64_t>(a.size()) != size) {
     throw py::value_error(std::string("fastbn: ") + name + " has " + std::to_string(a.size()) +
@@ -62,85 +129,240 @@ Arg check(const py::handle& obj, const char* name, const py::dtype& dtype, int64
   if (writable && !(flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_)) {
     throw py::value_error(std::string("fastbn: ") + name + " must be writable");
   }
-  return {const_cast<void*>(a.data())};
+  return const_cast<void*>(a.data());
 }
 
-fastbn::Shape shape_of(int64_t outer, int64_t channels, int64_t inner) {
+// The (outer, channels, inner) view and its element count, checked before anything is multiplied.
+struct View {
+  fastbn::Shape shape;
+  int64_t n;
+  int64_t channels() const { return shape.channels; }
+};
+
+View view_of(int64_t outer, int64_t channels, int64_t inner) {
   if (outer < 1 || channels < 1 || inner < 1) {
-    throw py::value_error("fastbn: outer, channels and inner must be >= 1");
+    throw py::value_error("fastbn: outer, channels and inner must be >= 1, got (" + std::to_string(outer) + ", " +
+                          std::to_string(channels) + ", " + std::to_string(inner) + ")");
   }
-  return {outer, channels, inner};
+  int64_t n = 0;
+  if (__builtin_mul_overflow(outer, channels, &n) || __builtin_mul_overflow(n, inner, &n)) {
+    throw py::value_error("fastbn: the shape (" + std::to_string(outer) + ", " + std::to_string(channels) + ", " +
+                          std::to_string(inner) + ") has too many elements");
+  }
+  return {{outer, channels, inner}, n};
 }
+
+fastbn::Fusion fusion_of(int act, double slope) { return {static_cast<fastbn::Activation>(act), slope}; }
 
 template <class T>
-T* p(const Arg& a) {
-  return static_cast<T*>(a.ptr);
+T* p(void* a) {
+  return static_cast<T*>(a);
 }
 
-void train(const py::array& x, const py::array& y, const py::object& gamma, const py::object& beta,
-           const py::array& mean, const py::array& var, int64_t outer, int64_t channels, int64_t inner,
-           double eps) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
-  const py::dtype dt = main_dtype(x);
-  const int64_t n = outer * channels * inner;
-  const Arg ax = check(x, "x", dt, n, false, false), ay = check(y, "y", dt, n, true, false);
-  const Arg ag = check(gamma, "gamma", dt, channels, false, true), ab = check(beta, "beta", dt, channels, false, true);
-  const Arg am = check(mean, "mean", dt, channels, true, false), av = check(var, "var", dt, channels, true, false);
+// ---------------------------------------------------------------------------------------------------------
+// The passes on NumPy arrays
+
+void train(const py::array& x, const py::object& residual, const py::array& y, const py::object& gamma,
+           const py::object& beta, const py::array& mean, const py::array& var, int64_t outer, int64_t channels,
+           int64_t inner, double eps, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(x), pc = param_code(c);
+  void* ax = check(x, "x", c, v.n, false, false);
+  void* ar = check(residual, "residual", c, v.n, false, true);
+  void* ay = check(y, "y", c, v.n, true, false);
+  void* ag = check(gamma, "gamma", pc, channels, false, true);
+  void* ab = check(beta, "beta", pc, channels, false, true);
+  void* am = check(mean, "mean", pc, channels, true, false);
+  void* av = check(var, "var", pc, channels, true, false);
   py::gil_scoped_release nogil;
-  if (is_float32(dt)) {
-    fastbn::forward_train(p<float>(ax), p<float>(ay), p<float>(ag), p<float>(ab), p<float>(am), p<float>(av), s, eps);
-  } else {
-    fastbn::forward_train(p<double>(ax), p<double>(ay), p<double>(ag), p<double>(ab), p<double>(am),
-                          p<double>(av), s, eps);
-  }
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::forward_train(p<const T>(ax), p<const T>(ar), p<T>(ay), p<const P>(ag), p<const P>(ab), p<P>(am),
+                          p<P>(av), v.shape, eps, fusion_of(act, slope));
+  });
 }
 
-void infer(const py::array& x, const py::array& y, const py::array& mean, const py::array& var,
-           const py::object& gamma, const py::object& beta, int64_t outer, int64_t channels, int64_t inner,
-           double eps) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
-  const py::dtype dt = main_dtype(x);
-  const int64_t n = outer * channels * inner;
-  const Arg ax = check(x, "x", dt, n, false, false), ay = check(y, "y", dt, n, true, false);
-  const Arg am = check(mean, "mean", dt, channels, false, false), av = check(var, "var", dt, channels, false, false);
-  const Arg ag = check(gamma, "gamma", dt, channels, false, true), ab = check(beta, "beta", dt, channels, false, true);
+// Inference (mean/var of the parameter type) or, with f64_stats, the normalization of a distributed forward
+// (double statistics).
+void infer(const py::array& x, const py::object& residual, const py::array& y, const py::array& mean,
+           const py::array& var, const py::object& gamma, const py::object& beta, int64_t outer, int64_t channels,
+           int64_t inner, double eps, int act, double slope, bool f64_stats) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(x), pc = param_code(c), sc = f64_stats ? Code::f64 : pc;
+  void* ax = check(x, "x", c, v.n, false, false);
+  void* ar = check(residual, "residual", c, v.n, false, true);
+  void* ay = check(y, "y", c, v.n, true, false);
+  void* am = check(mean, "mean", sc, channels, false, false);
+  void* av = check(var, "var", sc, channels, false, false);
+  void* ag = check(gamma, "gamma", pc, channels, false, true);
+  void* ab = check(beta, "beta", pc, channels, false, true);
   py::gil_scoped_release nogil;
-  if (is_float32(dt)) {
-    fastbn::forward_infer(p<float>(ax), p<float>(ay), p<float>(am), p<float>(av), p<float>(ag), p<float>(ab), s, eps);
-  } else {
-    fastbn::forward_infer(p<double>(ax), p<double>(ay), p<double>(am), p<double>(av), p<double>(ag),
-                          p<double>(ab), s, eps);
-  }
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    if (f64_stats) {
+      fastbn::normalize(p<const T>(ax), p<const T>(ar), p<T>(ay), p<const double>(am), p<const double>(av),
+                        p<const P>(ag), p<const P>(ab), v.shape, eps, fusion_of(act, slope));
+    } else {
+      fastbn::forward_infer(p<const T>(ax), p<const T>(ar), p<T>(ay), p<const P>(am), p<const P>(av), p<const P>(ag),
+                            p<const P>(ab), v.shape, eps, fusion_of(act, slope));
+    }
+  });
 }
 
-void backward(const py::array& dy, const py::array& x, const py::array& mean, const py::array& var,
-              const py::object& gamma, const py::array& dx, const py::object& dgamma, const py::object& dbeta,
-              int64_t outer, int64_t channels, int64_t inner, double eps, bool batch_stats) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
-  const py::dtype dt = main_dtype(x);
-  const int64_t n = outer * channels * inner;
-  const Arg ady = check(dy, "dy", dt, n, false, false), ax = check(x, "x", dt, n, false, false);
-  const Arg am = check(mean, "mean", dt, channels, false, false), av = check(var, "var", dt, channels, false, false);
-  const Arg ag = check(gamma, "gamma", dt, channels, false, true);
-  const Arg adx = check(dx, "dx", dt, n, true, false);
-  const Arg adg = check(dgamma, "dgamma", dt, channels, true, true);
-  const Arg adb = check(dbeta, "dbeta", dt, channels, true, true);
+void backward(const py::array& dy, const py::object& x, const py::object& y, const py::array& mean,
+              const py::array& var, const py::object& gamma, const py::object& beta, const py::array& dx,
+              const py::object& dres, const py::object& dgamma, const py::object& dbeta, int64_t outer,
+              int64_t channels, int64_t inner, double eps, bool batch_stats, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(dy, "dy"), pc = param_code(c);
+  void* ady = check(dy, "dy", c, v.n, false, false);
+  void* ax = check(x, "x", c, v.n, false, true);
+  void* ay = check(y, "y", c, v.n, false, true);
+  void* am = check(mean, "mean", pc, channels, false, false);
+  void* av = check(var, "var", pc, channels, false, false);
+  void* ag = check(gamma, "gamma", pc, channels, false, true);
+  void* ab = check(beta, "beta", pc, channels, false, true);
+  void* adx = check(dx, "dx", c, v.n, true, false);
+  void* adr = check(dres, "dresidual", c, v.n, true, true);
+  void* adg = check(dgamma, "dgamma", pc, channels, true, true);
+  void* adb = check(dbeta, "dbeta", pc, channels, true, true);
   py::gil_scoped_release nogil;
-  if (is_float32(dt)) {
-    fastbn::backward(p<float>(ady), p<float>(ax), p<float>(am), p<float>(av), p<float>(ag), p<float>(adx),
-                     p<float>(adg), p<float>(adb), s, eps, batch_stats);
-  } else {
-    fastbn::backward(p<double>(ady), p<double>(ax), p<double>(am), p<double>(av), p<double>(ag), p<double>(adx),
-                     p<double>(adg), p<double>(adb), s, eps, batch_stats);
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward(p<const T>(ady), p<const T>(ax), p<const T>(ay), p<const P>(am), p<const P>(av), p<const P>(ag),
+                     p<const P>(ab), p<T>(adx), p<T>(adr), p<P>(adg), p<P>(adb), v.shape, eps, batch_stats,
+                     fusion_of(act, slope));
+  });
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The phases of a distributed batch norm (statistics and sums in float64)
+
+void local_stats(const py::array& x, const py::array& mean, const py::array& m2, int64_t outer, int64_t channels,
+                 int64_t inner) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(x);
+  void* ax = check(x, "x", c, v.n, false, false);
+  void* am = check(mean, "mean", Code::f64, channels, true, false);
+  void* aq = check(m2, "m2", Code::f64, channels, true, false);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    fastbn::local_stats(p<const T>(ax), p<double>(am), p<double>(aq), v.shape);
+  });
+}
+
+// parts x channels partials in part order -> (count, mean, m2).
+py::tuple merge_stats(const py::array& count, const py::array& mean, const py::array& m2, int64_t channels) {
+  if (channels < 1) throw py::value_error("fastbn: channels must be >= 1");
+  const int64_t parts = static_cast<int64_t>(count.size());
+  int64_t total = 0;
+  if (__builtin_mul_overflow(parts, channels, &total)) throw py::value_error("fastbn: too many partial statistics");
+  void* an = check(count, "count", Code::f64, parts, false, false);
+  void* am = check(mean, "mean", Code::f64, total, false, false);
+  void* aq = check(m2, "m2", Code::f64, total, false, false);
+  py::array_t<double> mo(channels), qo(channels);
+  double n = 0;
+  double* mop = mo.mutable_data();
+  double* qop = qo.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    fastbn::merge_stats(parts, p<const double>(an), p<const double>(am), p<const double>(aq), channels, &n, mop, qop);
   }
+  return py::make_tuple(n, mo, qo);
+}
+
+void update_running_stats(const py::array& running_mean, const py::array& running_var, const py::array& mean,
+                          const py::array& var, double count, double momentum) {
+  const Code c = code_of(running_mean.dtype());
+  if (c != Code::f32 && c != Code::f64) {
+    throw py::type_error("fastbn: running statistics must be float32 or float64, got " +
+                         std::string(py::str(running_mean.dtype())));
+  }
+  const int64_t channels = static_cast<int64_t>(running_mean.size());
+  void* arm = check(running_mean, "running_mean", c, channels, true, false);
+  void* arv = check(running_var, "running_var", c, channels, true, false);
+  void* am = check(mean, "mean", Code::f64, channels, false, false);
+  void* av = check(var, "var", Code::f64, channels, false, false);
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    if constexpr (std::is_same<T, float>::value || std::is_same<T, double>::value) {
+      fastbn::update_running_stats(p<T>(arm), p<T>(arv), p<const double>(am), p<const double>(av), channels, count,
+                                   momentum);
+    }
+  });
+}
+
+void backward_reduce(const py::array& dy, const py::object& x, const py::object& y, const py::array& mean,
+                     const py::array& var, const py::object& gamma, const py::object& beta, const py::array& sum_dy,
+                     const py::array& sum_dy_xhat, int64_t outer, int64_t channels, int64_t inner, double eps, int act,
+                     double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(dy, "dy"), pc = param_code(c);
+  void* ady = check(dy, "dy", c, v.n, false, false);
+  void* ax = check(x, "x", c, v.n, false, true);
+  void* ay = check(y, "y", c, v.n, false, true);
+  void* am = check(mean, "mean", Code::f64, channels, false, false);
+  void* av = check(var, "var", Code::f64, channels, false, false);
+  void* ag = check(gamma, "gamma", pc, channels, false, true);
+  void* ab = check(beta, "beta", pc, channels, false, true);
+  void* as = check(sum_dy, "sum_dy", Code::f64, channels, true, false);
+  void* ah = check(sum_dy_xhat, "sum_dy_xhat", Code::f64, channels, true, false);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward_reduce(p<const T>(ady), p<const T>(ax), p<const T>(ay), p<const double>(am), p<const double>(av),
+                            p<const P>(ag), p<const P>(ab), p<double>(as), p<double>(ah), v.shape, eps,
+                            fusion_of(act, slope));
+  });
+}
+
+void backward_apply(const py::array& dy, const py::object& x, const py::object& y, const py::array& mean,
+                    const py::array& var, const py::object& gamma, const py::object& beta, const py::array& sum_dy,
+                    const py::array& sum_dy_xhat, double count, const py::array& dx, const py::object& dres,
+                    int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = main_code(dy, "dy"), pc = param_code(c);
+  void* ady = check(dy, "dy", c, v.n, false, false);
+  void* ax = check(x, "x", c, v.n, false, true);
+  void* ay = check(y, "y", c, v.n, false, true);
+  void* am = check(mean, "mean", Code::f64, channels, false, false);
+  void* av = check(var, "var", Code::f64, channels, false, false);
+  void* ag = check(gamma, "gamma", pc, channels, false, true);
+  void* ab = check(beta, "beta", pc, channels, false, true);
+  void* as = check(sum_dy, "sum_dy", Code::f64, channels, false, false);
+  void* ah = check(sum_dy_xhat, "sum_dy_xhat", Code::f64, channels, false, false);
+  void* adx = check(dx, "dx", c, v.n, true, false);
+  void* adr = check(dres, "dresidual", c, v.n, true, true);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward_apply(p<const T>(ady), p<const T>(ax), p<const T>(ay), p<const double>(am), p<const double>(av),
+                           p<const P>(ag), p<const P>(ab), p<const double>(as), p<const double>(ah), count, p<T>(adx),
+                           p<T>(adr), v.shape, eps, fusion_of(act, slope));
+  });
 }
 
 void stream_copy(const py::array& src, const py::array& dst) {
-  const py::dtype f32 = py::dtype::of<float>();
   const int64_t n = static_cast<int64_t>(src.size());
-  const Arg a = check(src, "src", f32, n, false, false), b = check(dst, "dst", f32, n, true, false);
+  void* a = check(src, "src", Code::f32, n, false, false);
+  void* b = check(dst, "dst", Code::f32, n, true, false);
   py::gil_scoped_release nogil;
   fastbn::detail::stream_copy(p<float>(a), p<float>(b), n);
+}
+
+void stream_add(const py::array& a, const py::array& b, const py::array& dst) {
+  const int64_t n = static_cast<int64_t>(dst.size());
+  void* pa = check(a, "a", Code::f32, n, false, false);
+  void* pb = check(b, "b", Code::f32, n, false, false);
+  void* pd = check(dst, "dst", Code::f32, n, true, false);
+  py::gil_scoped_release nogil;
+  fastbn::detail::stream_add(p<float>(pa), p<float>(pb), p<float>(pd), n);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -154,7 +376,7 @@ T* dptr(uintptr_t p) {
 
 void cuda_train(uintptr_t x, uintptr_t y, uintptr_t gamma, uintptr_t beta, uintptr_t mean, uintptr_t var,
                 int64_t outer, int64_t channels, int64_t inner, double eps, bool f64, uintptr_t stream) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const fastbn::Shape s = view_of(outer, channels, inner).shape;
   py::gil_scoped_release nogil;
   void* st = reinterpret_cast<void*>(stream);
   if (f64) {
@@ -168,7 +390,7 @@ void cuda_train(uintptr_t x, uintptr_t y, uintptr_t gamma, uintptr_t beta, uintp
 
 void cuda_infer(uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr_t gamma, uintptr_t beta,
                 int64_t outer, int64_t channels, int64_t inner, double eps, bool f64, uintptr_t stream) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const fastbn::Shape s = view_of(outer, channels, inner).shape;
   py::gil_scoped_release nogil;
   void* st = reinterpret_cast<void*>(stream);
   if (f64) {
@@ -183,7 +405,7 @@ void cuda_infer(uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr
 void cuda_backward(uintptr_t dy, uintptr_t x, uintptr_t mean, uintptr_t var, uintptr_t gamma, uintptr_t dx,
                    uintptr_t dgamma, uintptr_t dbeta, int64_t outer, int64_t channels, int64_t inner, double eps,
                    bool batch_stats, bool f64, uintptr_t stream) {
-  const fastbn::Shape s = shape_of(outer, channels, inner);
+  const fastbn::Shape s = view_of(outer, channels, inner).shape;
   py::gil_scoped_release nogil;
   void* st = reinterpret_cast<void*>(stream);
   if (f64) {
@@ -265,6 +487,7 @@ py::array cached_empty(const std::vector<py::ssize_t>& shape, const py::dtype& d
 
 struct SimpleView {
   py::array x;
+  Code code;
   fastbn::Shape shape;
 };
 
@@ -275,15 +498,12 @@ bool simple_x(py::handle obj, py::handle axis_obj, py::handle eps_obj, SimpleVie
   eps = PyFloat_AS_DOUBLE(eps_obj.ptr());
   if (!(eps > 0) || !std::isfinite(eps)) return false;
   v.x = py::reinterpret_borrow<py::array>(obj);
-  const py::dtype dt = v.x.dtype();
-  if (!is_float32(dt) && !dt.is(py::dtype::of<double>())) return false;
-  const int flags = py::detail::array_proxy(v.x.ptr())->flags;
-  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
-    return false;
-  }
+  v.code = code_of(v.x.dtype());
+  if (v.code == Code::other || !simple_flags(v.x, false)) return false;
   const int64_t ndim = v.x.ndim();
-  int64_t axis = PyLong_AsLongLong(axis_obj.ptr());
-  if (ndim < 2 || axis < -ndim || axis >= ndim || v.x.size() == 0) return false;
+  int overflow = 0;
+  int64_t axis = PyLong_AsLongLongAndOverflow(axis_obj.ptr(), &overflow);
+  if (overflow || ndim < 2 || axis < -ndim || axis >= ndim || v.x.size() == 0) return false;
   if (axis < 0) axis += ndim;
   int64_t outer = 1, inner = 1;
   for (int64_t i = 0; i < axis; ++i) outer *= v.x.shape(i);
@@ -292,44 +512,39 @@ bool simple_x(py::handle obj, py::handle axis_obj, py::handle eps_obj, SimpleVie
   return true;
 }
 
-bool simple_channels(py::handle obj, const py::dtype& dt, int64_t channels, bool optional, void*& ptr) {
+bool simple_channels(py::handle obj, Code code, int64_t channels, bool optional, void*& ptr) {
   ptr = nullptr;
   if (obj.is_none()) return optional;
   if (!py::isinstance<py::array>(obj)) return false;
   const auto a = py::reinterpret_borrow<py::array>(obj);
-  const int flags = py::detail::array_proxy(a.ptr())->flags;
-  if (!a.dtype().is(dt) || a.ndim() != 1 || a.shape(0) != channels ||
-      !(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) || !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_)) {
-    return false;
-  }
+  if (code_of(a.dtype()) != code || a.ndim() != 1 || a.shape(0) != channels || !simple_flags(a, false)) return false;
   ptr = const_cast<void*>(a.data());
   return true;
 }
 
 // The output: a new array like x, or `out` when it is simple too (same shape and dtype, C-contiguous, aligned,
 // writable) and either is x itself (in place) or does not overlap it. False: not simple.
-bool simple_out(py::handle out, const py::array& x, py::array& y) {
+bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
   if (out.is_none()) {
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-    const bool big = static_cast<size_t>(x.nbytes()) >= kCachedMinBytes;
-    y = big ? cached_empty(shape, x.dtype()) : py::array(x.dtype(), shape);
+    std::vector<py::ssize_t> shape(v.x.shape(), v.x.shape() + v.x.ndim());
+    const bool big = static_cast<size_t>(v.x.nbytes()) >= kCachedMinBytes;
+    y = big ? cached_empty(shape, v.x.dtype()) : py::array(v.x.dtype(), shape);
     return true;
   }
   if (!py::isinstance<py::array>(out)) return false;
   auto o = py::reinterpret_borrow<py::array>(out);
-  const int flags = py::detail::array_proxy(o.ptr())->flags;
-  constexpr int kNeed = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_ |
-                        py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-  if ((flags & kNeed) != kNeed || !o.dtype().is(x.dtype()) || o.ndim() != x.ndim() ||
-      !std::equal(x.shape(), x.shape() + x.ndim(), o.shape())) {
+  if (!simple_flags(o, true) || code_of(o.dtype()) != v.code || o.ndim() != v.x.ndim() ||
+      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), o.shape())) {
     return false;
   }
-  const auto* xb = static_cast<const char*>(x.data());
+  const auto* xb = static_cast<const char*>(v.x.data());
   const auto* ob = static_cast<const char*>(o.data());
-  if (xb != ob && ob < xb + x.nbytes() && xb < ob + o.nbytes()) return false;
+  if (xb != ob && ob < xb + v.x.nbytes() && xb < ob + o.nbytes()) return false;
   y = o;
   return true;
 }
+
+py::dtype dtype_of(Code c) { return c == Code::f64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
 
 py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handle gamma, py::handle beta,
                         py::handle axis, py::handle eps_obj, py::handle out) {
@@ -337,25 +552,24 @@ py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handl
   double eps = 0;
   void *m, *s, *g, *b;
   if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
-  const py::dtype dt = v.x.dtype();
+  const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
-  if (!simple_channels(mean, dt, C, false, m) || !simple_channels(var, dt, C, false, s) ||
-      !simple_channels(gamma, dt, C, true, g) || !simple_channels(beta, dt, C, true, b)) {
+  if (!simple_channels(mean, pc, C, false, m) || !simple_channels(var, pc, C, false, s) ||
+      !simple_channels(gamma, pc, C, true, g) || !simple_channels(beta, pc, C, true, b)) {
     return py::none();
   }
   py::array y;
-  if (!simple_out(out, v.x, y)) return py::none();
+  if (!simple_out(out, v, y)) return py::none();
   void* yp = y.mutable_data();
   const void* xp = v.x.data();
   {
     py::gil_scoped_release nogil;
-    if (is_float32(dt)) {
-      fastbn::forward_infer(static_cast<const float*>(xp), static_cast<float*>(yp), static_cast<float*>(m),
-                            static_cast<float*>(s), static_cast<float*>(g), static_cast<float*>(b), v.shape, eps);
-    } else {
-      fastbn::forward_infer(static_cast<const double*>(xp), static_cast<double*>(yp), static_cast<double*>(m),
-                            static_cast<double*>(s), static_cast<double*>(g), static_cast<double*>(b), v.shape, eps);
-    }
+    with_type(v.code, [&](auto t) {
+      using T = decltype(t);
+      using P = fastbn::param_t<T>;
+      fastbn::forward_infer(static_cast<const T*>(xp), static_cast<T*>(yp), p<const P>(m), p<const P>(s),
+                            p<const P>(g), p<const P>(b), v.shape, eps);
+    });
   }
   return std::move(y);
 }
@@ -366,27 +580,25 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
   double eps = 0;
   void *g, *b;
   if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
-  const py::dtype dt = v.x.dtype();
+  const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
-  if (v.shape.outer * v.shape.inner < 2 || !simple_channels(gamma, dt, C, true, g) ||
-      !simple_channels(beta, dt, C, true, b)) {
+  if (v.shape.outer * v.shape.inner < 2 || !simple_channels(gamma, pc, C, true, g) ||
+      !simple_channels(beta, pc, C, true, b)) {
     return py::none();
   }
   py::array y;
-  if (!simple_out(out, v.x, y)) return py::none();
-  py::array mean(dt, std::vector<py::ssize_t>{C}), var(dt, std::vector<py::ssize_t>{C});
+  if (!simple_out(out, v, y)) return py::none();
+  py::array mean(dtype_of(pc), std::vector<py::ssize_t>{C}), var(dtype_of(pc), std::vector<py::ssize_t>{C});
   void *yp = y.mutable_data(), *mp = mean.mutable_data(), *vp = var.mutable_data();
   const void* xp = v.x.data();
   {
     py::gil_scoped_release nogil;
-    if (is_float32(dt)) {
-      fastbn::forward_train(static_cast<const float*>(xp), static_cast<float*>(yp), static_cast<float*>(g),
-                            static_cast<float*>(b), static_cast<float*>(mp), static_cast<float*>(vp), v.shape, eps);
-    } else {
-      fastbn::forward_train(static_cast<const double*>(xp), static_cast<double*>(yp), static_cast<double*>(g),
-                            static_cast<double*>(b), static_cast<double*>(mp), static_cast<double*>(vp), v.shape,
-                            eps);
-    }
+    with_type(v.code, [&](auto t) {
+      using T = decltype(t);
+      using P = fastbn::param_t<T>;
+      fastbn::forward_train(static_cast<const T*>(xp), static_cast<T*>(yp), p<const P>(g), p<const P>(b), p<P>(mp),
+                            p<P>(vp), v.shape, eps);
+    });
   }
   return py::make_tuple(y, mean, var);
 }
@@ -434,14 +646,30 @@ PYBIND11_MODULE(_core, m) {
     }
   });
 
-  m.def("train", &train, py::arg("x"), py::arg("y"), py::arg("gamma"), py::arg("beta"), py::arg("mean"),
-        py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"));
-  m.def("infer", &infer, py::arg("x"), py::arg("y"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
-        py::arg("beta"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"));
-  m.def("backward", &backward, py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
-        py::arg("dx"), py::arg("dgamma"), py::arg("dbeta"), py::arg("outer"), py::arg("channels"),
-        py::arg("inner"), py::arg("eps"), py::arg("batch_stats"));
-
+  m.def("train", &train, py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("gamma"), py::arg("beta"),
+        py::arg("mean"), py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"),
+        py::arg("act"), py::arg("slope"));
+  m.def("infer", &infer, py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("mean"), py::arg("var"),
+        py::arg("gamma"), py::arg("beta"), py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"),
+        py::arg("act"), py::arg("slope"), py::arg("f64_stats"));
+  m.def("backward", &backward, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("mean"), py::arg("var"),
+        py::arg("gamma"), py::arg("beta"), py::arg("dx"), py::arg("dresidual"), py::arg("dgamma"), py::arg("dbeta"),
+        py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"), py::arg("batch_stats"),
+        py::arg("act"), py::arg("slope"));
+  m.def("local_stats", &local_stats, py::arg("x"), py::arg("mean"), py::arg("m2"), py::arg("outer"),
+        py::arg("channels"), py::arg("inner"));
+  m.def("merge_stats", &merge_stats, py::arg("count"), py::arg("mean"), py::arg("m2"), py::arg("channels"));
+  m.def("update_running_stats", &update_running_stats, py::arg("running_mean"), py::arg("running_var"),
+        py::arg("mean"), py::arg("var"), py::arg("count"), py::arg("momentum"));
+  m.def("backward_reduce", &backward_reduce, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("mean"),
+        py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("sum_dy"), py::arg("sum_dy_xhat"),
+        py::arg("outer"), py::arg("channels"), py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
+  m.def("backward_apply", &backward_apply, py::arg("dy"), py::arg("x"), py::arg("y"), py::arg("mean"),
+        py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("sum_dy"), py::arg("sum_dy_xhat"),
+        py::arg("count"), py::arg("dx"), py::arg("dresidual"), py::arg("outer"), py::arg("channels"),
+        py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
+  m.def("dtype_code", [](const py::dtype& d) { return static_cast<int>(code_of(d)); },
+        "0 float32, 1 float64, 2 bfloat16, 3 float16, 4 anything else (compared by value).");
   m.def("set_num_threads", &fastbn::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &fastbn::get_num_threads);
   m.def("simd", [] { return std::string(fastbn::simd()); });
@@ -498,6 +726,8 @@ PYBIND11_MODULE(_core, m) {
         fastbn::cuda::copy_on_device(reinterpret_cast<void*>(b.ptr()), reinterpret_cast<const void*>(src),
                                      b.nbytes());
       }, py::arg("src"));
+  m.def("stream_add", &stream_add, py::arg("a"), py::arg("b"), py::arg("dst"),
+        "dst = a + b (float32) with streaming stores on all threads: the benchmark's 3S yardstick.");
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
         "Copy float32 src into dst with streaming stores on all threads (the benchmark's bandwidth yardstick).");
 }

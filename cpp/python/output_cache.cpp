@@ -69,7 +69,13 @@ void* cache_take(size_t bytes) {
     }
   }
   void* p = std::aligned_alloc(kAlign, n);
-  if (!p) throw std::bad_alloc();
+  if (!p) {
+    // Under memory pressure (an address-space limit, a full machine) the idle buffers are what stands in the way:
+    // give them back and try once more.
+    cache_clear();
+    p = std::aligned_alloc(kAlign, n);
+    if (!p) throw std::bad_alloc();
+  }
 #if defined(MADV_HUGEPAGE)
   madvise(p, n, MADV_HUGEPAGE);
 #endif

@@ -16,7 +16,17 @@ from pathlib import Path
 
 from . import _core, cuda
 from .batchnorm import BatchNorm
-from .functional import batch_norm_backward, batch_norm_infer, batch_norm_train
+from .functional import (
+    batch_norm_apply,
+    batch_norm_backward,
+    batch_norm_backward_apply,
+    batch_norm_backward_reduce,
+    batch_norm_infer,
+    batch_norm_merge_stats,
+    batch_norm_stats,
+    batch_norm_train,
+    fold,
+)
 
 __version__: str = _core.__version__
 
@@ -25,6 +35,12 @@ __all__ = [
     "batch_norm_train",
     "batch_norm_infer",
     "batch_norm_backward",
+    "batch_norm_stats",
+    "batch_norm_merge_stats",
+    "batch_norm_apply",
+    "batch_norm_backward_reduce",
+    "batch_norm_backward_apply",
+    "fold",
     "set_num_threads",
     "get_num_threads",
     "set_simd",

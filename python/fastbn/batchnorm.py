@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
+from . import cuda
 from . import functional as F
+from ._layout import check_activation, check_eps, normalize_axis
+from ._types import SUPPORTED, param_dtype, storage_dtype
 
 __all__ = ["BatchNorm"]
 
 
 def _check_dtype(dtype) -> np.dtype:
     try:
-        d = np.dtype(dtype)
+        d = storage_dtype(dtype)
     except TypeError as e:
-        raise TypeError(f"fastbn: dtype must be float32 or float64, got {dtype!r}") from e
-    if d not in F._FLOATS:
-        raise TypeError(f"fastbn: dtype must be float32 or float64, got {d}")
+        raise TypeError(f"fastbn: dtype must be {SUPPORTED}, got {dtype!r}") from e
+    if d is None:
+        raise TypeError(f"fastbn: dtype must be {SUPPORTED}, got {np.dtype(dtype)}")
     return d
 
 
@@ -56,8 +60,17 @@ class BatchNorm:
         Keep running_mean (init 0), running_var (init 1) and num_batches_tracked.
     axis : int
         The channel axis of the inputs (1 for (N, C, ...), -1 for channels-last).
-    dtype : float32 or float64
-        dtype of the parameters, statistics and accepted inputs.
+    dtype : float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``)
+        dtype of the accepted inputs and of the outputs. Parameters, statistics and gradients are float64 for
+        float64 and float32 otherwise (mixed precision: half-precision activations, float32 state).
+    activation : None, "relu", "leaky_relu" or "sigmoid"
+        Fused after the normalization: ``y = act(gamma * xhat + beta [+ residual])``.
+    negative_slope : float
+        leaky_relu's slope for negative inputs.
+    inplace : bool
+        Write y over x and keep only y for the backward ("in-place activated batch norm"): x's memory is
+        reused, and xhat is recovered from y. Needs an invertible activation (None, leaky_relu with
+        negative_slope > 0, sigmoid), training inputs without a residual, and keeps gamma away from zero.
     device : "cpu" or "cuda"
         Where gamma, beta, their gradients and the running statistics live. With "cuda" they are
         :class:`fastbn.cuda.DeviceArray` objects and inputs must be CUDA arrays (CuPy, PyTorch CUDA tensors, ...);
@@ -75,6 +88,9 @@ class BatchNorm:
         axis: int = 1,
         dtype=np.float32,
         device: str = "cpu",
+        activation: str | None = None,
+        negative_slope: float = 0.01,
+        inplace: bool = False,
     ) -> None:
         if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(f"fastbn: num_features must be an int, got {type(num_features).__name__}")
@@ -83,21 +99,34 @@ class BatchNorm:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"fastbn: axis must be an int, got {type(axis).__name__}")
         self.num_features = int(num_features)
-        self.eps = F._check_eps(eps)
+        self.eps = check_eps(eps)
         self.momentum = _check_momentum(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self.axis = int(axis)
         self.dtype = _check_dtype(dtype)
+        self.param_dtype = param_dtype(self.dtype)
+        check_activation(activation, negative_slope)
+        self.activation = activation
+        self.negative_slope = float(negative_slope)
+        self.inplace = bool(inplace)
+        if self.inplace and (activation == "relu" or (activation == "leaky_relu" and self.negative_slope <= 0)):
+            raise ValueError(
+                f"fastbn: inplace=True recovers xhat from the output, but {activation} with "
+                f"negative_slope={self.negative_slope} is not invertible; use leaky_relu with negative_slope > 0, "
+                "sigmoid or no activation"
+            )
         if device not in ("cpu", "cuda"):
             raise ValueError(f"fastbn: device must be 'cpu' or 'cuda', got {device!r}")
         if device == "cuda":
-            from . import cuda
-
+            if self.dtype.itemsize == 2 or activation is not None or self.inplace:
+                raise NotImplementedError(
+                    "fastbn: half precision, fused activations and inplace run on the CPU only for now"
+                )
             cuda.require()
         self.device = device
         self.training = True
-        c, d = self.num_features, self.dtype
+        c, d = self.num_features, self.param_dtype
         self.gamma = self._array(np.ones(c, d)) if self.affine else None
         self.beta = self._array(np.zeros(c, d)) if self.affine else None
         self.grad_gamma = self._array(np.zeros(c, d)) if self.affine else None
@@ -113,8 +142,6 @@ class BatchNorm:
     def _array(self, host: np.ndarray):
         if self.device == "cpu":
             return host
-        from . import cuda
-
         return cuda.to_device(host)
 
     def _set(self, target, host: np.ndarray) -> None:
@@ -122,7 +149,7 @@ class BatchNorm:
         if self.device == "cpu":
             target[...] = host
         else:
-            target._buffer.copy_from_host(np.ascontiguousarray(host, dtype=self.dtype))
+            target._buffer.copy_from_host(np.ascontiguousarray(host, dtype=self.param_dtype))
 
     def _host(self, a) -> np.ndarray:
         return a.copy() if self.device == "cpu" else a.get()
@@ -134,8 +161,10 @@ class BatchNorm:
         if device == self.device:
             return self
         if device == "cuda":
-            from . import cuda
-
+            if self.dtype.itemsize == 2 or self.activation is not None or self.inplace:
+                raise NotImplementedError(
+                    "fastbn: half precision, fused activations and inplace run on the CPU only for now"
+                )
             cuda.require()
         names = ("gamma", "beta", "grad_gamma", "grad_beta", "running_mean", "running_var")
         host = {k: None if getattr(self, k) is None else self._host(getattr(self, k)) for k in names}
@@ -160,43 +189,65 @@ class BatchNorm:
     # ------------------------------------------------------------------------------------------------------
     # Passes
 
-    def _check_input(self, x):
+    def _check_input(self, x, name: str = "x"):
         if self.device == "cuda":
-            from . import cuda
-
             if not cuda.is_device_array(x):
-                raise TypeError("fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host array")
-            d = cuda._read(x, "x")
+                raise TypeError(f"fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host {name}")
+            d = cuda._read(x, name)
             a, shape, dtype = x, d.shape, d.dtype
         else:
-            if F._on_gpu(x):
-                raise TypeError("fastbn: this BatchNorm lives on the CPU; got a GPU array (use device='cuda')")
-            a = F._float_array(x, "x")
+            if cuda.is_device_array(x):
+                raise TypeError(f"fastbn: this BatchNorm lives on the CPU; got a GPU {name} (use device='cuda')")
+            # Lists and other array-likes take the layer's dtype; arrays must already have it.
+            a = x if isinstance(x, np.ndarray) else F._as_array(x, name, self.dtype)
+            a = F._as_array(a, name)
             shape, dtype = a.shape, a.dtype
         if dtype != self.dtype:
-            raise TypeError(f"fastbn: this BatchNorm has dtype {self.dtype}, got input of dtype {dtype}")
+            raise TypeError(f"fastbn: this BatchNorm has dtype {self.dtype}, got {name} of dtype {dtype}")
         if len(shape) >= 2:
-            ax = F._normalize_axis(self.axis, len(shape))
+            ax = normalize_axis(self.axis, len(shape))
             if shape[ax] != self.num_features:
                 raise ValueError(
-                    f"fastbn: expected {self.num_features} channels on axis {self.axis}, got input of shape {shape}"
+                    f"fastbn: expected {self.num_features} channels on axis {self.axis}, got {name} of shape {shape}"
                 )
         return a, shape
 
-    def forward(self, x, out=None) -> np.ndarray:
-        """Normalize ``x``; in training mode also update the running statistics. Returns y (or ``out``)."""
+    def forward(self, x, out=None, residual=None):
+        """Normalize ``x`` (then add ``residual`` and apply the activation, when given); in training mode also
+        update the running statistics. Returns y (or ``out``).
+
+        The backward reuses x (or, with ``inplace``, y): change neither in place before :meth:`backward`, or
+        the gradient is silently wrong."""
         a, shape = self._check_input(x)
+        if residual is not None:
+            if self.inplace:
+                raise ValueError(
+                    "fastbn: inplace=True recovers xhat from the output, which is impossible when a residual is "
+                    "added before the activation; use inplace=False"
+                )
+            residual, _ = self._check_input(residual, "residual")
         use_batch = self.training or not self.track_running_stats
+        if self.inplace:
+            if out is not None:
+                raise ValueError("fastbn: inplace=True writes y over x; out= cannot be given")
+            if not isinstance(a, np.ndarray) or not a.flags.writeable:
+                raise ValueError("fastbn: inplace=True writes y over x, so x must be a writable NumPy array")
+            out = a
+        fused = {"activation": self.activation, "negative_slope": self.negative_slope, "residual": residual}
         if use_batch:
-            y, mean, var = F.batch_norm_train(a, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out)
+            y, mean, var = F.batch_norm_train(a, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out, **fused)
             if self.training and self.track_running_stats:
                 self._update_running_stats(mean, var, math.prod(shape) // self.num_features)
         else:
             y = F.batch_norm_infer(
-                a, self.running_mean, self.running_var, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out
-            )
+                a, self.running_mean, self.running_var, self.gamma, self.beta, axis=self.axis, eps=self.eps, out=out,
+                **fused,
+            )  # fmt: skip
             mean, var = self._snapshot(self.running_mean), self._snapshot(self.running_var)
-        self._saved = (a, mean, var, use_batch, out is not None and self._overlaps(out, a))
+        keep_y = self.activation is not None or self.inplace
+        overwritten = not self.inplace and out is not None and self._overlaps(out, a)
+        self._saved = (None if self.inplace else a, y if keep_y else None, mean, var, use_batch, overwritten,
+                       residual is not None)  # fmt: skip
         return y
 
     __call__ = forward
@@ -204,15 +255,11 @@ class BatchNorm:
     def _snapshot(self, a):
         if self.device == "cpu":
             return a.copy()
-        from . import cuda
-
         return cuda.copy(a)
 
     def _overlaps(self, out, a) -> bool:
         if self.device == "cpu":
             return np.may_share_memory(out, a)
-        from . import cuda
-
         o, i = cuda._read(out, "out"), cuda._read(a, "x")
         size = math.prod(i.shape) * i.dtype.itemsize
         return o.ptr < i.ptr + size and i.ptr < o.ptr + size
@@ -221,8 +268,6 @@ class BatchNorm:
         count = self.num_batches_tracked + 1
         factor = 1.0 / count if self.momentum is None else self.momentum
         if self.device == "cuda":
-            from . import cuda
-
             cuda.update_running_stats(self.running_mean, self.running_var, mean, var, n, factor)
             self.num_batches_tracked = count
             return
@@ -233,22 +278,21 @@ class BatchNorm:
         self.running_var[...] = new_var
         self.num_batches_tracked = count
 
-    def backward(self, dy, out=None) -> np.ndarray:
+    def backward(self, dy, out=None):
         """Gradient with respect to the input of the last forward; sets grad_gamma and grad_beta.
 
         Uses batch statistics if that forward did (training mode, or eval without running statistics), else the
-        running statistics it used, held constant. Returns dx (or ``out``).
+        running statistics it used, held constant. Returns dx (or ``out``); when the forward had a residual,
+        ``(dx, dresidual)``. The forward's input (with ``inplace``, its output) must not have changed since.
         """
         if self._saved is None:
             raise RuntimeError("fastbn: backward() called before any forward()")
-        x, mean, var, batch_stats, overwritten = self._saved
+        x, y, mean, var, batch_stats, overwritten, had_residual = self._saved
         if overwritten:
             raise RuntimeError(
                 "fastbn: backward() needs the input of the last forward(), but forward(x, out=...) wrote over it"
             )
         if self.device == "cuda":
-            from . import cuda
-
             if not cuda.is_device_array(dy):
                 raise TypeError("fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host dy")
             grads = None
@@ -258,13 +302,16 @@ class BatchNorm:
                 dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine, grads
             )
             return dx
-        dx, dgamma, dbeta = F._backward(
-            dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine
-        )
+        if not isinstance(dy, np.ndarray):
+            dy = F._as_array(dy, "dy", self.dtype)
+        dx, dgamma, dbeta, dres = F._backward(
+            dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine, self.activation,
+            self.negative_slope, y, self.beta, had_residual,
+        )  # fmt: skip
         if self.affine:
             self.grad_gamma[...] = dgamma
             self.grad_beta[...] = dbeta
-        return dx
+        return (dx, dres) if had_residual else dx
 
     # ------------------------------------------------------------------------------------------------------
     # Parameters and state
@@ -279,19 +326,19 @@ class BatchNorm:
 
     def zero_grad(self) -> None:
         for g in self.gradients():
-            self._set(g, np.zeros(self.num_features, self.dtype))
+            self._set(g, np.zeros(self.num_features, self.param_dtype))
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
-            self._set(self.running_mean, np.zeros(self.num_features, self.dtype))
-            self._set(self.running_var, np.ones(self.num_features, self.dtype))
+            self._set(self.running_mean, np.zeros(self.num_features, self.param_dtype))
+            self._set(self.running_var, np.ones(self.num_features, self.param_dtype))
             self.num_batches_tracked = 0
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
         if self.affine:
-            self._set(self.gamma, np.ones(self.num_features, self.dtype))
-            self._set(self.beta, np.zeros(self.num_features, self.dtype))
+            self._set(self.gamma, np.ones(self.num_features, self.param_dtype))
+            self._set(self.beta, np.zeros(self.num_features, self.param_dtype))
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the state under PyTorch's names: weight, bias (affine), running_mean, running_var,
@@ -310,6 +357,8 @@ class BatchNorm:
         """Load a state_dict of this class or of ``torch.nn.BatchNorm*d`` (values may be NumPy arrays or CPU
         tensors). Raises ValueError for missing keys, unexpected keys (when strict) or wrong shapes; on any
         error nothing is changed."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"fastbn: load_state_dict expects a mapping of names to arrays, got {type(state).__name__}")
         expected = list(self.state_dict().keys())
         missing = [k for k in expected if k not in state]
         if missing:
@@ -319,7 +368,11 @@ class BatchNorm:
             raise ValueError(f"fastbn: load_state_dict got unexpected keys {unexpected}")
         new = {}
         for k in expected:
-            v = np.asarray(state[k])
+            v = state[k]
+            if type(v).__module__.split(".")[0] == "torch" and hasattr(v, "detach"):
+                v = v.detach().cpu()
+                v = v.float() if v.dtype.is_floating_point and v.element_size() == 2 else v
+            v = np.asarray(v)
             if k == "num_batches_tracked":
                 if v.shape != () or not np.issubdtype(v.dtype, np.integer) or int(v) < 0:
                     raise ValueError(f"fastbn: num_batches_tracked must be a non-negative integer scalar, got {v!r}")
@@ -329,7 +382,7 @@ class BatchNorm:
                 raise TypeError(f"fastbn: {k} must hold numbers, got dtype {v.dtype}")
             if v.shape != (self.num_features,):
                 raise ValueError(f"fastbn: {k} must have shape ({self.num_features},), got {v.shape}")
-            new[k] = v.astype(self.dtype)
+            new[k] = v.astype(self.param_dtype)
         if self.affine:
             self._set(self.gamma, new["weight"])
             self._set(self.beta, new["bias"])
@@ -342,5 +395,8 @@ class BatchNorm:
         return (
             f"BatchNorm({self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
             f"track_running_stats={self.track_running_stats}, axis={self.axis}, dtype={self.dtype.name}"
+            + (f", activation={self.activation!r}" if self.activation else "")
+            + (f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else "")
+            + (", inplace=True" if self.inplace else "")
             + (", device='cuda')" if self.device == "cuda" else ")")
         )

@@ -20,7 +20,9 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core
-from .functional import _check_eps, _dense_order, _normalize_axis
+from ._layout import check_eps as _check_eps
+from ._layout import dense_order as _dense_order
+from ._layout import normalize_axis as _normalize_axis
 
 __all__ = [
     "is_available",
