@@ -11,6 +11,8 @@ import pytest
 
 import fastbn
 from fastbn.demo import cli
+from fastbn.demo import data as data_module
+from fastbn.demo import experiment as experiment_module
 from fastbn.demo.data import Digits, load_digits, load_npz
 from fastbn.demo.experiment import (
     VARIANTS,
@@ -204,6 +206,34 @@ def test_cli_run_end_to_end_with_npz(small, tmp_path, monkeypatch, capsys):
     assert "1000 training / 500 test images" in printed and "Summary (adam" in printed
     assert str(out / "lr_sweep.png") in printed
     assert (out / "fig1_convergence.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("where", ["below a file", "in a read-only folder"])
+def test_cli_refuses_an_unwritable_out_before_loading_or_training(tmp_path, monkeypatch, capsys, where):
+    """A bad --out used to fail only when the figures were written, after a minute of training."""
+    missing = cli._missing_extras(need_mlxtend=True)
+    if missing:
+        pytest.skip(f"the demo command needs {', '.join(missing)}")
+    if where == "below a file":  # not a folder, even for root
+        (tmp_path / "a-file").write_text("")
+        out = tmp_path / "a-file" / "figures"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root may write into a read-only folder")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "figures"
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the demo loaded data or trained before it checked --out")
+
+    monkeypatch.setattr(data_module, "load_digits", too_late)
+    monkeypatch.setattr(experiment_module, "run_convergence", too_late)
+    from fastbn.__main__ import main
+
+    assert main(["demo", "--quick", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"fastbn demo: cannot write the figures to {out}: ")
+    assert captured.out == ""
 
 
 def test_npz_without_the_arrays_is_refused(tmp_path):
