@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +35,7 @@ from fastbn.demo.nn import OPTIMIZERS, softmax_cross_entropy
 # of the demo but would make this test slow).
 TEST_LR = {"sgd": 0.5, "momentum": 0.1, "rmsprop": 3e-3, "adam": 1e-2}
 TEST_STD = 0.3
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def run_cli(*args, code=None):
@@ -183,6 +186,25 @@ def test_summary_lists_both_variants(tiny_results):
     ):
         assert needle in text
     assert len([line for line in text.splitlines() if "%" in line]) >= len(sweep.lrs)
+
+
+def summary_table_labels(lines):
+    """The first cell of each row of a summary table (its cells are separated by two spaces or more)."""
+    return [re.split(r"\s{2,}", line.strip())[0] for line in lines if line.strip()]
+
+
+def test_readme_demo_table_is_the_demo_summary_and_says_where_and_when_it_ran(tiny_results):
+    """The README's demo results are a copy of the demo's summary table, introduced by the date and the machine
+    of the run: training amplifies last-bit differences, so other CPUs give other numbers."""
+    section = README.read_text().split("\n## What the demo shows\n", 1)[1].split("\n## ", 1)[0]
+    intro, table = section.split("```")[:2]
+    introduction = intro.strip().split("\n\n")[-1]
+    assert re.search(r"\b20\d\d-\d\d-\d\d\b", introduction), "the demo table needs the date of its run"
+    assert re.search(r"\b\d+-core\b", introduction), "the demo table needs the machine of its run (N-core CPU)"
+
+    runs, sweep, cfg = tiny_results
+    printed = cli.format_summary(runs, sweep, cfg).split("\nSummary (", 1)[1].splitlines()[1:]
+    assert summary_table_labels(table.splitlines()) == summary_table_labels(printed)
 
 
 def test_cli_run_end_to_end_with_npz(small, tmp_path, monkeypatch, capsys):
