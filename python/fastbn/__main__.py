@@ -31,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="{info,bench,demo}")
     p = sub.add_parser("info", help="print how fastbn was built (build_info) as JSON")
     p.set_defaults(func=_info)
-    p = sub.add_parser("bench", help="time fastbn against PyTorch, NumPy and the copy bandwidth")
+    p = sub.add_parser(
+        "bench",
+        help="time fastbn against PyTorch, NumPy and the copy bandwidth",
+        description="Time fastbn's training forward, inference forward and backward against PyTorch and NumPy, "
+        "and against a streaming copy of the same bytes (the roofline of a memory-bound pass). Prints medians "
+        "and ratios measured in this one run; --quick for a smoke run in seconds.",
+    )
     _bench.add_arguments(p)
     p.set_defaults(func=_bench.run)
     p = sub.add_parser(
