@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+
+import pytest
+
+from fastbn import bench
+from fastbn.__main__ import main
 
 
 def run_cli(*args):
@@ -49,3 +55,68 @@ def test_bench_rejects_bad_flags():
     assert r.returncode == 2 and ">= 1" in r.stderr
     r = run_cli("--repeat", "1")
     assert r.returncode == 2 and "--repeat" in r.stderr
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m fastbn bench")
+    bench.add_arguments(parser)
+    return parser
+
+
+def test_bench_help_gives_every_option_a_description_and_its_default(capsys):
+    for action in bench_parser()._actions:
+        if action.dest == "help":
+            continue
+        assert action.help and "default" in action.help, f"{action.option_strings} needs a help text with its default"
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--quick" in printed and "(default: 11; with --quick: 5)" in " ".join(printed.split())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--repeat", "1"],
+            "argument --repeat: must be an integer >= 3 (the median of fewer samples is noise), got '1'",
+        ),
+        (["--repeat", "many"], "argument --repeat: must be an integer >= 3"),
+        (["--warmup", "-1"], "argument --warmup: must be an integer >= 0, got '-1'"),
+    ],
+)
+def test_bench_bad_numbers_are_usage_errors(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: python -m fastbn bench ")
+    assert f"python -m fastbn bench: error: {message}" in err
+
+
+def test_bench_quick_presets_shapes_dtypes_and_repeat_and_explicit_values_win():
+    full = bench.apply_preset(bench_parser().parse_args([]))
+    assert (full.shapes, full.dtypes, full.repeat) == (
+        [bench.parse_shape(s) for s in bench.DEFAULT_SHAPES],
+        bench.DTYPES,
+        11,
+    )
+    quick = bench.apply_preset(bench_parser().parse_args(["--quick"]))
+    assert quick.shapes == [bench.parse_shape(s) for s in bench.QUICK_SHAPES]
+    assert (quick.dtypes, quick.repeat) == (["float32"], 5)
+    assert len(quick.shapes) < len(full.shapes) and quick.repeat < full.repeat
+    mine = bench.apply_preset(
+        bench_parser().parse_args(["--quick", "--repeat", "7", "--shapes", "8x3", "--dtypes", "float64"])
+    )
+    assert (mine.shapes, mine.dtypes, mine.repeat) == ([(8, 3)], ["float64"], 7)
+
+
+def test_bench_quick_runs_the_preset(tmp_path):
+    out = tmp_path / "quick.json"
+    r = run_cli("--quick", "--passes", "infer", "--threads", "1", "--no-torch", "--no-numpy", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert report["repeat"] == bench.QUICK_REPEAT
+    assert {row["shape"] for row in report["results"]} == set(bench.QUICK_SHAPES)
+    assert {row["dtype"] for row in report["results"]} == {"float32"}

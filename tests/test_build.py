@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 import fastbn
+from fastbn.__main__ import format_info, main
 
 from conftest import SIMD_PATHS
 
@@ -60,7 +62,9 @@ def test_unknown_path_falls_back_with_a_warning():
 
 
 def test_cli_info_and_paths():
-    out = subprocess.run([sys.executable, "-m", "fastbn", "info"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fastbn", "info", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0
     assert json.loads(out.stdout)["version"] == fastbn.__version__
     out = subprocess.run([sys.executable, "-m", "fastbn", "--cmake-dir"], capture_output=True, text=True, timeout=120)
@@ -68,6 +72,34 @@ def test_cli_info_and_paths():
     assert os.path.isfile(os.path.join(out.stdout.strip(), "fastbnConfig.cmake"))
     out = subprocess.run([sys.executable, "-m", "fastbn", "--include"], capture_output=True, text=True, timeout=120)
     assert os.path.isfile(os.path.join(out.stdout.strip(), "fastbn", "fastbn.h"))
+
+
+def test_cli_info_prints_a_summary_and_json_on_request(capsys):
+    info = fastbn.build_info()
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == info
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(text)
+    lines = text.splitlines()
+    assert lines[0] == f"fastbn {fastbn.__version__}"
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines[1:])
+    assert rows["SIMD path"] == f"{info['simd']} (compiled: {info['simd_compiled']})"
+    assert rows["threads"].startswith(f"{info['num_threads']} (default {info['max_threads']}; ")
+    assert rows["CUDA"].startswith("compiled in" if info["cuda"] else "not compiled in")
+    assert rows["compiler"] == info["compiler"]
+
+
+def test_info_summary_has_every_build_info_key():
+    info = {**fastbn.build_info(), "openmp": False, "cuda": False, "a_new_key": 42}
+    lines = format_info(info, cuda_usable=False).splitlines()
+    rows = dict(re.split(r"\s{2,}", line.strip(), maxsplit=1) for line in lines[1:])
+    assert rows["threads"].endswith("; no OpenMP)")
+    assert rows["CUDA"] == "not compiled in"
+    assert rows["a new key"] == "42"
+    cuda = format_info({**info, "cuda": True}, cuda_usable=True)
+    assert f"CUDA {info['cuda_version']}, architectures {info['cuda_architectures']}); a device is usable now" in cuda
 
 
 def test_cli_rejects_an_unknown_command():

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fastbn
 from fastbn.demo import cli
+from fastbn.demo import data as data_module
+from fastbn.demo import experiment as experiment_module
 from fastbn.demo.data import Digits, load_digits, load_npz
 from fastbn.demo.experiment import (
     VARIANTS,
@@ -31,6 +35,7 @@ from fastbn.demo.nn import OPTIMIZERS, softmax_cross_entropy
 # of the demo but would make this test slow).
 TEST_LR = {"sgd": 0.5, "momentum": 0.1, "rmsprop": 3e-3, "adam": 1e-2}
 TEST_STD = 0.3
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def run_cli(*args, code=None):
@@ -183,6 +188,25 @@ def test_summary_lists_both_variants(tiny_results):
     assert len([line for line in text.splitlines() if "%" in line]) >= len(sweep.lrs)
 
 
+def summary_table_labels(lines):
+    """The first cell of each row of a summary table (its cells are separated by two spaces or more)."""
+    return [re.split(r"\s{2,}", line.strip())[0] for line in lines if line.strip()]
+
+
+def test_readme_demo_table_is_the_demo_summary_and_says_where_and_when_it_ran(tiny_results):
+    """The README's demo results are a copy of the demo's summary table, introduced by the date and the machine
+    of the run: training amplifies last-bit differences, so other CPUs give other numbers."""
+    section = README.read_text().split("\n## What the demo shows\n", 1)[1].split("\n## ", 1)[0]
+    intro, table = section.split("```")[:2]
+    introduction = intro.strip().split("\n\n")[-1]
+    assert re.search(r"\b20\d\d-\d\d-\d\d\b", introduction), "the demo table needs the date of its run"
+    assert re.search(r"\b\d+-core\b", introduction), "the demo table needs the machine of its run (N-core CPU)"
+
+    runs, sweep, cfg = tiny_results
+    printed = cli.format_summary(runs, sweep, cfg).split("\nSummary (", 1)[1].splitlines()[1:]
+    assert summary_table_labels(table.splitlines()) == summary_table_labels(printed)
+
+
 def test_cli_run_end_to_end_with_npz(small, tmp_path, monkeypatch, capsys):
     """The whole command in-process, on an .npz written from the slice and a shrunken --quick setting."""
     pytest.importorskip("matplotlib")
@@ -204,6 +228,34 @@ def test_cli_run_end_to_end_with_npz(small, tmp_path, monkeypatch, capsys):
     assert "1000 training / 500 test images" in printed and "Summary (adam" in printed
     assert str(out / "lr_sweep.png") in printed
     assert (out / "fig1_convergence.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("where", ["below a file", "in a read-only folder"])
+def test_cli_refuses_an_unwritable_out_before_loading_or_training(tmp_path, monkeypatch, capsys, where):
+    """A bad --out used to fail only when the figures were written, after a minute of training."""
+    missing = cli._missing_extras(need_mlxtend=True)
+    if missing:
+        pytest.skip(f"the demo command needs {', '.join(missing)}")
+    if where == "below a file":  # not a folder, even for root
+        (tmp_path / "a-file").write_text("")
+        out = tmp_path / "a-file" / "figures"
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root may write into a read-only folder")
+        (tmp_path / "ro").mkdir(mode=0o500)
+        out = tmp_path / "ro" / "figures"
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the demo loaded data or trained before it checked --out")
+
+    monkeypatch.setattr(data_module, "load_digits", too_late)
+    monkeypatch.setattr(experiment_module, "run_convergence", too_late)
+    from fastbn.__main__ import main
+
+    assert main(["demo", "--quick", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"fastbn demo: cannot write the figures to {out}: ")
+    assert captured.out == ""
 
 
 def test_npz_without_the_arrays_is_refused(tmp_path):

@@ -9,10 +9,10 @@ A C++ core (OpenMP + SIMD with run-time dispatch, optional CUDA) under a NumPy A
 >>> dx = bn.backward(np.ones_like(y))               # sets bn.grad_gamma, bn.grad_beta
 """
 
-from __future__ import annotations
-
-import warnings
-from pathlib import Path
+# Imports under private names (and no `from __future__ import annotations`, which binds `annotations`): what a
+# user sees in dir(fastbn) is __all__ and the package's own submodules (tests/test_namespace.py).
+import warnings as _warnings
+from pathlib import Path as _Path
 
 from . import _core, cuda
 from .batchnorm import BatchNorm
@@ -56,7 +56,7 @@ __all__ = [
     "__version__",
 ]
 
-_HERE = Path(__file__).resolve().parent
+_HERE = _Path(__file__).resolve().parent
 
 
 def set_num_threads(n: int) -> None:
@@ -129,4 +129,4 @@ def get_cmake_dir() -> str:
 
 
 if _core.simd_warning():
-    warnings.warn(f"fastbn: {_core.simd_warning()}", RuntimeWarning, stacklevel=2)
+    _warnings.warn(f"fastbn: {_core.simd_warning()}", RuntimeWarning, stacklevel=2)

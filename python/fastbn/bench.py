@@ -29,6 +29,13 @@ import numpy as np
 import fastbn
 
 DEFAULT_SHAPES = ["64x128x56x56", "256x256x14x14", "8192x1024", "32x64x8x8", "64x256"]
+DTYPES = ["float32", "float64"]
+DEFAULT_REPEAT = 11
+# --quick: one medium tensor in both layouts, a 2-D one and a tiny one, float32, few samples: a smoke run of
+# every code path of the full run in a few seconds, too short for its numbers to mean much.
+QUICK_SHAPES = ["32x64x28x28", "4096x256", "32x64x8x8"]
+QUICK_DTYPES = ["float32"]
+QUICK_REPEAT = 5
 PASSES = ["train", "infer", "backward"]
 TRAFFIC = {"train": 2, "infer": 2, "backward": 3}  # multiples of S = bytes of x
 COPY_BYTES = 256 << 20
@@ -86,41 +93,102 @@ def thread_list(text: str):
     return items
 
 
+def int_at_least(low: int, why: str = ""):
+    """An argparse type: an integer >= low; ``why`` is added to the message when it is not."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}{why}, got {text!r}")
+        return value
+
+    return parse
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Add the bench options to ``p``. Options that ``--quick`` presets default to None here and are filled in
+    by :func:`apply_preset`, so that a value given on the command line wins over the preset."""
     p.add_argument(
         "--shapes",
         type=lambda s: [parse_shape(t) for t in s.split(",")],
-        default=[parse_shape(s) for s in DEFAULT_SHAPES],
-        help="comma-separated shapes, channels on axis 1 (default: %(default)s)".replace(
-            "%(default)s", ",".join(DEFAULT_SHAPES)
-        ),
+        default=None,
+        help="comma-separated shapes, channels on axis 1; 2-D shapes are (N, C) "
+        f"(default: {','.join(DEFAULT_SHAPES)}; with --quick: {','.join(QUICK_SHAPES)})",
     )
-    p.add_argument("--passes", type=comma_list(PASSES), default=PASSES, help="train,infer,backward")
+    p.add_argument(
+        "--passes",
+        type=comma_list(PASSES),
+        default=PASSES,
+        help=f"comma-separated passes to time, from {', '.join(PASSES)} (default: {','.join(PASSES)})",
+    )
     p.add_argument(
         "--layouts",
         type=comma_list(["nchw", "nhwc"]),
         default=["nchw", "nhwc"],
-        help="memory layouts for shapes with spatial dimensions (default: nchw,nhwc)",
+        help="memory layouts of the shapes with spatial dimensions: nchw, nhwc (channels last) or both "
+        "(default: nchw,nhwc)",
     )
     p.add_argument(
         "--dtypes",
-        type=comma_list(["float32", "float64"]),
-        default=["float32", "float64"],
-        help="default: float32,float64 (float64 on the big shapes only unless listed alone)",
+        type=comma_list(DTYPES),
+        default=None,
+        help=f"float32, float64 or both (default: {','.join(DTYPES)}, float64 on shapes of 2^20 elements or more "
+        f"only unless listed alone; with --quick: {','.join(QUICK_DTYPES)})",
     )
     p.add_argument(
         "--threads",
         type=thread_list,
         default=None,
-        help="comma-separated thread counts (default: fastbn.get_num_threads())",
+        help="comma-separated thread counts, each case timed with each "
+        f"(default: fastbn.get_num_threads(), {fastbn.get_num_threads()} here)",
     )
-    p.add_argument("--repeat", type=int, default=11, help="timed samples per measurement (median; >= 3)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
-    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy comparison")
-    p.add_argument("--json", metavar="PATH", help="write the raw numbers as JSON")
-    p.add_argument("--plot", metavar="PATH.png", help="draw the roofline fraction per case (needs matplotlib)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu (default) or cuda")
+    p.add_argument(
+        "--repeat",
+        type=int_at_least(3, " (the median of fewer samples is noise)"),
+        default=None,
+        help=f"timed samples per measurement, >= 3; the median is reported (default: {DEFAULT_REPEAT}; "
+        f"with --quick: {QUICK_REPEAT})",
+    )
+    p.add_argument(
+        "--warmup", type=int_at_least(0), default=2, help="untimed calls before timing each function (default: 2)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a short smoke run: shapes {','.join(QUICK_SHAPES)}, {','.join(QUICK_DTYPES)}, --repeat "
+        f"{QUICK_REPEAT}; --shapes, --dtypes and --repeat given as well win (default: off, the full run)",
+    )
+    p.add_argument(
+        "--no-torch", action="store_true", help="skip the PyTorch comparison (default: compare when torch imports)"
+    )
+    p.add_argument("--no-numpy", action="store_true", help="skip the NumPy comparison (default: compare)")
+    p.add_argument("--json", metavar="PATH", help="also write the raw numbers as JSON to PATH (default: no file)")
+    p.add_argument(
+        "--plot",
+        metavar="PATH.png",
+        help="draw the roofline fraction per case into PATH.png; needs matplotlib (default: no plot)",
+    )
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cpu, or cuda for the CUDA kernels against PyTorch's (default: cpu)",
+    )
+
+
+def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the options left unset (None) from the full run's defaults or, with ``--quick``, the preset."""
+    quick = getattr(args, "quick", False)
+    if args.shapes is None:
+        args.shapes = [parse_shape(s) for s in (QUICK_SHAPES if quick else DEFAULT_SHAPES)]
+    if args.dtypes is None:
+        args.dtypes = list(QUICK_DTYPES if quick else DTYPES)
+    if args.repeat is None:
+        args.repeat = QUICK_REPEAT if quick else DEFAULT_REPEAT
+    return args
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -471,9 +539,7 @@ def plot(report: dict, path: str) -> None:
 
 
 def run(args) -> int:
-    if args.repeat < 3:
-        print("fastbn bench: --repeat must be >= 3", file=sys.stderr)
-        return 2
+    apply_preset(args)
     if args.device == "cuda":
         from . import _bench_cuda
 

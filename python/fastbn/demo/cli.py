@@ -10,6 +10,7 @@ import argparse
 import importlib
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -173,6 +174,18 @@ def format_summary(runs: dict[str, History], sweep: Sweep, cfg: Config) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _writable_dir(path: Path) -> OSError | None:
+    """Create ``path`` if needed and write (then delete) a file in it; the error if that fails, else None. Done
+    before training, so that a bad ``--out`` fails at once instead of after a minute of work."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".fastbn-demo-probe-"):
+            pass
+    except OSError as e:
+        return e
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Run both experiments, print the results and write the figures. Returns the exit status."""
     missing = _missing_extras(args.data is None)
@@ -187,6 +200,10 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import run_convergence, run_sweep
     from .figures import write_figures
 
+    error = _writable_dir(args.out)
+    if error is not None:
+        print(f"fastbn demo: cannot write the figures to {args.out}: {error}", file=sys.stderr)
+        return 1
     cfg = config_from_args(args)
     try:
         data = load_digits(args.data, cfg.dtype)
