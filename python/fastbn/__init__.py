@@ -27,11 +27,13 @@ from .functional import (
     batch_norm_train,
     fold,
 )
+from .sync import SyncBatchNorm
 
 __version__: str = _core.__version__
 
 __all__ = [
     "BatchNorm",
+    "SyncBatchNorm",
     "batch_norm_train",
     "batch_norm_infer",
     "batch_norm_backward",
