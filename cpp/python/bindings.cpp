@@ -348,6 +348,136 @@ void backward_apply(const py::array& dy, const py::object& x, const py::object& 
   });
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The same passes on raw host addresses, for fastbn.torch: it reads the tensors' own data pointers (no NumPy
+// views, fine with requires_grad and bfloat16) after checking shapes, dtypes and layouts itself. code: 0 float32,
+// 1 float64, 2 bfloat16, 3 float16; 0 stands for a null (optional) pointer.
+
+Code code_arg(int code) {
+  if (code < 0 || code > 3) throw py::value_error("fastbn: unknown dtype code " + std::to_string(code));
+  return static_cast<Code>(code);
+}
+
+template <class T = void>
+T* addr(uintptr_t a) {
+  return reinterpret_cast<T*>(a);
+}
+
+void ptr_train(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t gamma, uintptr_t beta, uintptr_t mean,
+               uintptr_t var, int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::forward_train(addr<const T>(x), addr<const T>(residual), addr<T>(y), addr<const P>(gamma),
+                          addr<const P>(beta), addr<P>(mean), addr<P>(var), v.shape, eps, fusion_of(act, slope));
+  });
+}
+
+void ptr_infer(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr_t gamma,
+               uintptr_t beta, int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope,
+               bool f64_stats) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    if (f64_stats) {
+      fastbn::normalize(addr<const T>(x), addr<const T>(residual), addr<T>(y), addr<const double>(mean),
+                        addr<const double>(var), addr<const P>(gamma), addr<const P>(beta), v.shape, eps,
+                        fusion_of(act, slope));
+    } else {
+      fastbn::forward_infer(addr<const T>(x), addr<const T>(residual), addr<T>(y), addr<const P>(mean),
+                            addr<const P>(var), addr<const P>(gamma), addr<const P>(beta), v.shape, eps,
+                            fusion_of(act, slope));
+    }
+  });
+}
+
+void ptr_backward(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr_t gamma,
+                  uintptr_t beta, uintptr_t dx, uintptr_t dres, uintptr_t dgamma, uintptr_t dbeta, int64_t outer,
+                  int64_t channels, int64_t inner, double eps, bool batch_stats, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward(addr<const T>(dy), addr<const T>(x), addr<const T>(y), addr<const P>(mean), addr<const P>(var),
+                     addr<const P>(gamma), addr<const P>(beta), addr<T>(dx), addr<T>(dres), addr<P>(dgamma),
+                     addr<P>(dbeta), v.shape, eps, batch_stats, fusion_of(act, slope));
+  });
+}
+
+// Distributed phases on raw addresses (statistics and sums float64).
+void ptr_stats(int code, uintptr_t x, uintptr_t mean, uintptr_t m2, int64_t outer, int64_t channels, int64_t inner) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    fastbn::local_stats(addr<const T>(x), addr<double>(mean), addr<double>(m2), v.shape);
+  });
+}
+
+void ptr_backward_reduce(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var,
+                         uintptr_t gamma, uintptr_t beta, uintptr_t sum_dy, uintptr_t sum_dy_xhat, int64_t outer,
+                         int64_t channels, int64_t inner, double eps, int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward_reduce(addr<const T>(dy), addr<const T>(x), addr<const T>(y), addr<const double>(mean),
+                            addr<const double>(var), addr<const P>(gamma), addr<const P>(beta), addr<double>(sum_dy),
+                            addr<double>(sum_dy_xhat), v.shape, eps, fusion_of(act, slope));
+  });
+}
+
+void ptr_backward_apply(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t mean, uintptr_t var,
+                        uintptr_t gamma, uintptr_t beta, uintptr_t sum_dy, uintptr_t sum_dy_xhat, double count,
+                        uintptr_t dx, uintptr_t dres, int64_t outer, int64_t channels, int64_t inner, double eps,
+                        int act, double slope) {
+  const View v = view_of(outer, channels, inner);
+  const Code c = code_arg(code);
+  py::gil_scoped_release nogil;
+  with_type(c, [&](auto t) {
+    using T = decltype(t);
+    using P = fastbn::param_t<T>;
+    fastbn::backward_apply(addr<const T>(dy), addr<const T>(x), addr<const T>(y), addr<const double>(mean),
+                           addr<const double>(var), addr<const P>(gamma), addr<const P>(beta),
+                           addr<const double>(sum_dy), addr<const double>(sum_dy_xhat), count, addr<T>(dx),
+                           addr<T>(dres), v.shape, eps, fusion_of(act, slope));
+  });
+}
+
+// running = (1 - momentum) * running + momentum * batch (variance unbiased by count / (count - 1)), on raw
+// addresses: running statistics of code `running` (float32 or float64), batch statistics of code `stats`.
+void ptr_update_running_stats(int running, uintptr_t running_mean, uintptr_t running_var, int stats, uintptr_t mean,
+                              uintptr_t var, int64_t channels, double count, double momentum) {
+  const Code rc = code_arg(running), sc = code_arg(stats);
+  if ((rc != Code::f32 && rc != Code::f64) || (sc != Code::f32 && sc != Code::f64)) {
+    throw py::type_error("fastbn: running statistics must be float32 or float64");
+  }
+  if (channels < 1) throw py::value_error("fastbn: channels must be >= 1");
+  std::vector<double> m(static_cast<size_t>(channels)), v(static_cast<size_t>(channels));
+  for (int64_t c = 0; c < channels; ++c) {
+    m[c] = sc == Code::f32 ? addr<const float>(mean)[c] : addr<const double>(mean)[c];
+    v[c] = sc == Code::f32 ? addr<const float>(var)[c] : addr<const double>(var)[c];
+  }
+  if (rc == Code::f32) {
+    fastbn::update_running_stats(addr<float>(running_mean), addr<float>(running_var), m.data(), v.data(), channels,
+                                 count, momentum);
+  } else {
+    fastbn::update_running_stats(addr<double>(running_mean), addr<double>(running_var), m.data(), v.data(), channels,
+                                 count, momentum);
+  }
+}
+
 void stream_copy(const py::array& src, const py::array& dst) {
   const int64_t n = static_cast<int64_t>(src.size());
   void* a = check(src, "src", Code::f32, n, false, false);
@@ -668,6 +798,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("sum_dy"), py::arg("sum_dy_xhat"),
         py::arg("count"), py::arg("dx"), py::arg("dresidual"), py::arg("outer"), py::arg("channels"),
         py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
+  m.def("ptr_train", &ptr_train);
+  m.def("ptr_infer", &ptr_infer);
+  m.def("ptr_backward", &ptr_backward);
+  m.def("ptr_stats", &ptr_stats);
+  m.def("ptr_update_running_stats", &ptr_update_running_stats);
+  m.def("ptr_backward_reduce", &ptr_backward_reduce);
+  m.def("ptr_backward_apply", &ptr_backward_apply);
   m.def("dtype_code", [](const py::dtype& d) { return static_cast<int>(code_of(d)); },
         "0 float32, 1 float64, 2 bfloat16, 3 float16, 4 anything else (compared by value).");
   m.def("set_num_threads", &fastbn::set_num_threads, py::arg("n"));

@@ -1,0 +1,381 @@
+"""fastbn's kernels as PyTorch custom operators (namespace ``fastbn``), with fake (meta) kernels and autograd, so
+that eager mode, ``torch.compile(fullgraph=True)`` and ``torch.export`` all run them.
+
+The ops are functional: the training op returns the batch statistics and the caller updates its running
+buffers. Tensors are read and written through their data pointers, in place of their storage: any dense
+layout (contiguous, ``channels_last``, ``channels_last_3d``) is used as it is and outputs keep it; other strides
+are copied once. The channel axis is 1, as in ``torch.nn.BatchNorm*d``.
+
+CPU: float32, float64, bfloat16 and float16 (halves with float32 parameters and statistics). CUDA: float32 and
+float64 through fastbn's CUDA kernels on the current stream, without fused epilogues; the callers in
+:mod:`fastbn.torch.functional` send anything else to PyTorch's own batch norm.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _core
+from .._layout import dense_order, view_of
+
+__all__ = ["supported", "layout"]
+
+_DOUBLE_BACKWARD = (
+    "fastbn: double backward (a gradient of a gradient) through fastbn's batch norm is not supported; use "
+    "torch.nn.BatchNorm*d (fastbn.torch.revert(model)) where second derivatives are needed"
+)
+_CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def param_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def supported(x: torch.Tensor, fused: bool = False) -> bool:
+    """Whether fastbn's kernels take this tensor (else the callers use PyTorch's batch norm)."""
+    if x.device.type == "cpu":
+        return x.dtype in _CODES
+    if x.device.type == "cuda":
+        return x.dtype in (torch.float32, torch.float64) and not fused and bool(_core.build_info()["cuda"])
+    return False
+
+
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def layout(x: torch.Tensor):
+    """(x or a dense copy, perm, outer, channels, inner): the kernels' view of a tensor (N, C, ...). The common
+    layouts are recognised without building the permutation (perm None)."""
+    shape = x.shape
+    c = shape[1]
+    if x.is_contiguous():
+        return x, None, shape[0], c, x.numel() // (shape[0] * c)
+    fmt = _CHANNELS_LAST.get(len(shape))
+    if fmt is not None and x.is_contiguous(memory_format=fmt):
+        return x, None, x.numel() // c, c, 1
+    perm = dense_order(tuple(shape), x.stride(), 1)
+    if perm is None:
+        x = x.contiguous()
+        return x, None, shape[0], c, x.numel() // (shape[0] * c)
+    v = view_of(tuple(shape), perm, 1)
+    return x, perm, v.outer, c, v.inner
+
+
+def _like(t: torch.Tensor | None, x: torch.Tensor, perm, name: str) -> torch.Tensor | None:
+    """t (shaped like x) in x's memory layout: itself when it already is, else one copy."""
+    if t is None:
+        return None
+    if t.shape != x.shape:
+        raise ValueError(f"fastbn: {name} has shape {tuple(t.shape)}, but the input has shape {tuple(x.shape)}")
+    if t.dtype != x.dtype:
+        raise TypeError(f"fastbn: {name} has dtype {t.dtype}, but the input has dtype {x.dtype}")
+    if t.stride() == x.stride():
+        return t
+    if perm is None:
+        perm = dense_order(tuple(x.shape), x.stride(), 1)
+    if dense_order(tuple(t.shape), t.stride(), 1) == perm:
+        return t
+    return torch.empty_like(x).copy_(t)
+
+
+def _param(p: torch.Tensor | None, x: torch.Tensor, channels: int, name: str) -> torch.Tensor | None:
+    """A per-channel tensor as the kernels want it: contiguous, of x's parameter dtype (half-precision inputs:
+    float32; their parameters may be float32 or the half type, which is widened)."""
+    if p is None:
+        return None
+    if p.numel() != channels or p.dim() != 1:
+        raise ValueError(f"fastbn: {name} must have shape ({channels},), got {tuple(p.shape)}")
+    want = param_dtype(x.dtype)
+    if p.dtype != want:
+        if x.dtype in (torch.float32, torch.float64) or p.dtype not in (torch.float32, x.dtype):
+            raise RuntimeError(
+                f"fastbn: {name} has dtype {p.dtype}, but an input of dtype {x.dtype} needs {want} parameters"
+            )
+        p = p.to(want)
+    return p.contiguous()
+
+
+def _ptr(t: torch.Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def _cuda_stream(x: torch.Tensor) -> int:
+    return int(torch.cuda.current_stream(x.device).cuda_stream)
+
+
+def _channel_pair(x: torch.Tensor, channels: int):
+    pd = param_dtype(x.dtype)
+    return x.new_empty((channels,), dtype=pd), x.new_empty((channels,), dtype=pd)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training forward
+
+
+def train_impl(x, weight, bias, residual, eps, activation, negative_slope):
+    x, perm, outer, c, inner = layout(x)
+    residual = _like(residual, x, perm, "residual")
+    w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
+    y = torch.empty_like(x)
+    mean, var = _channel_pair(x, c)
+    if x.is_cuda:
+        _core.cuda_train(
+            x.data_ptr(), y.data_ptr(), _ptr(w), _ptr(b), mean.data_ptr(), var.data_ptr(), outer, c, inner, eps,
+            x.dtype == torch.float64, _cuda_stream(x),
+        )  # fmt: skip
+    else:
+        _core.ptr_train(
+            _CODES[x.dtype], x.data_ptr(), _ptr(residual), y.data_ptr(), _ptr(w), _ptr(b), mean.data_ptr(),
+            var.data_ptr(), outer, c, inner, eps, activation, negative_slope,
+        )  # fmt: skip
+    return y, mean, var
+
+
+@torch.library.custom_op("fastbn::batch_norm_train", mutates_args=())
+def batch_norm_train(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    activation: int,
+    negative_slope: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """y = act(weight * xhat + bias + residual) with the batch statistics; returns (y, mean, biased var)."""
+    return train_impl(x, weight, bias, residual, eps, activation, negative_slope)
+
+
+@batch_norm_train.register_fake
+def _(x, weight, bias, residual, eps, activation, negative_slope):
+    c = x.shape[1]
+    pd = param_dtype(x.dtype)
+    return torch.empty_like(x), x.new_empty((c,), dtype=pd), x.new_empty((c,), dtype=pd)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Inference forward
+
+
+def infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope):
+    x, perm, outer, c, inner = layout(x)
+    residual = _like(residual, x, perm, "residual")
+    m, v = _param(mean, x, c, "running_mean"), _param(var, x, c, "running_var")
+    w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
+    y = torch.empty_like(x)
+    if x.is_cuda:
+        _core.cuda_infer(
+            x.data_ptr(), y.data_ptr(), m.data_ptr(), v.data_ptr(), _ptr(w), _ptr(b), outer, c, inner, eps,
+            x.dtype == torch.float64, _cuda_stream(x),
+        )  # fmt: skip
+    else:
+        _core.ptr_infer(
+            _CODES[x.dtype], x.data_ptr(), _ptr(residual), y.data_ptr(), m.data_ptr(), v.data_ptr(), _ptr(w),
+            _ptr(b), outer, c, inner, eps, activation, negative_slope, False,
+        )  # fmt: skip
+    return y
+
+
+@torch.library.custom_op("fastbn::batch_norm_infer", mutates_args=())
+def batch_norm_infer(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    eps: float,
+    activation: int,
+    negative_slope: float,
+) -> torch.Tensor:
+    """y = act(weight * (x - mean) / sqrt(var + eps) + bias + residual) with given statistics."""
+    return infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope)
+
+
+@batch_norm_infer.register_fake
+def _(x, mean, var, weight, bias, residual, eps, activation, negative_slope):
+    return torch.empty_like(x)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Backward
+
+
+def backward_impl(dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual):
+    x, perm, outer, c, inner = layout(x)
+    dy = _like(dy, x, perm, "grad_output")
+    y = _like(y, x, perm, "output")
+    m, v = _param(mean, x, c, "mean"), _param(var, x, c, "var")
+    w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
+    dx = torch.empty_like(x)
+    dres = torch.empty_like(x) if want_dresidual else x.new_empty((0,))
+    dgamma, dbeta = _channel_pair(x, c)
+    if x.is_cuda:
+        _core.cuda_backward(
+            dy.data_ptr(), x.data_ptr(), m.data_ptr(), v.data_ptr(), _ptr(w), dx.data_ptr(), dgamma.data_ptr(),
+            dbeta.data_ptr(), outer, c, inner, eps, batch_stats, x.dtype == torch.float64, _cuda_stream(x),
+        )  # fmt: skip
+    else:
+        _core.ptr_backward(
+            _CODES[x.dtype], dy.data_ptr(), x.data_ptr(), _ptr(y), m.data_ptr(), v.data_ptr(), _ptr(w), _ptr(b),
+            dx.data_ptr(), _ptr(dres) if want_dresidual else 0, dgamma.data_ptr(), dbeta.data_ptr(), outer, c,
+            inner, eps, batch_stats, activation, negative_slope,
+        )  # fmt: skip
+    return dx, dgamma, dbeta, dres
+
+
+@torch.library.custom_op("fastbn::batch_norm_backward", mutates_args=())
+def batch_norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    batch_stats: bool,
+    activation: int,
+    negative_slope: float,
+    want_dresidual: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias, dresidual); dresidual is empty unless wanted, the parameter gradients are of the
+    parameter dtype (float32 for half-precision inputs)."""
+    return backward_impl(
+        dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual
+    )
+
+
+@batch_norm_backward.register_fake
+def _(dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual):
+    c = x.shape[1]
+    pd = param_dtype(x.dtype)
+    dres = torch.empty_like(x) if want_dresidual else x.new_empty((0,))
+    return torch.empty_like(x), x.new_empty((c,), dtype=pd), x.new_empty((c,), dtype=pd), dres
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+torch.library.register_autograd("fastbn::batch_norm_backward", _no_double_backward)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Autograd of the forwards
+
+
+def _grads(ctx, dy, batch_stats: bool, backward=batch_norm_backward):
+    x, y, mean, var, weight, bias = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    dx, dgamma, dbeta, dres = backward(
+        dy, x, y if ctx.activation else None, mean, var, weight, bias, ctx.eps, batch_stats, ctx.activation,
+        ctx.negative_slope, ctx.has_residual and need[ctx.residual_index],
+    )  # fmt: skip
+    dw = dgamma.to(weight.dtype) if weight is not None and need[ctx.weight_index] else None
+    db = dbeta.to(bias.dtype) if bias is not None and need[ctx.weight_index + 1] else None
+    dr = dres if ctx.has_residual and need[ctx.residual_index] else None
+    return dx, dw, db, dr
+
+
+def _setup_train(ctx, inputs, output):
+    x, weight, bias, residual, eps, activation, negative_slope = inputs
+    y, mean, var = output
+    ctx.save_for_backward(x, y if activation else None, mean, var, weight, bias)
+    ctx.eps, ctx.activation, ctx.negative_slope = eps, activation, negative_slope
+    ctx.has_residual, ctx.weight_index, ctx.residual_index = residual is not None, 1, 3
+    ctx.mark_non_differentiable(mean, var)
+
+
+def _backward_train(ctx, dy, _dmean, _dvar):
+    dx, dw, db, dr = _grads(ctx, dy, True)
+    return dx, dw, db, dr, None, None, None
+
+
+torch.library.register_autograd("fastbn::batch_norm_train", _backward_train, setup_context=_setup_train)
+
+
+def _setup_infer(ctx, inputs, output):
+    x, mean, var, weight, bias, residual, eps, activation, negative_slope = inputs
+    ctx.save_for_backward(x, output if activation else None, mean, var, weight, bias)
+    ctx.eps, ctx.activation, ctx.negative_slope = eps, activation, negative_slope
+    ctx.has_residual, ctx.weight_index, ctx.residual_index = residual is not None, 3, 5
+
+
+def _backward_infer(ctx, dy):
+    dx, dw, db, dr = _grads(ctx, dy, False)
+    return dx, None, None, dw, db, dr, None, None, None
+
+
+torch.library.register_autograd("fastbn::batch_norm_infer", _backward_infer, setup_context=_setup_infer)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Eager mode: the same implementations behind plain autograd Functions, without the dispatcher's per-call cost.
+# torch.compile and torch.export see the custom operators above (fastbn.torch.functional picks).
+
+
+class _NoDoubleBackward(torch.autograd.Function):
+    """Identity on the gradients a backward returns under create_graph=True, made to depend on the tensors the
+    gradients really depend on (dy, x): differentiating them raises instead of silently giving zero."""
+
+    @staticmethod
+    def forward(ctx, dy, x, *grads):
+        return tuple(None if g is None else g.view_as(g) for g in grads)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(_DOUBLE_BACKWARD)
+
+
+def _guard(ctx, dy, grads):
+    if not torch.is_grad_enabled():
+        return grads
+    return _NoDoubleBackward.apply(dy, ctx.saved_tensors[0], *grads)
+
+
+class EagerTrain(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, eps, activation, negative_slope):
+        out = train_impl(x, weight, bias, residual, eps, activation, negative_slope)
+        _setup_train(ctx, (x, weight, bias, residual, eps, activation, negative_slope), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, True, backward_impl))
+        return dx, dw, db, dr, None, None, None
+
+
+class EagerInfer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, mean, var, weight, bias, residual, eps, activation, negative_slope):
+        y = infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope)
+        _setup_infer(ctx, (x, mean, var, weight, bias, residual, eps, activation, negative_slope), y)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, False, backward_impl))
+        return dx, None, None, dw, db, dr, None, None, None
+
+
+_RUNNING = {torch.float32: 0, torch.float64: 1}
+
+
+def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:
+    """In place, in one C++ call, for float32/float64 CPU buffers (False: the caller does it with torch ops)."""
+    rc = _RUNNING.get(running_mean.dtype)
+    if (
+        rc is None
+        or running_var.dtype != running_mean.dtype
+        or running_mean.device.type != "cpu"
+        or not (running_mean.is_contiguous() and running_var.is_contiguous())
+        or count < 2
+    ):
+        return False
+    _core.ptr_update_running_stats(
+        rc, running_mean.data_ptr(), running_var.data_ptr(), _RUNNING[mean.dtype], mean.data_ptr(), var.data_ptr(),
+        mean.numel(), float(count), float(momentum),
+    )  # fmt: skip
+    torch.autograd.graph.increment_version((running_mean, running_var))
+    return True

@@ -1,0 +1,102 @@
+"""``fastbn.torch.batch_norm``: torch.nn.functional.batch_norm on fastbn's kernels, plus a fused epilogue."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as TF
+
+from .._layout import check_activation
+from . import _ops
+
+__all__ = ["batch_norm"]
+
+
+def _torch_act(z: torch.Tensor, activation: str | None, negative_slope: float) -> torch.Tensor:
+    if activation == "relu":
+        return torch.relu(z)
+    if activation == "leaky_relu":
+        return TF.leaky_relu(z, negative_slope)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    return z
+
+
+def _check(input, running_mean, running_var, weight, bias, training: bool) -> None:
+    """The misuse torch.nn.functional.batch_norm rejects, with its exception types and words."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"fastbn: batch_norm(): input must be a Tensor, not {type(input).__name__}")
+    if input.dim() < 2:
+        raise ValueError(f"fastbn: expected an input with at least 2 dimensions (N, C, ...), got {input.dim()}D")
+    c = input.shape[1]
+    if training:
+        size = input.size()
+        if math.prod(size) // max(c, 1) == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
+    elif running_mean is None or running_var is None:
+        raise RuntimeError("running_mean must be defined in evaluation mode")
+    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and t.numel() != c:
+            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+    if input.numel() == 0:
+        raise ValueError(f"fastbn: the input is empty (shape {tuple(input.shape)})")
+
+
+def batch_norm(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    training: bool = False,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    *,
+    activation: str | None = None,
+    negative_slope: float = 0.01,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Batch normalization with the signature, semantics, errors and running-statistics updates of
+    :func:`torch.nn.functional.batch_norm`, differentiable, on fastbn's kernels; then
+    ``act(. + residual)`` in the same pass when ``activation`` ("relu", "leaky_relu", "sigmoid") or
+    ``residual`` is given.
+
+    Training: normalizes with the batch mean and biased variance and, when running_mean/running_var are given,
+    updates them in place (``running = (1 - momentum) * running + momentum * batch``, unbiased variance).
+    Eval: normalizes with running_mean/running_var. CPU tensors of float32, float64, bfloat16 and float16 and
+    CUDA float32/float64 tensors run fastbn's kernels; anything else runs PyTorch's batch norm.
+    """
+    _check(input, running_mean, running_var, weight, bias, training)
+    act, slope = check_activation(activation, negative_slope)
+    fused = act != 0 or residual is not None
+    if not _ops.supported(input, fused):
+        y = TF.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return _torch_act(y if residual is None else y + residual, activation, slope)
+    if torch.compiler.is_compiling():  # the registered operators, which torch.compile and torch.export trace
+        if not training:
+            return _ops.batch_norm_infer(input, running_mean, running_var, weight, bias, residual, eps, act, slope)
+        y, mean, var = _ops.batch_norm_train(input, weight, bias, residual, eps, act, slope)
+        if running_mean is not None and running_var is not None:
+            n = input.numel() // input.shape[1]
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * n / (n - 1))
+        return y
+    # Eager: the same kernels without the dispatcher's per-call cost, and autograd only when it is needed.
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias, residual))
+    if not training:
+        if grad:
+            return _ops.EagerInfer.apply(input, running_mean, running_var, weight, bias, residual, eps, act, slope)
+        return _ops.infer_impl(input, running_mean, running_var, weight, bias, residual, eps, act, slope)
+    if grad:
+        y, mean, var = _ops.EagerTrain.apply(input, weight, bias, residual, eps, act, slope)
+    else:
+        y, mean, var = _ops.train_impl(input, weight, bias, residual, eps, act, slope)
+    if running_mean is not None and running_var is not None:
+        n = input.numel() // input.shape[1]
+        if not _ops.update_running_stats(running_mean, running_var, mean, var, n, momentum):
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var.to(running_var.dtype), alpha=momentum * n / (n - 1))
+    return y
