@@ -13,6 +13,7 @@ float64 through fastbn's CUDA kernels on the current stream, without fused epilo
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .. import _core
@@ -75,7 +76,7 @@ def _like(t: torch.Tensor | None, x: torch.Tensor, perm, name: str) -> torch.Ten
         perm = dense_order(tuple(x.shape), x.stride(), 1)
     if dense_order(tuple(t.shape), t.stride(), 1) == perm:
         return t
-    return torch.empty_like(x).copy_(t)
+    return empty_like(x).copy_(t)
 
 
 def _param(p: torch.Tensor | None, x: torch.Tensor, channels: int, name: str) -> torch.Tensor | None:
@@ -93,6 +94,31 @@ def _param(p: torch.Tensor | None, x: torch.Tensor, channels: int, name: str) ->
             )
         p = p.to(want)
     return p.contiguous()
+
+
+# Outputs of at least this many bytes come from fastbn's cache of reusable buffers (as in the NumPy API): a
+# fresh allocation that large is a fresh mmap, whose page faults cost more than the batch norm that fills it.
+_CACHED_MIN_BYTES = 1 << 20
+_NUMPY_STORAGE = {
+    torch.float32: np.dtype(np.float32),
+    torch.float64: np.dtype(np.float64),
+    torch.bfloat16: np.dtype(np.uint16),
+    torch.float16: np.dtype(np.uint16),
+}
+
+
+def empty_like(x: torch.Tensor) -> torch.Tensor:
+    """torch.empty_like(x) (same shape, dtype and dense layout), from the output cache for large CPU tensors."""
+    if x.device.type != "cpu" or x.numel() * x.element_size() < _CACHED_MIN_BYTES:
+        return torch.empty_like(x)
+    perm = sorted(range(x.dim()), key=lambda i: (-x.stride(i), i))  # x is dense: its axes in memory order
+    buf = torch.from_numpy(_core.empty([x.shape[i] for i in perm], _NUMPY_STORAGE[x.dtype]))
+    if buf.dtype != x.dtype:
+        buf = buf.view(x.dtype)
+    inverse = [0] * len(perm)
+    for pos, axis in enumerate(perm):
+        inverse[axis] = pos
+    return buf.permute(inverse)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -116,7 +142,7 @@ def train_impl(x, weight, bias, residual, eps, activation, negative_slope):
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
-    y = torch.empty_like(x)
+    y = empty_like(x)
     mean, var = _channel_pair(x, c)
     if x.is_cuda:
         _core.cuda_train(
@@ -161,7 +187,7 @@ def infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_s
     residual = _like(residual, x, perm, "residual")
     m, v = _param(mean, x, c, "running_mean"), _param(var, x, c, "running_var")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
-    y = torch.empty_like(x)
+    y = empty_like(x)
     if x.is_cuda:
         _core.cuda_infer(
             x.data_ptr(), y.data_ptr(), m.data_ptr(), v.data_ptr(), _ptr(w), _ptr(b), outer, c, inner, eps,
@@ -206,8 +232,8 @@ def backward_impl(dy, x, y, mean, var, weight, bias, eps, batch_stats, activatio
     y = _like(y, x, perm, "output")
     m, v = _param(mean, x, c, "mean"), _param(var, x, c, "var")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
-    dx = torch.empty_like(x)
-    dres = torch.empty_like(x) if want_dresidual else x.new_empty((0,))
+    dx = empty_like(x)
+    dres = empty_like(x) if want_dresidual else x.new_empty((0,))
     dgamma, dbeta = _channel_pair(x, c)
     if x.is_cuda:
         _core.cuda_backward(

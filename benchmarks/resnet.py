@@ -1,0 +1,208 @@
+"""End to end: a ResNet-18 layout, stock PyTorch against ``fastbn.torch.convert(model)`` and
+``convert(model, fuse=True)``, NCHW and channels-last, eager and under torch.compile.
+
+    python benchmarks/resnet.py [--batch 16] [--size 160] [--threads 2] [--repeat 7] [--compile] [--layers]
+                                [--json results.json]
+
+A training step is forward, cross-entropy and backward; eval is a forward under no_grad. The variants run
+interleaved sample by sample in one process (in a rotating order), and the table reports, per variant, the
+median time and the median of the per-sample ratios stock / variant (> 1: faster than stock). --compile also
+times torch.compile of the stock and the converted models (compile time reported apart), --layers the batch-norm
+layer alone against torch.nn.BatchNorm2d on the bench shapes (forward + backward, train and eval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as TF
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from resnet_model import ResNet18
+
+import fastbn
+import fastbn.torch as ft
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+def interleave(fns: dict, repeat: int, warmup: int = 2) -> dict:
+    """{name: [seconds per sample]}, the functions run in a rotating order each round."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    out = {n: [] for n in names}
+    for r in range(repeat):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for n in order:
+            out[n].append(timed(fns[n]))
+    return out
+
+
+def summarize(samples: dict, base: str) -> dict:
+    rows = {}
+    for name, ts in samples.items():
+        ratios = [b / t for b, t in zip(samples[base], ts)]
+        rows[name] = {"median_ms": 1e3 * statistics.median(ts), "ratio": statistics.median(ratios)}
+    return rows
+
+
+def models(channels_last: bool):
+    torch.manual_seed(0)
+    stock = ResNet18()
+    conv = ft.convert(ResNet18())
+    fused = ft.convert(ResNet18(), fuse=True)
+    conv.load_state_dict(stock.state_dict())
+    fused.load_state_dict(stock.state_dict())
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return {"stock": stock.to(memory_format=fmt), "fastbn": conv.to(memory_format=fmt),
+            "fastbn fused": fused.to(memory_format=fmt)}  # fmt: skip
+
+
+def step_fns(ms: dict, x, target) -> tuple[dict, dict]:
+    def train(m):
+        def f():
+            m.train()
+            m.zero_grad(set_to_none=True)
+            TF.cross_entropy(m(x), target).backward()
+
+        return f
+
+    def evaluate(m):
+        def f():
+            m.eval()
+            with torch.no_grad():
+                m(x)
+
+        return f
+
+    return {k: train(m) for k, m in ms.items()}, {k: evaluate(m) for k, m in ms.items()}
+
+
+def end_to_end(args, channels_last: bool) -> dict:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
+    target = torch.randint(0, 1000, (args.batch,))
+    ms = models(channels_last)
+    train, evaluate = step_fns(ms, x, target)
+    res = {"train": summarize(interleave(train, args.repeat), "stock"),
+           "eval": summarize(interleave(evaluate, args.repeat), "stock")}  # fmt: skip
+    if args.compile:
+        compiled, compile_s = {}, {}
+        for name in ("stock", "fastbn", "fastbn fused"):
+            cm = torch.compile(ms[name])
+            t = time.perf_counter()
+            cm.train()
+            TF.cross_entropy(cm(x), target).backward()
+            cm.eval()
+            with torch.no_grad():
+                cm(x)
+            compile_s[name + " compiled"] = time.perf_counter() - t
+            compiled[name + " compiled"] = cm
+        ctrain, ceval = step_fns(compiled, x, target)
+        res["train compiled"] = summarize(interleave(ctrain, args.repeat), "stock compiled")
+        res["eval compiled"] = summarize(interleave(ceval, args.repeat), "stock compiled")
+        res["compile seconds"] = compile_s
+    return res
+
+
+LAYER_SHAPES = [(64, 128, 56, 56), (256, 256, 14, 14), (32, 64, 8, 8), (16, 64, 80, 80), (16, 512, 5, 5)]
+
+
+def layers(args) -> list:
+    """The batch-norm layer alone: fastbn.torch.BatchNorm2d against torch.nn.BatchNorm2d."""
+    rows = []
+    for shape in LAYER_SHAPES:
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
+            dy = torch.randn(shape).contiguous(memory_format=fmt)
+            mods = {"torch": torch.nn.BatchNorm2d(shape[1]), "fastbn": ft.BatchNorm2d(shape[1])}
+
+            def train(m, x=x, dy=dy):
+                def f():
+                    x.grad = None  # no accumulation pass
+                    m.train()(x).backward(dy)
+
+                return f
+
+            def infer(m, x=x):
+                def f():
+                    with torch.no_grad():
+                        m.eval()(x)
+
+                return f
+
+            for mode, make in (("train fwd+bwd", train), ("eval fwd", infer)):
+                s = summarize(interleave({k: make(m) for k, m in mods.items()}, args.repeat * 3), "torch")
+                rows.append({"shape": "x".join(map(str, shape)), "memory": "NHWC" if cl else "NCHW", "mode": mode,
+                             "torch_ms": s["torch"]["median_ms"], "fastbn_ms": s["fastbn"]["median_ms"],
+                             "speedup": s["fastbn"]["ratio"]})  # fmt: skip
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--size", type=int, default=160, help="image side (default 160)")
+    p.add_argument("--threads", type=int, default=2, help="threads for torch and fastbn (default 2)")
+    p.add_argument("--repeat", type=int, default=7, help="samples per variant (default 7)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile of stock and converted")
+    p.add_argument("--layers", action="store_true", help="also time the batch-norm layer alone on the bench shapes")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet-18 timings")
+    p.add_argument("--json", help="write the results to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    fastbn.set_num_threads(args.threads)
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+            "fastbn": fastbn.__version__, "simd": fastbn.get_simd(), "batch": args.batch, "size": args.size,
+            "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    out = {"info": info}
+    if not args.no_e2e:
+        for cl in (False, True):
+            key = "channels_last" if cl else "NCHW"
+            res = end_to_end(args, cl)
+            out[key] = res
+            for mode, rows in res.items():
+                if mode == "compile seconds":
+                    print(f"{key:13s} compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
+                    continue
+                for name, r in rows.items():
+                    print(f"{key:13s} {mode:15s} {name:22s} {r['median_ms']:9.1f} ms  x{r['ratio']:.3f}", flush=True)
+    if args.layers:
+        out["layers"] = layers(args)
+        print(f"{'shape':16s} {'memory':6s} {'mode':14s} {'torch ms':>9s} {'fastbn ms':>9s} {'speed-up':>8s}")
+        for r in out["layers"]:
+            print(f"{r['shape']:16s} {r['memory']:6s} {r['mode']:14s} {r['torch_ms']:9.3f} {r['fastbn_ms']:9.3f} "
+                  f"{r['speedup']:7.2f}x")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
