@@ -205,6 +205,15 @@ def test_convert_and_revert_keep_every_tensor_and_flag():
     assert type(root) is ft.BatchNorm2d and type(ft.revert(root)) is torch.nn.BatchNorm2d
 
 
+def test_an_empty_batch_in_eval_gives_an_empty_output():
+    bn = ft.BatchNorm2d(4).eval()
+    x = torch.randn(0, 4, 3, 3, requires_grad=True)
+    y = bn(x)
+    assert y.shape == (0, 4, 3, 3)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+
+
 def test_state_dict_round_trips_both_ways():
     ref = torch.nn.BatchNorm2d(4)
     ref(torch.randn(3, 4, 2, 2))
@@ -221,6 +230,7 @@ def test_state_dict_round_trips_both_ways():
     "call,exc,match",
     [
         (lambda bn: bn(torch.randn(1, 4, 1, 1)), ValueError, "Expected more than 1 value per channel when training"),
+        (lambda bn: bn(torch.randn(0, 4, 2, 2)), ValueError, "Expected more than 1 value per channel when training"),
         (lambda bn: bn(torch.randn(2, 4, 3)), ValueError, "expected 4D input"),
         (lambda bn: bn(torch.randn(2, 5, 3, 3)), RuntimeError, "4 elements not 5|should contain"),
         (lambda bn: ft.batch_norm(torch.randn(2, 4), None, None, training=False), RuntimeError, "evaluation mode"),

@@ -19,6 +19,7 @@ from . import _ops
 from .convert import TorchBatchNormAct1d, TorchBatchNormAct2d, TorchBatchNormAct3d, convert, revert
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
+from .sync import SyncBatchNorm
 
 __all__ = [
     "BatchNorm1d",
@@ -27,6 +28,7 @@ __all__ = [
     "BatchNormAct1d",
     "BatchNormAct2d",
     "BatchNormAct3d",
+    "SyncBatchNorm",
     "TorchBatchNormAct1d",
     "TorchBatchNormAct2d",
     "TorchBatchNormAct3d",

@@ -32,15 +32,13 @@ def _check(input, running_mean, running_var, weight, bias, training: bool) -> No
     c = input.shape[1]
     if training:
         size = input.size()
-        if math.prod(size) // max(c, 1) == 1:
+        if math.prod(size) // max(c, 1) <= 1:  # torch lets 0 through and writes NaN running statistics
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {size}")
     elif running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
     for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
         if t is not None and t.numel() != c:
             raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
-    if input.numel() == 0:
-        raise ValueError(f"fastbn: the input is empty (shape {tuple(input.shape)})")
 
 
 def batch_norm(
@@ -69,6 +67,8 @@ def batch_norm(
     """
     _check(input, running_mean, running_var, weight, bias, training)
     act, slope = check_activation(activation, negative_slope)
+    if input.numel() == 0:  # an empty batch in eval mode (training needs values): an empty output
+        return input.clone()
     fused = act != 0 or residual is not None
     if not _ops.supported(input, fused):
         y = TF.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
