@@ -13,6 +13,7 @@ A C++ core (OpenMP + SIMD with run-time dispatch, optional CUDA) under a NumPy A
 # user sees in dir(fastbn) is __all__ and the package's own submodules (tests/test_namespace.py).
 import warnings as _warnings
 from pathlib import Path as _Path
+from typing import TypedDict as _TypedDict
 
 from . import _core, cuda
 from .batchnorm import BatchNorm
@@ -48,6 +49,7 @@ __all__ = [
     "set_simd",
     "get_simd",
     "build_info",
+    "BuildInfo",
     "get_include",
     "get_library_dir",
     "get_cmake_dir",
@@ -88,10 +90,26 @@ def get_simd() -> str:
     return _core.simd()
 
 
-def build_info() -> dict:
+class BuildInfo(_TypedDict):
+    """What :func:`build_info` returns."""
+
+    version: str
+    simd: str  # the active path: "avx512", "avx2" or "scalar"
+    simd_compiled: str  # the paths in this build, best first
+    openmp: bool
+    openmp_version: int
+    max_threads: int
+    num_threads: int
+    cuda: bool  # CUDA kernels compiled in
+    cuda_version: str
+    cuda_architectures: str
+    compiler: str
+
+
+def build_info() -> BuildInfo:
     """How fastbn was built and what it runs with: version, simd (active path), simd_compiled, openmp,
     openmp_version, max_threads, num_threads, cuda (compiled in), cuda_version, cuda_architectures, compiler."""
-    return _core.build_info()
+    return _core.build_info()  # type: ignore[return-value]
 
 
 def empty_output_cache() -> None:

@@ -234,7 +234,7 @@ def batch_norm_train(
     activation: str | None = None,
     negative_slope: float = 0.01,
     residual=None,
-):
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training-mode batch normalization with the statistics of this batch.
 
     Parameters
@@ -298,7 +298,7 @@ def batch_norm_infer(
     activation: str | None = None,
     negative_slope: float = 0.01,
     residual=None,
-):
+) -> np.ndarray:
     """Inference-mode batch normalization with given per-channel statistics (e.g. running averages).
 
     Returns ``act(gamma * (x - mean) / sqrt(var + eps) + beta + residual)``; ``mean`` and ``var`` have shape
@@ -399,7 +399,7 @@ def batch_norm_backward(
     y=None,
     beta=None,
     return_dresidual: bool = False,
-):
+) -> tuple[np.ndarray, ...]:
     """Gradients of batch normalization (and of a fused activation and residual).
 
     Parameters
@@ -474,7 +474,7 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
 # The phases of a batch norm split over processes
 
 
-def batch_norm_stats(x, *, axis: int = 1):
+def batch_norm_stats(x, *, axis: int = 1) -> tuple[int, np.ndarray, np.ndarray]:
     """Local per-channel statistics: ``(count, mean, m2)``, count = values per channel (a Python int), mean and
     M2 (sum of squared deviations from the mean) float64 arrays of shape (C,). Merge those of several processes
     with :func:`batch_norm_merge_stats`."""
@@ -485,7 +485,7 @@ def batch_norm_stats(x, *, axis: int = 1):
     return v.outer * v.inner, mean, m2
 
 
-def batch_norm_merge_stats(counts, means, m2s):
+def batch_norm_merge_stats(counts, means, m2s) -> tuple[float, np.ndarray, np.ndarray]:
     """Merge k partial statistics in the order given (Chan et al.), so that every process merging the same
     parts in the same order gets the same bits. ``counts``: k values per channel (parts with 0 are skipped);
     ``means``, ``m2s``: shape (k, C). Returns ``(count, mean, m2)`` (float, (C,), (C,)); the biased variance
@@ -516,7 +516,7 @@ def batch_norm_apply(
     activation: str | None = None,
     negative_slope: float = 0.01,
     residual=None,
-):
+) -> np.ndarray:
     """Normalize with given float64 statistics (e.g. the merged global ones): as :func:`batch_norm_infer`, but
     the mean and biased variance are float64 arrays of shape (C,) for every tensor dtype, and a mean far from 0
     keeps full precision."""
@@ -546,7 +546,7 @@ def batch_norm_backward_reduce(
     activation: str | None = None,
     negative_slope: float = 0.01,
     y=None,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Local backward sums with given float64 (global) statistics: ``(sum_dy, sum_dy_xhat)``, float64 arrays
     of shape (C,), dz = dy * act'(.). Summed over all processes they are the full batch's dbeta and dgamma;
     pass the sums to :func:`batch_norm_backward_apply`. x, y, activation as in :func:`batch_norm_backward`."""
@@ -581,7 +581,7 @@ def batch_norm_backward_apply(
     negative_slope: float = 0.01,
     y=None,
     return_dresidual: bool = False,
-):
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """dx from the global statistics and the global sums of :func:`batch_norm_backward_reduce` over ``count``
     values per channel (all processes). Returns dx, or (dx, dresidual) with ``return_dresidual``."""
     bi = _backward_inputs(dy, x, gamma, beta, y, axis, eps, activation, negative_slope, bool(return_dresidual))
@@ -607,7 +607,7 @@ def batch_norm_backward_apply(
 # Folding
 
 
-def fold(weight, bias, mean, var, gamma=None, beta=None, eps: float = 1e-5):
+def fold(weight, bias, mean, var, gamma=None, beta=None, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """Fold an inference batch norm into the linear or convolution layer before it.
 
     ``bn(conv(x)) == conv'(x)`` with ``weight' = weight * s`` and ``bias' = (bias - mean) * s + beta``,
