@@ -301,3 +301,20 @@ def test_missing_extra_is_one_line():
     assert out.returncode == 1
     assert out.stderr.strip() == f"{cli.EXTRA_HINT} (missing: matplotlib)"
     assert out.stdout == ""
+
+
+def test_batch_norm_network_runs_the_fused_sigmoid_and_probes_its_input():
+    from fastbn.demo.nn import BatchNormSigmoid
+
+    rng = np.random.default_rng(0)
+    layer = BatchNormSigmoid(5)
+    plain = fastbn.BatchNorm(5)
+    x = rng.standard_normal((60, 5)).astype(np.float32) * 3 + 1
+    y = layer(x)
+    z = plain(x)  # the same batch norm without the activation: the sigmoid's input
+    assert layer.activation == "sigmoid"
+    np.testing.assert_allclose(y, 1 / (1 + np.exp(-z.astype(np.float64))), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layer.last_input, z, rtol=1e-4, atol=1e-4)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    s = 1 / (1 + np.exp(-z.astype(np.float64)))
+    np.testing.assert_allclose(layer.backward(dy), plain.backward(dy * s * (1 - s)), rtol=1e-4, atol=1e-5)

@@ -22,7 +22,7 @@ import numpy as np
 import fastbn
 
 from .data import Digits
-from .nn import OPTIMIZERS, Dense, Sequential, Sigmoid, softmax_cross_entropy
+from .nn import OPTIMIZERS, BatchNormSigmoid, Dense, Sequential, Sigmoid, softmax_cross_entropy
 
 __all__ = [
     "Config",
@@ -106,14 +106,13 @@ class Sweep:
 
 
 def build_network(batch_norm: bool, rng: np.random.Generator, cfg: Config, n_in: int, n_classes: int):
-    """The paper's MLP. Returns ``(network, probe)`` where probe is the last hidden layer's Sigmoid."""
+    """The paper's MLP. Returns ``(network, probe)`` where probe is the last hidden layer's sigmoid (its input is
+    ``probe.last_input``). With batch norm, each batch-norm layer runs the sigmoid fused into its own passes."""
     layers = []
     width = n_in
     for h in cfg.hidden:
         layers.append(Dense(width, h, rng, cfg.init_std, bias=not batch_norm, dtype=cfg.dtype))
-        if batch_norm:
-            layers.append(fastbn.BatchNorm(h, dtype=cfg.dtype))
-        probe = Sigmoid()
+        probe = BatchNormSigmoid(h, dtype=cfg.dtype) if batch_norm else Sigmoid()
         layers.append(probe)
         width = h
     layers.append(Dense(width, n_classes, rng, cfg.init_std, dtype=cfg.dtype))
@@ -143,7 +142,7 @@ def accuracy(net: Sequential, x: np.ndarray, y: np.ndarray, batch_stats: bool = 
     return correct / len(x)
 
 
-def _probe_percentiles(net: Sequential, probe: Sigmoid, x: np.ndarray, unit: int) -> tuple[float, float, float]:
+def _probe_percentiles(net: Sequential, probe, x: np.ndarray, unit: int) -> tuple[float, float, float]:
     net.eval()
     net(x)
     net.train()

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+import fastbn
+
 __all__ = [
     "Dense",
     "Sigmoid",
@@ -103,6 +105,27 @@ class Sigmoid(Layer):
     def backward(self, dy: np.ndarray) -> np.ndarray:
         y = self._y
         return dy * y * (1 - y)
+
+
+class BatchNormSigmoid(fastbn.BatchNorm):
+    """fastbn.BatchNorm with the sigmoid fused into its passes: one pass over the data instead of two, and the
+    backward takes the sigmoid's derivative from the output. ``last_input`` is the sigmoid's input (what the
+    paper's Fig. 1b/c plots), recovered from the last output as its logit."""
+
+    def __init__(self, num_features: int, **kwargs) -> None:
+        super().__init__(num_features, activation="sigmoid", **kwargs)
+        self._last = None
+
+    def forward(self, x: np.ndarray, out=None, residual=None) -> np.ndarray:
+        self._last = super().forward(x, out=out, residual=residual)
+        return self._last
+
+    __call__ = forward
+
+    @property
+    def last_input(self) -> np.ndarray:
+        y = self._last.astype(np.float64)
+        return np.log(y) - np.log1p(-y)
 
 
 class Sequential(Layer):
