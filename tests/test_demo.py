@@ -317,4 +317,5 @@ def test_batch_norm_network_runs_the_fused_sigmoid_and_probes_its_input():
     np.testing.assert_allclose(layer.last_input, z, rtol=1e-4, atol=1e-4)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     s = 1 / (1 + np.exp(-z.astype(np.float64)))
-    np.testing.assert_allclose(layer.backward(dy), plain.backward(dy * s * (1 - s)), rtol=1e-4, atol=1e-5)
+    dz = (dy * s * (1 - s)).astype(np.float32)
+    np.testing.assert_allclose(layer.backward(dy), plain.backward(dz), rtol=1e-4, atol=1e-5)
