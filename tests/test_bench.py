@@ -120,3 +120,22 @@ def test_bench_quick_runs_the_preset(tmp_path):
     assert report["repeat"] == bench.QUICK_REPEAT
     assert {row["shape"] for row in report["results"]} == set(bench.QUICK_SHAPES)
     assert {row["dtype"] for row in report["results"]} == {"float32"}
+
+
+def test_bench_reports_floors_half_ratios_and_the_fused_table(tmp_path):
+    out = tmp_path / "bench.json"
+    r = run_cli("--shapes", "8x4x6x6,64x8", "--repeat", "3", "--dtypes", "float32,bfloat16,float16", "--threads",
+                "1", "--no-torch", "--no-numpy", "--fused", "--json", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "of floor" in r.stdout and "Fused batch norm + residual + ReLU" in r.stdout
+    report = json.loads(out.read_text())
+    floors = {(row["layout"], row["pass_"]): row["floor"] for row in report["results"]}
+    assert floors[("nchw", "train")] == 2 and floors[("nchw", "backward")] == 3
+    assert floors[("nhwc", "train")] == 3 and floors[("nc", "backward")] == 5 and floors[("nhwc", "infer")] == 2
+    for row in report["results"]:
+        assert row["floor_fraction"] > 0
+        assert (row["vs_float32"] is not None) == (row["dtype"] != "float32")
+    fused = report["fused"]
+    assert {(f["shape"], f["layout"]) for f in fused} == {("8x4x6x6", "nchw"), ("8x4x6x6", "nhwc"), ("64x8", "nc")}
+    for f in fused:
+        assert f["fwd_vs_plain"] > 0 and f["unfused_fwd_speedup"] > 0 and f["bwd_vs_plain"] > 0

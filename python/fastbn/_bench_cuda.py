@@ -12,7 +12,8 @@ import numpy as np
 
 import fastbn
 
-from .bench import TRAFFIC, Result, _cases, format_table
+from ._bench_common import TRAFFIC, Result, format_table
+from ._bench_common import cases as _cases
 
 
 def _batch_ms(torch, fn, n: int) -> float:
@@ -133,7 +134,7 @@ def run(args) -> int:
         "repeat": args.repeat,
         "results": [r.__dict__ for r in results],
     }
-    print(format_table(report).replace("streaming copy", "device-to-device copy").replace("cores", "SMs"))
+    print(format_table(report, 0).replace("streaming copy", "device-to-device copy").replace("cores", "SMs"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -17,19 +17,30 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
-import time
-from dataclasses import asdict, dataclass, field
-from typing import Callable
+from dataclasses import asdict
 
 import numpy as np
 
 import fastbn
 
+from . import _bench_cuda
+from ._bench_common import (
+    FLOORS,
+    TRAFFIC,
+    YARDSTICK_OF_FLOOR,
+    Result,
+    cases,
+    format_table,
+    machine,
+    paired,
+    time_interleaved,
+    time_samples,
+)
+
 DEFAULT_SHAPES = ["64x128x56x56", "256x256x14x14", "8192x1024", "32x64x8x8", "64x256"]
 DTYPES = ["float32", "float64"]
+ALL_DTYPES = ["float32", "float64", "bfloat16", "float16"]
 DEFAULT_REPEAT = 11
 # --quick: one medium tensor in both layouts, a 2-D one and a tiny one, float32, few samples: a smoke run of
 # every code path of the full run in a few seconds, too short for its numbers to mean much.
@@ -37,29 +48,7 @@ QUICK_SHAPES = ["32x64x28x28", "4096x256", "32x64x8x8"]
 QUICK_DTYPES = ["float32"]
 QUICK_REPEAT = 5
 PASSES = ["train", "infer", "backward"]
-TRAFFIC = {"train": 2, "infer": 2, "backward": 3}  # multiples of S = bytes of x
 COPY_BYTES = 256 << 20
-
-
-@dataclass
-class Result:
-    shape: str
-    layout: str
-    pass_: str
-    dtype: str
-    threads: int
-    mbytes: float  # S, the size of x in MB
-    fastbn_ms: float  # with out= buffers (steady state)
-    fresh_ms: float  # a new output every call, as PyTorch does
-    torch_ms: float | None = None
-    numpy_ms: float | None = None
-    gbs: float = 0.0  # minimal traffic / fastbn_ms
-    roofline: float = 0.0  # gbs / copy bandwidth
-    copy_ms: float = 0.0  # the streaming copy of S bytes, timed alongside
-    copy_fraction: float = 0.0  # gbs / (2S / copy_ms)
-    speedup: float | None = None  # torch_ms / fastbn_ms
-    fresh_speedup: float | None = None  # torch_ms / fresh_ms
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def parse_shape(text: str):
@@ -133,10 +122,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--dtypes",
-        type=comma_list(DTYPES),
+        type=comma_list(ALL_DTYPES),
         default=None,
-        help=f"float32, float64 or both (default: {','.join(DTYPES)}, float64 on shapes of 2^20 elements or more "
-        f"only unless listed alone; with --quick: {','.join(QUICK_DTYPES)})",
+        help=f"comma-separated dtypes from {', '.join(ALL_DTYPES)} (halves need ml_dtypes for bfloat16); the "
+        f"halves are reported against float32 when it is listed too (default: {','.join(DTYPES)}, float64 on "
+        f"shapes of 2^20 elements or more only unless listed alone; with --quick: {','.join(QUICK_DTYPES)})",
     )
     p.add_argument(
         "--threads",
@@ -160,6 +150,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"a short smoke run: shapes {','.join(QUICK_SHAPES)}, {','.join(QUICK_DTYPES)}, --repeat "
         f"{QUICK_REPEAT}; --shapes, --dtypes and --repeat given as well win (default: off, the full run)",
+    )
+    p.add_argument(
+        "--fused",
+        action="store_true",
+        help="also time batch norm + residual + ReLU fused against plain batch norm, batch norm followed by a "
+        "separate add and ReLU, and PyTorch eager's BN + add + ReLU (float32; default: off)",
     )
     p.add_argument(
         "--no-torch", action="store_true", help="skip the PyTorch comparison (default: compare when torch imports)"
@@ -195,40 +191,6 @@ def apply_preset(args: argparse.Namespace) -> argparse.Namespace:
 # Timing
 
 
-def _calibrate(fn: Callable[[], object], min_seconds: float = 1e-3) -> int:
-    """Calls per sample so that a sample lasts at least min_seconds."""
-    n = 1
-    while True:
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        if time.perf_counter() - t >= min_seconds or n >= 1 << 16:
-            return n
-        n *= 4
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: int) -> dict[str, float]:
-    """Median milliseconds per call of each function, sampling them in turn."""
-    loops = {}
-    for k, fn in fns.items():
-        for _ in range(warmup):
-            fn()
-        loops[k] = _calibrate(fn)
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    keys = list(fns)
-    for i in range(repeat):
-        # Rotate the order each round: whoever runs right after another library's threads pays for their
-        # spin-down, so no one function should always go first.
-        for k in keys[i % len(keys) :] + keys[: i % len(keys)]:
-            fn = fns[k]
-            n = loops[k]
-            t = time.perf_counter()
-            for _ in range(n):
-                fn()
-            samples[k].append((time.perf_counter() - t) / n)
-    return {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
-
-
 def copy_bandwidth(repeat: int = 15, nbytes: int = COPY_BYTES) -> float:
     """GB/s of fastbn's multithreaded streaming copy of a large buffer (read + write)."""
     src = np.random.default_rng(0).random(nbytes // 4, dtype=np.float32)
@@ -241,20 +203,19 @@ def copy_bandwidth(repeat: int = 15, nbytes: int = COPY_BYTES) -> float:
 # Cases
 
 
-def _layouts_for(shape, layouts):
-    if len(shape) == 2:
-        return ["nc"]
-    return [lay for lay in layouts]
+def _dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        from ._types import bfloat16
+
+        return bfloat16()
+    return np.dtype(name)
 
 
 def _make(shape, layout, dtype, rng):
-    """x in the given memory layout, its channel axis, and a torch view of it (logically NCHW)."""
-    if layout == "nhwc":
-        phys = (shape[0], *shape[2:], shape[1])
-        x = rng.standard_normal(phys, dtype=np.float32).astype(dtype, copy=False)
-        return x, -1
-    x = rng.standard_normal(shape, dtype=np.float32).astype(dtype, copy=False)
-    return x, 1
+    """x in the given memory layout and its channel axis."""
+    phys = (shape[0], *shape[2:], shape[1]) if layout == "nhwc" else shape
+    x = rng.standard_normal(phys, dtype=np.float32).astype(dtype, copy=False)
+    return x, (-1 if layout == "nhwc" else 1)
 
 
 def _numpy_fns(x, axis, gamma, beta, dy, eps=1e-5):
@@ -286,17 +247,27 @@ def _numpy_fns(x, axis, gamma, beta, dy, eps=1e-5):
     return {"train": train, "infer": infer, "backward": backward}
 
 
+def _torch_tensors(torch, x, axis, *others):
+    """torch views of x and of arrays laid out like it; NHWC memory becomes a channels_last tensor."""
+    out = []
+    for a in (x, *others):
+        t = (
+            torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+            if a.dtype.name == "bfloat16"
+            else torch.from_numpy(a)
+        )
+        if a.ndim > 2 and axis == -1:
+            t = t.permute(0, a.ndim - 1, *range(1, a.ndim - 1))
+        out.append(t)
+    return out
+
+
 def _torch_fns(torch, x, axis, gamma, beta, dy, eps=1e-5):
-    if x.ndim > 2 and axis == -1:  # NHWC memory -> torch's channels_last tensor
-        perm = (0, x.ndim - 1, *range(1, x.ndim - 1))
-        xt = torch.from_numpy(x).permute(*perm)
-        dyt = torch.from_numpy(dy).permute(*perm)
-    else:
-        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+    xt, dyt = _torch_tensors(torch, x, axis, dy)
     w, b = torch.from_numpy(gamma), torch.from_numpy(beta)
     c = gamma.shape[0]
-    rm = torch.zeros(c, dtype=xt.dtype)
-    rv = torch.ones(c, dtype=xt.dtype)
+    rm = torch.zeros(c, dtype=w.dtype)
+    rv = torch.ones(c, dtype=w.dtype)
     _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(xt, w, b, rm, rv, True, 0.1, eps)
     fb = torch.nn.functional.batch_norm
     return {
@@ -325,22 +296,82 @@ def _fastbn_fns(x, axis, gamma, beta, dy, eps=1e-5):
     return steady, fresh
 
 
-def _copy_fn(x):
-    """The streaming copy of x's bytes, the per-case yardstick."""
-    src = x.reshape(-1).view(np.float32)
+def _yardsticks(x):
+    """The per-case yardsticks over x's S bytes: a streaming copy (2S) and dst = a + b (3S)."""
+    raw = x.reshape(-1).view(np.uint8)
+    src = raw[: raw.size // 4 * 4].view(np.float32)
+    other = src.copy()
     dst = np.empty_like(src)
-    return lambda: fastbn._core.stream_copy(src, dst)
+    return {"copy": lambda: fastbn._core.stream_copy(src, dst), "add": lambda: fastbn._core.stream_add(src, other, dst)}
 
 
-def _cases(args):
-    for shape in args.shapes:
-        big = int(np.prod(shape)) >= 1 << 20
-        for layout in _layouts_for(shape, args.layouts):
-            for dtype in args.dtypes:
-                # float64 is reported on the big shapes; listing it alone runs it everywhere.
-                if dtype == "float64" and len(args.dtypes) > 1 and not big:
-                    continue
-                yield shape, layout, dtype
+def _fused_case(args, torch, shape, layout, rng, threads) -> list[dict]:
+    """Batch norm + residual + ReLU fused, against plain batch norm, a separate add and ReLU, and torch eager."""
+    x, axis = _make(shape, layout, np.dtype(np.float32), rng)
+    r = rng.standard_normal(x.shape, dtype=np.float32)
+    dy = rng.standard_normal(x.shape, dtype=np.float32)
+    c = shape[1]
+    g = (rng.random(c) + 0.5).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    y, mean, var = fastbn.batch_norm_train(x, g, b, axis=axis, activation="relu", residual=r)
+    ys, dx, dz = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+    kw = {"axis": axis, "activation": "relu"}
+
+    def unfused_fwd():
+        fastbn.batch_norm_train(x, g, b, axis=axis, out=ys)
+        np.add(ys, r, out=ys)
+        np.maximum(ys, 0, out=ys)
+
+    def unfused_bwd():
+        np.multiply(dy, y > 0, out=dz)  # the ReLU's backward; dz is also the residual's gradient
+        fastbn.batch_norm_backward(dz, x, mean, var, g, axis=axis, out=dx)
+
+    fns = {
+        "plain_fwd": lambda: fastbn.batch_norm_train(x, g, b, axis=axis, out=ys),
+        "fused_fwd": lambda: fastbn.batch_norm_train(x, g, b, residual=r, out=ys, **kw),
+        "unfused_fwd": unfused_fwd,
+        "plain_bwd": lambda: fastbn.batch_norm_backward(dy, x, mean, var, g, axis=axis, out=dx),
+        "fused_bwd": lambda: fastbn.batch_norm_backward(
+            dy, x, mean, var, g, y=y, beta=b, out=dx, return_dresidual=True, **kw
+        ),  # fmt: skip
+        "unfused_bwd": unfused_bwd,
+    }
+    if torch is not None:
+        xt, rt, dyt = _torch_tensors(torch, x, axis, r, dy)
+        xt.requires_grad_(True)
+        wt, bt = torch.from_numpy(g), torch.from_numpy(b)
+        fb = torch.nn.functional.batch_norm
+
+        def torch_fwd():
+            with torch.no_grad():
+                torch.relu(fb(xt, None, None, wt, bt, training=True) + rt)
+
+        def torch_fwd_bwd():
+            xt.grad = None
+            torch.relu(fb(xt, None, None, wt, bt, training=True) + rt).backward(dyt)
+
+        fns["torch_fwd"] = torch_fwd
+        fns["torch_fwd_bwd"] = torch_fwd_bwd
+    rows = []
+    for t in threads:
+        fastbn.set_num_threads(t)
+        if torch is not None:
+            torch.set_num_threads(t)
+        smp = time_samples(fns, args.repeat, args.warmup)
+        row = {
+            "shape": "x".join(map(str, shape)), "layout": layout, "threads": t,
+            "fused_fwd_ms": float(np.median(smp["fused_fwd"])), "fused_bwd_ms": float(np.median(smp["fused_bwd"])),
+            "fwd_vs_plain": paired(smp, ("fused_fwd",), "plain_fwd"),
+            "bwd_vs_plain": paired(smp, ("fused_bwd",), "plain_bwd"),
+            "unfused_fwd_speedup": paired(smp, ("unfused_fwd",), "fused_fwd"),
+            "unfused_bwd_speedup": paired(smp, ("unfused_bwd",), "fused_bwd"),
+        }  # fmt: skip
+        if torch is not None:
+            row["torch_fwd_speedup"] = paired(smp, ("torch_fwd",), "fused_fwd")
+            fused_both = [a + b for a, b in zip(smp["fused_fwd"], smp["fused_bwd"])]
+            row["torch_bwd_speedup"] = float(np.median([t / f for t, f in zip(smp["torch_fwd_bwd"], fused_both)]))
+        rows.append(row)
+    return rows
 
 
 def _progress(total: int):
@@ -373,32 +404,39 @@ def run_cpu(args, torch) -> dict:
     saved_threads = fastbn.get_num_threads()
     fastbn.set_num_threads(max(threads))
     bw_start = copy_bandwidth()
-    cases = list(_cases(args))
-    bar = _progress(len(cases) * len(threads) * len(args.passes))
+    all_cases = list(cases(args))
+    bar = _progress(len(all_cases) * len(threads) * len(args.passes))
+    llc = machine()["llc_bytes"]
     results: list[Result] = []
+    fused: list[dict] = []
     try:
-        for shape, layout, dtype in cases:
-            x, axis = _make(shape, layout, np.dtype(dtype), rng)
-            dy = rng.standard_normal(x.shape, dtype=np.float32).astype(dtype, copy=False)
+        for shape, layout, dtype in all_cases:
+            dt = _dtype(dtype)
+            pdt = np.float64 if dt == np.float64 else np.float32
+            x, axis = _make(shape, layout, dt, rng)
+            dy = rng.standard_normal(x.shape, dtype=np.float32).astype(dt, copy=False)
             c = shape[1]
-            gamma = (rng.random(c) + 0.5).astype(dtype)
-            beta = rng.standard_normal(c).astype(dtype)
+            gamma = (rng.random(c) + 0.5).astype(pdt)
+            beta = rng.standard_normal(c).astype(pdt)
             steady, fresh = _fastbn_fns(x, axis, gamma, beta, dy)
-            copy = _copy_fn(x)
+            yard = _yardsticks(x)
             tfns = _torch_fns(torch, x, axis, gamma, beta, dy) if torch is not None else {}
-            nfns = _numpy_fns(x, axis, gamma, beta, dy) if not args.no_numpy else {}
+            half = dt.itemsize == 2
+            nfns = _numpy_fns(x, axis, gamma, beta, dy) if not args.no_numpy and not half else {}
             for t in threads:
                 fastbn.set_num_threads(t)
                 if torch is not None:
                     torch.set_num_threads(t)
                 for pass_ in args.passes:
                     bar.set_postfix_str(f"{'x'.join(map(str, shape))} {layout} {pass_} {dtype} {t}T")
-                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_], "copy": copy}
+                    fns = {"fastbn": steady[pass_], "fresh": fresh[pass_], **yard}
                     if pass_ in tfns:
                         fns["torch"] = tfns[pass_]
-                    ms = time_interleaved(fns, args.repeat, args.warmup)
+                    smp = time_samples(fns, args.repeat, args.warmup)
+                    ms = {k: float(np.median(v)) for k, v in smp.items()}
                     if pass_ in nfns:  # slow: fewer samples, timed on its own
                         ms["numpy"] = time_interleaved({"numpy": nfns[pass_]}, min(3, args.repeat), 1)["numpy"]
+                    floor = FLOORS["nchw" if layout == "nchw" else layout][pass_]
                     r = Result(
                         shape="x".join(map(str, shape)),
                         layout=layout,
@@ -410,6 +448,9 @@ def run_cpu(args, torch) -> dict:
                         fresh_ms=ms["fresh"],
                         torch_ms=ms.get("torch"),
                         numpy_ms=ms.get("numpy"),
+                        floor=floor,
+                        floor_fraction=paired(smp, YARDSTICK_OF_FLOOR[floor], "fastbn"),
+                        in_cache=0 < llc and 3 * x.nbytes <= llc,
                     )
                     r.gbs = TRAFFIC[pass_] * x.nbytes / (r.fastbn_ms * 1e-3) / 1e9
                     r.roofline = r.gbs / bw_start
@@ -420,15 +461,24 @@ def run_cpu(args, torch) -> dict:
                         r.fresh_speedup = r.torch_ms / r.fresh_ms
                     results.append(r)
                     bar.update(1)
+        if getattr(args, "fused", False):
+            for shape in args.shapes:
+                for layout in ["nc"] if len(shape) == 2 else list(args.layouts):
+                    fused += _fused_case(args, torch, shape, layout, rng, threads)
     finally:
         bar.close()
         fastbn.set_num_threads(saved_threads)
+    f32 = {(r.shape, r.layout, r.pass_, r.threads): r.fastbn_ms for r in results if r.dtype == "float32"}
+    for r in results:
+        if r.dtype in ("bfloat16", "float16"):
+            base = f32.get((r.shape, r.layout, r.pass_, r.threads))
+            r.vs_float32 = r.fastbn_ms / base if base else None
     fastbn.set_num_threads(max(threads))
     bw_end = copy_bandwidth()
     fastbn.set_num_threads(saved_threads)
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": _machine(),
+        "machine": machine(),
         "fastbn": fastbn.build_info(),
         "torch": getattr(torch, "__version__", None),
         "numpy": np.__version__,
@@ -436,82 +486,8 @@ def run_cpu(args, torch) -> dict:
         "copy_bandwidth_end_gbs": bw_end,
         "repeat": args.repeat,
         "results": [asdict(r) for r in results],
+        "fused": fused,
     }
-
-
-def _machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform()}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Report
-
-
-def _fmt(v, spec=".2f", none="-"):
-    return none if v is None else format(v, spec)
-
-
-def format_table(report: dict) -> str:
-    rows = report["results"]
-    head = [
-        "shape",
-        "layout",
-        "pass",
-        "dtype",
-        "thr",
-        "fastbn ms",
-        "fresh ms",
-        "torch ms",
-        "numpy ms",
-        "speed-up",
-        "fresh x",
-        "GB/s",
-        "roofline",
-        "vs S-copy",
-    ]
-    lines = [head]
-    for r in rows:
-        lines.append(
-            [
-                r["shape"],
-                r["layout"],
-                r["pass_"],
-                r["dtype"],
-                str(r["threads"]),
-                _fmt(r["fastbn_ms"], ".3f"),
-                _fmt(r["fresh_ms"], ".3f"),
-                _fmt(r["torch_ms"], ".3f"),
-                _fmt(r["numpy_ms"], ".1f"),
-                _fmt(r["speedup"], ".1f") + ("x" if r["speedup"] else ""),
-                _fmt(r["fresh_speedup"], ".1f") + ("x" if r["fresh_speedup"] else ""),
-                _fmt(r["gbs"], ".1f"),
-                _fmt(r["roofline"], ".2f"),
-                _fmt(r.get("copy_fraction") or None, ".2f"),
-            ]
-        )
-    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    out = [
-        f"fastbn {report['fastbn']['version']} ({report['fastbn']['simd']}, {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores), torch {report['torch'] or 'not installed'}, {report['date']}",
-        f"copy bandwidth B = {report['copy_bandwidth_gbs']:.1f} GB/s at the start, "
-        f"{report['copy_bandwidth_end_gbs']:.1f} GB/s at the end (streaming copy of {COPY_BYTES >> 20} MB); "
-        f"minimal traffic: train/infer 2S, backward 3S; medians of {report['repeat']} samples",
-        "",
-    ]
-    for i, row in enumerate(lines):
-        out.append("  ".join(c.rjust(w) if j >= 4 else c.ljust(w) for j, (c, w) in enumerate(zip(row, widths))))
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 def plot(report: dict, path: str) -> None:
@@ -541,8 +517,6 @@ def plot(report: dict, path: str) -> None:
 def run(args) -> int:
     apply_preset(args)
     if args.device == "cuda":
-        from . import _bench_cuda
-
         return _bench_cuda.run(args)
     torch = None
     if not args.no_torch:
@@ -555,7 +529,7 @@ def run(args) -> int:
                 file=sys.stderr,
             )
     report = run_cpu(args, torch)
-    print(format_table(report))
+    print(format_table(report, COPY_BYTES))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
