@@ -193,8 +193,8 @@ class BatchNorm:
         if self.device == "cuda":
             if not cuda.is_device_array(x):
                 raise TypeError(f"fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host {name}")
-            d = cuda._read(x, name)
-            a, shape, dtype = x, d.shape, d.dtype
+            a = x
+            shape, dtype = cuda.describe(x, name)
         else:
             if cuda.is_device_array(x):
                 raise TypeError(f"fastbn: this BatchNorm lives on the CPU; got a GPU {name} (use device='cuda')")
@@ -260,9 +260,7 @@ class BatchNorm:
     def _overlaps(self, out, a) -> bool:
         if self.device == "cpu":
             return np.may_share_memory(out, a)
-        o, i = cuda._read(out, "out"), cuda._read(a, "x")
-        size = math.prod(i.shape) * i.dtype.itemsize
-        return o.ptr < i.ptr + size and i.ptr < o.ptr + size
+        return cuda.overlaps(out, a)
 
     def _update_running_stats(self, mean, var, n: int) -> None:
         count = self.num_batches_tracked + 1
@@ -295,13 +293,10 @@ class BatchNorm:
         if self.device == "cuda":
             if not cuda.is_device_array(dy):
                 raise TypeError("fastbn: this BatchNorm lives on the GPU (device='cuda'); got a host dy")
-            grads = None
-            if self.affine:
-                grads = ((self.grad_gamma, self.grad_gamma.ptr), (self.grad_beta, self.grad_beta.ptr))
-            dx, _, _ = cuda._backward(
-                dy, x, mean, var, self.gamma, self.axis, self.eps, batch_stats, out, self.affine, grads
-            )
-            return dx
+            return cuda.backward_into(
+                dy, x, mean, var, self.gamma, self.grad_gamma, self.grad_beta, axis=self.axis, eps=self.eps,
+                batch_stats=batch_stats, out=out,
+            )  # fmt: skip
         if not isinstance(dy, np.ndarray):
             dy = F._as_array(dy, "dy", self.dtype)
         dx, dgamma, dbeta, dres = F._backward(

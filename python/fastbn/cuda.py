@@ -34,6 +34,9 @@ __all__ = [
     "batch_norm_train",
     "batch_norm_infer",
     "batch_norm_backward",
+    "backward_into",
+    "describe",
+    "overlaps",
 ]
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -460,6 +463,29 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
 def batch_norm_backward(dy, x, mean, var, gamma=None, *, axis=1, eps=1e-5, batch_stats=True, out=None):
     """GPU twin of :func:`fastbn.batch_norm_backward`."""
     return _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, True)
+
+
+def backward_into(dy, x, mean, var, gamma, dgamma, dbeta, *, axis=1, eps=1e-5, batch_stats=True, out=None):
+    """The backward writing the parameter gradients into given device arrays (a layer's own); returns dx."""
+    grads = None
+    if dgamma is not None:
+        grads = ((dgamma, _read(dgamma, "dgamma").ptr), (dbeta, _read(dbeta, "dbeta").ptr))
+    dx, _, _ = _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, grads is not None, grads)
+    return dx
+
+
+def describe(a, name: str = "array") -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of a device array; TypeError for a host array."""
+    d = _read(a, name)
+    return d.shape, d.dtype
+
+
+def overlaps(a, b) -> bool:
+    """Whether two device arrays share memory (their dense extents intersect)."""
+    da, db = _read(a, "a"), _read(b, "b")
+    na = math.prod(da.shape) * da.dtype.itemsize
+    nb = math.prod(db.shape) * db.dtype.itemsize
+    return da.ptr < db.ptr + nb and db.ptr < da.ptr + na
 
 
 def copy(a):

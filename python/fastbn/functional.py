@@ -442,7 +442,7 @@ def batch_norm_backward(
     if cuda.is_device_array(dy if x is None else x):
         if activation is not None or x is None or y is not None or return_dresidual:
             raise NotImplementedError("fastbn: fused activations and residuals run on the CPU only for now")
-        return cuda._backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, True)
+        return cuda.batch_norm_backward(dy, x, mean, var, gamma, axis=axis, eps=eps, batch_stats=batch_stats, out=out)
     dx, dgamma, dbeta, dres = _backward(
         dy, x, mean, var, gamma, axis, eps, _check_batch_stats(batch_stats), out, True, activation, negative_slope, y,
         beta, bool(return_dresidual),
