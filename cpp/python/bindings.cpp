@@ -733,6 +733,52 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
   return py::make_tuple(y, mean, var);
 }
 
+// The plain backward in one call: dy and x simple arrays of one type and shape, the statistics (and gamma) of the
+// parameter type, batch_stats a bool, out None or simple, equal to dy or overlapping neither dy nor x.
+py::object backward_simple(py::handle dy, py::handle x, py::handle mean, py::handle var, py::handle gamma,
+                           py::handle axis, py::handle eps_obj, py::handle batch_stats, py::handle out) {
+  SimpleView v;
+  double eps = 0;
+  if (!PyBool_Check(batch_stats.ptr()) || !py::isinstance<py::array>(dy)) return py::none();
+  if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
+  const auto d = py::reinterpret_borrow<py::array>(dy);
+  if (code_of(d.dtype()) != v.code || !simple_flags(d, false) || d.ndim() != v.x.ndim() ||
+      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), d.shape())) {
+    return py::none();
+  }
+  const Code pc = param_code(v.code);
+  const int64_t C = v.shape.channels;
+  void *m, *s, *g;
+  if (!simple_channels(mean, pc, C, false, m) || !simple_channels(var, pc, C, false, s) ||
+      !simple_channels(gamma, pc, C, true, g)) {
+    return py::none();
+  }
+  py::array dx;
+  if (out.is_none() || out.ptr() == dy.ptr()) {
+    if (!simple_out(out, v, dx)) return py::none();
+  } else {
+    if (!simple_out(out, v, dx)) return py::none();
+    const auto* db = static_cast<const char*>(d.data());
+    const auto* ob = static_cast<const char*>(dx.data());
+    if (db != ob && ob < db + d.nbytes() && db < ob + dx.nbytes()) return py::none();
+    if (ob == static_cast<const char*>(v.x.data())) return py::none();  // dx over x: the general path decides
+  }
+  py::array dgamma(dtype_of(pc), std::vector<py::ssize_t>{C}), dbeta(dtype_of(pc), std::vector<py::ssize_t>{C});
+  void *dxp = dx.mutable_data(), *dgp = dgamma.mutable_data(), *dbp = dbeta.mutable_data();
+  const void *xp = v.x.data(), *dyp = d.data();
+  const bool bs = batch_stats.ptr() == Py_True;
+  {
+    py::gil_scoped_release nogil;
+    with_type(v.code, [&](auto t) {
+      using T = decltype(t);
+      using P = fastbn::param_t<T>;
+      fastbn::backward(static_cast<const T*>(dyp), static_cast<const T*>(xp), p<const P>(m), p<const P>(s),
+                       p<const P>(g), static_cast<T*>(dxp), p<P>(dgp), p<P>(dbp), v.shape, eps, bs);
+    });
+  }
+  return py::make_tuple(dx, dgamma, dbeta);
+}
+
 py::dict build_info() {
   const fastbn::BuildInfo b = fastbn::build_info();
   py::dict d;
@@ -817,6 +863,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("build_info", &build_info);
   m.def("infer_simple", &infer_simple);
   m.def("train_simple", &train_simple);
+  m.def("backward_simple", &backward_simple);
   m.def("empty", &cached_empty, py::arg("shape"), py::arg("dtype"),
         "A new C-contiguous array from the output cache (uninitialized).");
   m.def("output_cache_info", [] {

@@ -218,6 +218,17 @@ def infer_simple(
 def train_simple(
     x: object, gamma: object, beta: object, axis: object, eps: object, out: object
 ) -> tuple[_Array, _Array, _Array] | None: ...
+def backward_simple(
+    dy: object,
+    x: object,
+    mean: object,
+    var: object,
+    gamma: object,
+    axis: object,
+    eps: object,
+    batch_stats: object,
+    out: object,
+) -> tuple[_Array, _Array, _Array] | None: ...
 def set_num_threads(n: int) -> None: ...
 def get_num_threads() -> int: ...
 def simd() -> str: ...

@@ -454,7 +454,18 @@ def batch_norm_backward(
 
 def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_grads, activation=None,
               negative_slope=0.01, y=None, beta=None, want_dresidual=False):  # fmt: skip
-    """The backward of BatchNorm (no NumPy fast-path checks repeated): (dx, dgamma, dbeta, dresidual)."""
+    """The backward of batch_norm_backward and BatchNorm: (dx, dgamma, dbeta, dresidual)."""
+    if (
+        activation is None
+        and y is None
+        and not want_dresidual
+        and type(x) is np.ndarray
+        and type(dy) is np.ndarray
+        and (out is None or type(out) is np.ndarray)
+    ):
+        r = _core.backward_simple(dy, x, mean, var, gamma, axis, eps, bool(batch_stats), out)  # common case, or None
+        if r is not None:
+            return (r[0], r[1], r[2], None) if want_param_grads else (r[0], None, None, None)
     bi = _backward_inputs(dy, x, gamma, beta, y, axis, eps, activation, negative_slope, want_dresidual)
     v = bi.v
     m = _channel_array(mean, "mean", v.channels, v.pdtype, False)
