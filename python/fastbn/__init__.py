@@ -11,6 +11,7 @@ A C++ core (OpenMP + SIMD with run-time dispatch, optional CUDA) under a NumPy A
 
 # Imports under private names (and no `from __future__ import annotations`, which binds `annotations`): what a
 # user sees in dir(fastbn) is __all__ and the package's own submodules (tests/test_namespace.py).
+import operator as _operator
 import warnings as _warnings
 from pathlib import Path as _Path
 from typing import TypedDict as _TypedDict
@@ -63,12 +64,40 @@ __all__ = [
 _HERE = _Path(__file__).resolve().parent
 
 
+# FASTBN_MAX_NUM_THREADS in fastbn/fastbn.h; tests/test_settings.py checks that the two agree.
+_MAX_NUM_THREADS = 1024
+# The largest limit whose size in bytes fits the core's 64-bit size_t.
+_MAX_CACHE_MB = (1 << 44) - 1
+
+
+def _as_int(value: object, what: str) -> int:
+    """``value`` as a Python int (NumPy integers included); a TypeError for bools, floats and the rest."""
+    if isinstance(value, bool):
+        raise TypeError(f"fastbn: {what} must be an int, got bool")
+    try:
+        return _operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"fastbn: {what} must be an int, got {type(value).__name__}") from None
+
+
 def set_num_threads(n: int) -> None:
-    """Threads the CPU kernels may use (>= 1). Default: OMP_NUM_THREADS, else the number of cores."""
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"fastbn: the thread count must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"fastbn: the thread count must be >= 1, got {n}")
+    """Set the threads the CPU kernels may use.
+
+    Parameters
+    ----------
+    n : int
+        1 to 1024. The default is OMP_NUM_THREADS, else the number of cores (at most 1024).
+
+    Raises
+    ------
+    TypeError
+        If ``n`` is not an integer (bools and floats included).
+    ValueError
+        If ``n`` is outside 1..1024; the thread count is then unchanged.
+    """
+    n = _as_int(n, "the thread count")
+    if not 1 <= n <= _MAX_NUM_THREADS:
+        raise ValueError(f"fastbn: the thread count must be >= 1 and <= {_MAX_NUM_THREADS}, got {n}")
     _core.set_num_threads(n)
 
 
@@ -120,11 +149,16 @@ def empty_output_cache() -> None:
 def set_output_cache_limit(megabytes: int) -> None:
     """Cap the idle output buffers fastbn keeps for reuse (default 1024 MB, or FASTBN_OUTPUT_CACHE_MB; 0 turns
     the cache off). Outputs of 1 MB or more come from this cache: a fresh buffer of that size costs more in page
-    faults than the batch norm that fills it. Buffers in use are never counted or freed early."""
-    if isinstance(megabytes, bool) or not isinstance(megabytes, int):
-        raise TypeError(f"fastbn: the cache limit is an int of megabytes, got {type(megabytes).__name__}")
-    if megabytes < 0:
-        raise ValueError(f"fastbn: the cache limit must be >= 0 MB, got {megabytes}")
+    faults than the batch norm that fills it. Buffers in use are never counted or freed early.
+
+    Raises TypeError if ``megabytes`` is not an integer, ValueError outside 0..2**44 - 1 (the limit is then
+    unchanged)."""
+    megabytes = _as_int(megabytes, "the cache limit (megabytes)")
+    if not 0 <= megabytes <= _MAX_CACHE_MB:
+        raise ValueError(
+            f"fastbn: the cache limit must be >= 0 and <= 2**44 - 1 MB (its size in bytes must fit in 64 bits), "
+            f"got {megabytes}"
+        )
     _core.set_output_cache_limit(megabytes << 20)
 
 

@@ -1,5 +1,6 @@
 /* C ABI tests, compiled as C99: the header is valid C, results match a double reference, and bad input
  * returns an error status without crashing or writing anything. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,7 +101,13 @@ static void check_errors(void) {
   const int before = fastbn_get_num_threads();
   CHECK(fastbn_set_num_threads(0) == FASTBN_ERR_BAD_ARGUMENT);
   CHECK(fastbn_set_num_threads(-4) == FASTBN_ERR_BAD_ARGUMENT);
+  CHECK(fastbn_set_num_threads(FASTBN_MAX_NUM_THREADS + 1) == FASTBN_ERR_BAD_ARGUMENT);
+  CHECK(fastbn_set_num_threads(INT_MAX) == FASTBN_ERR_BAD_ARGUMENT);
+  CHECK(fastbn_set_num_threads(INT_MIN) == FASTBN_ERR_BAD_ARGUMENT);
+  CHECK(strstr(fastbn_last_error_message(), "<= 1024") != NULL);
   CHECK(fastbn_get_num_threads() == before);
+  CHECK(fastbn_set_num_threads(FASTBN_MAX_NUM_THREADS) == FASTBN_OK);
+  CHECK(fastbn_get_num_threads() == FASTBN_MAX_NUM_THREADS);
   CHECK(fastbn_set_num_threads(1) == FASTBN_OK && fastbn_get_num_threads() == 1);
   CHECK(fastbn_set_num_threads(before) == FASTBN_OK);
   CHECK(fastbn_version() != NULL && fastbn_simd() != NULL);

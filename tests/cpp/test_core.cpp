@@ -182,7 +182,10 @@ void test_errors() {
   expect_error(Status::null_pointer, [&] {
     fastbn::backward(x.data(), x.data(), m.data(), v.data(), nullptr, nullptr, nullptr, nullptr, s, 1e-5, true);
   });
+  const int threads = fastbn::get_num_threads();
   expect_error(Status::bad_argument, [] { fastbn::set_num_threads(0); });
+  expect_error(Status::bad_argument, [] { fastbn::set_num_threads(FASTBN_MAX_NUM_THREADS + 1); });
+  CHECK(fastbn::get_num_threads() == threads);
   expect_error(Status::bad_argument, [] { fastbn::set_simd("sse9"); });
   for (float e : y) CHECK(e == 7.0f);  // nothing written by the failed calls
   for (float e : m) CHECK(e == 7.0f);

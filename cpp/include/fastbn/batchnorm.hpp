@@ -173,8 +173,8 @@ FASTBN_API void backward_apply(const T* dy, const same_t<T>* x, const same_t<T>*
                                const double* sum_dy_xhat, double count, same_t<T>* dx, same_t<T>* dresidual, const Shape& shape,
                                double eps, const Fusion& fusion);
 
-// Threads for the CPU kernels; 1 <= n <= max_threads_limit (throws Error(bad_argument) otherwise). Tiny
-// tensors use fewer.
+// Threads for the CPU kernels, 1..FASTBN_MAX_NUM_THREADS (throws Error(bad_argument) otherwise, changing
+// nothing). Tiny tensors use fewer.
 FASTBN_API void set_num_threads(int n);
 FASTBN_API int get_num_threads();
 

@@ -29,7 +29,7 @@ typedef enum fastbn_status {
   FASTBN_ERR_BAD_SHAPE = 2,      /* outer, channels or inner < 1, or their product overflows */
   FASTBN_ERR_BAD_EPS = 3,        /* eps <= 0 or not finite */
   FASTBN_ERR_TOO_FEW_VALUES = 4, /* training needs more than one value per channel */
-  FASTBN_ERR_BAD_ARGUMENT = 5,   /* any other invalid argument (e.g. thread count < 1) */
+  FASTBN_ERR_BAD_ARGUMENT = 5,   /* any other invalid argument (e.g. a thread count outside 1..1024) */
   FASTBN_ERR_OUT_OF_MEMORY = 6,  /* a workspace allocation failed */
   FASTBN_ERR_NO_CUDA = 7,        /* CUDA not compiled in, or no usable device */
   FASTBN_ERR_CUDA = 8,           /* a CUDA runtime call failed */
@@ -229,8 +229,14 @@ FASTBN_API const char* fastbn_status_string(int status);
 /* The full message of the last failed call made by this thread ("" if none failed yet); never NULL. */
 FASTBN_API const char* fastbn_last_error_message(void);
 
-/* Threads used by the CPU kernels (default: OpenMP's maximum, i.e. OMP_NUM_THREADS or the core count).
- * fastbn_set_num_threads returns FASTBN_ERR_BAD_ARGUMENT for n < 1. */
+/* The most threads the CPU kernels accept. A memory-bound pass gains nothing from more, and far more (a typo
+ * such as 4000) mostly meets an address-space or process limit, where OpenMP ends the process while creating
+ * threads instead of returning an error. */
+#define FASTBN_MAX_NUM_THREADS 1024
+
+/* Threads used by the CPU kernels, 1..FASTBN_MAX_NUM_THREADS (default: OpenMP's maximum, i.e. OMP_NUM_THREADS
+ * or the core count, capped at FASTBN_MAX_NUM_THREADS). fastbn_set_num_threads returns FASTBN_ERR_BAD_ARGUMENT
+ * outside that range and changes nothing then. */
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 

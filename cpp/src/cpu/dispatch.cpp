@@ -1,5 +1,6 @@
 // Chooses the CPU kernel table at run time: the best instruction set the CPU supports, unless FASTBN_SIMD
 // forces one. Also owns the per-thread workspace and the thread count.
+#include <algorithm>
 #include <atomic>
 #include <cctype>
 #include <cstdio>
@@ -133,7 +134,8 @@ Selection& selection() {
 
 int default_threads() {
 #if defined(_OPENMP)
-  static const int n = omp_get_max_threads();
+  // The same bound as set_num_threads: OMP_NUM_THREADS=4000 must not get past it.
+  static const int n = std::min(omp_get_max_threads(), FASTBN_MAX_NUM_THREADS);
   return n;
 #else
   return 1;
@@ -186,7 +188,10 @@ void set_simd(const char* name) {
 const char* simd_warning() { return cpu::selection().warning.c_str(); }
 
 void set_num_threads(int n) {
-  if (n < 1) throw Error(Status::bad_argument, "fastbn: the thread count must be >= 1, got " + std::to_string(n));
+  if (n < 1 || n > FASTBN_MAX_NUM_THREADS) {
+    throw Error(Status::bad_argument, "fastbn: the thread count must be >= 1 and <= " +
+                                          std::to_string(FASTBN_MAX_NUM_THREADS) + ", got " + std::to_string(n));
+  }
   cpu::g_threads.store(n);
 }
 
