@@ -94,15 +94,30 @@ def set_num_threads(n: int) -> None:
         If ``n`` is not an integer (bools and floats included).
     ValueError
         If ``n`` is outside 1..1024; the thread count is then unchanged.
+
+    Notes
+    -----
+    OpenMP's threads do not survive ``fork()``, so a process forked after fastbn was loaded (``os.fork``,
+    ``multiprocessing``'s "fork" start method) runs the kernels single-threaded: there ``n`` is checked and
+    accepted, :func:`get_num_threads` returns 1, and asking for more than one thread warns. Workers started
+    with "spawn" (or "forkserver", unless the server preloads fastbn) import fastbn afresh and may use threads.
     """
     n = _as_int(n, "the thread count")
     if not 1 <= n <= _MAX_NUM_THREADS:
         raise ValueError(f"fastbn: the thread count must be >= 1 and <= {_MAX_NUM_THREADS}, got {n}")
     _core.set_num_threads(n)
+    # Only a forked child reports fewer threads than were just accepted (see Notes).
+    if n > 1 and _core.get_num_threads() == 1:
+        _warnings.warn(
+            f"fastbn: set_num_threads({n}) in a forked process: OpenMP's threads do not survive fork, so fastbn "
+            "runs single-threaded here; use multiprocessing's 'spawn' start method for multi-threaded workers",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def get_num_threads() -> int:
-    """Threads the CPU kernels may use."""
+    """The threads the CPU kernels may use: 1 in a forked process (see :func:`set_num_threads`)."""
     return _core.get_num_threads()
 
 

@@ -174,7 +174,8 @@ FASTBN_API void backward_apply(const T* dy, const same_t<T>* x, const same_t<T>*
                                double eps, const Fusion& fusion);
 
 // Threads for the CPU kernels, 1..FASTBN_MAX_NUM_THREADS (throws Error(bad_argument) otherwise, changing
-// nothing). Tiny tensors use fewer.
+// nothing). Tiny tensors use fewer. In a child created by fork() the kernels run on the calling thread only and
+// get_num_threads() returns 1, whatever set_num_threads was given (see fastbn.h).
 FASTBN_API void set_num_threads(int n);
 FASTBN_API int get_num_threads();
 

@@ -236,7 +236,10 @@ FASTBN_API const char* fastbn_last_error_message(void);
 
 /* Threads used by the CPU kernels, 1..FASTBN_MAX_NUM_THREADS (default: OpenMP's maximum, i.e. OMP_NUM_THREADS
  * or the core count, capped at FASTBN_MAX_NUM_THREADS). fastbn_set_num_threads returns FASTBN_ERR_BAD_ARGUMENT
- * outside that range and changes nothing then. */
+ * outside that range and changes nothing then.
+ * After fork() the child runs the kernels on the calling thread only, because OpenMP's threads do not survive
+ * fork (libgomp would wait for them forever): there fastbn_set_num_threads still checks and accepts n, and
+ * fastbn_get_num_threads returns 1. A process that execs starts afresh and gets every thread again. */
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 

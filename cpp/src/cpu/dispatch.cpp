@@ -1,5 +1,5 @@
 // Chooses the CPU kernel table at run time: the best instruction set the CPU supports, unless FASTBN_SIMD
-// forces one. Also owns the per-thread workspace and the thread count.
+// forces one. Also owns the per-thread workspace, the thread count and what a forked child may use.
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -10,6 +10,7 @@
 #include <new>
 #include <string>
 
+#include <pthread.h>
 #include <unistd.h>
 
 #if defined(_OPENMP)
@@ -144,6 +145,19 @@ int default_threads() {
 
 std::atomic<int> g_threads{0};  // 0: OpenMP's default
 
+// libgomp is not fork-safe: a child forked after an OpenMP team ran in the parent inherits the team's
+// bookkeeping but not its threads, and its first parallel region waits for them forever. Whether any library
+// of the parent started a team on the forking thread (fastbn, or PyTorch sharing the same libgomp) cannot be
+// known, so every forked child runs the kernels on the calling thread only, as PyTorch's pools do after fork.
+// A one-thread region (`if (nt > 1)` false) never touches the inherited pool. Builds without OpenMP behave
+// the same, so that callers see one rule.
+std::atomic<bool> g_forked{false};
+
+struct ForkHandler {
+  ForkHandler() { pthread_atfork(nullptr, nullptr, [] { g_forked.store(true, std::memory_order_relaxed); }); }
+};
+const ForkHandler g_fork_handler;
+
 }  // namespace
 
 const KernelTable& active() { return *selection().table.load(std::memory_order_acquire); }
@@ -192,10 +206,11 @@ void set_num_threads(int n) {
     throw Error(Status::bad_argument, "fastbn: the thread count must be >= 1 and <= " +
                                           std::to_string(FASTBN_MAX_NUM_THREADS) + ", got " + std::to_string(n));
   }
-  cpu::g_threads.store(n);
+  cpu::g_threads.store(n);  // kept in a forked child too, where it has no effect (see g_forked)
 }
 
 int get_num_threads() {
+  if (cpu::g_forked.load(std::memory_order_relaxed)) return 1;
   const int n = cpu::g_threads.load();
   return n > 0 ? n : cpu::default_threads();
 }
