@@ -12,13 +12,29 @@ A C++ core (OpenMP + SIMD with run-time dispatch, optional CUDA) under a NumPy A
 # Imports under private names (and no `from __future__ import annotations`, which binds `annotations`): what a
 # user sees in dir(fastbn) is __all__ and the package's own submodules (tests/test_namespace.py).
 import operator as _operator
+import os as _os
 import warnings as _warnings
 from pathlib import Path as _Path
 from typing import TypedDict as _TypedDict
 
-from . import _core, cuda
-from .batchnorm import BatchNorm
-from .functional import (
+# OpenMP threads that wait for work spin by default (libgomp: 300,000 pause loops, ~7 ms on an AMD EPYC VM),
+# holding a CPU meanwhile. fastbn's calls are short and often run where CPUs are shared (CI machines, laptops,
+# NumPy's OpenBLAS threads spinning for ~0.1 s after start-up): a spinning waiter then shares a CPU with the
+# thread that has the work, and each hand-off waits for a scheduler tick, which turned 0.02 ms calls into
+# 4-40 ms ones (issue 9; benchmarks/first_call.py). Passive waiting hands the CPU over at once. OpenMP reads
+# the policy once, when its runtime loads, which is while _core is imported unless PyTorch or another OpenMP
+# user loaded it first; so fastbn sets it for that moment only, and only if the user chose no policy.
+_DEFAULT_WAIT_POLICY = "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ
+if _DEFAULT_WAIT_POLICY:
+    _os.environ["OMP_WAIT_POLICY"] = "passive"
+try:
+    from . import _core
+finally:
+    if _DEFAULT_WAIT_POLICY:  # the runtime has read it; programs started from this process are not fastbn's
+        del _os.environ["OMP_WAIT_POLICY"]
+from . import cuda  # noqa: E402  (after _core, which must be the first to load OpenMP)
+from .batchnorm import BatchNorm  # noqa: E402
+from .functional import (  # noqa: E402
     batch_norm_apply,
     batch_norm_backward,
     batch_norm_backward_apply,
@@ -29,7 +45,7 @@ from .functional import (
     batch_norm_train,
     fold,
 )
-from .sync import SyncBatchNorm
+from .sync import SyncBatchNorm  # noqa: E402
 
 __version__: str = _core.__version__
 

@@ -239,7 +239,10 @@ FASTBN_API const char* fastbn_last_error_message(void);
  * outside that range and changes nothing then.
  * After fork() the child runs the kernels on the calling thread only, because OpenMP's threads do not survive
  * fork (libgomp would wait for them forever): there fastbn_set_num_threads still checks and accepts n, and
- * fastbn_get_num_threads returns 1. A process that execs starts afresh and gets every thread again. */
+ * fastbn_get_num_threads returns 1. A process that execs starts afresh and gets every thread again.
+ * On machines whose CPUs are shared, run with OMP_WAIT_POLICY=passive (the Python package sets it while OpenMP
+ * loads): OpenMP's default lets idle threads spin for milliseconds, and a spinning thread that shares a CPU with
+ * the one doing the work stalls every call by a scheduler tick. */
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 
