@@ -14,9 +14,13 @@ from conftest import ref_train
 
 @pytest.fixture
 def restore_threads():
-    before = fastbn.get_num_threads()
+    """Restores the thread count, and lets these small tensors run on many threads meanwhile (by default a
+    thread takes at least 3 MiB; see FASTBN_MIN_BYTES_PER_THREAD)."""
+    before, min_bytes = fastbn.get_num_threads(), fastbn._core.min_bytes_per_thread()
+    fastbn._core.set_min_bytes_per_thread(16 << 10)
     yield
     fastbn.set_num_threads(before)
+    fastbn._core.set_min_bytes_per_thread(min_bytes)
 
 
 def run_all(x, axis):
@@ -127,7 +131,7 @@ def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_th
 
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import fastbn, test_threads as t; "
-        "fastbn.set_num_threads(4); print(t._digest(t.SHAPES))"
+        "fastbn._core.set_min_bytes_per_thread(16 << 10); fastbn.set_num_threads(4); print(t._digest(t.SHAPES))"
     )
     env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
     out = subprocess.run(

@@ -844,6 +844,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("sum_dy"), py::arg("sum_dy_xhat"),
         py::arg("count"), py::arg("dx"), py::arg("dresidual"), py::arg("outer"), py::arg("channels"),
         py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
+  m.def("set_min_bytes_per_thread", &fastbn::detail::set_min_bytes_per_thread, py::arg("bytes"));
+  m.def("min_bytes_per_thread", &fastbn::detail::min_bytes_per_thread);
   m.def("ptr_train", &ptr_train);
   m.def("ptr_infer", &ptr_infer);
   m.def("ptr_backward", &ptr_backward);

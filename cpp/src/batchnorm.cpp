@@ -17,10 +17,7 @@ Error::Error(Status status, const std::string& message) : std::runtime_error(mes
 
 namespace {
 
-cpu::Exec exec() {
-  static thread_local cpu::Workspace workspace;
-  return {get_num_threads(), &workspace, cpu::core_cache_bytes()};
-}
+cpu::Exec exec() { return cpu::exec_here(); }
 
 template <class F>
 void run(F&& f) {

@@ -52,6 +52,38 @@ int64_t core_cache_bytes() {
 
 namespace {
 
+// OpenMP's idle threads wait passively under fastbn's Python package (see fastbn/__init__.py), so each parallel
+// region pays a wake-up: 25-50 us on the project's 2-vCPU VMs, about what one core needs to stream 2-3 MB.
+int64_t initial_min_bytes_per_thread() {
+  if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end && *end == '\0' && v >= 1) return v;
+  }
+  return int64_t{3} << 20;
+}
+
+std::atomic<int64_t> g_min_bytes{initial_min_bytes_per_thread()};
+
+}  // namespace
+
+int64_t min_bytes_per_thread() { return g_min_bytes.load(std::memory_order_relaxed); }
+
+void set_min_bytes_per_thread(int64_t bytes) {
+  if (bytes < 1) {
+    throw Error(Status::bad_argument, "fastbn: the minimum bytes per thread must be >= 1, got " +
+                                          std::to_string(bytes));
+  }
+  g_min_bytes.store(bytes, std::memory_order_relaxed);
+}
+
+Exec exec_here() {
+  static thread_local Workspace workspace;
+  return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes_per_thread()};
+}
+
+namespace {
+
 struct Isa {
   const char* name;
   const KernelTable& (*table)();
@@ -167,14 +199,17 @@ std::string compiled_simd_list() { return Selection::compiled_list(); }
 }  // namespace cpu
 
 namespace detail {
+void set_min_bytes_per_thread(int64_t bytes) { cpu::set_min_bytes_per_thread(bytes); }
+int64_t min_bytes_per_thread() { return cpu::min_bytes_per_thread(); }
+
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 
 void stream_copy(const float* src, float* dst, int64_t count) {
-  cpu::active().copy(src, dst, count, cpu::Exec{get_num_threads(), nullptr, cpu::core_cache_bytes()});
+  cpu::active().copy(src, dst, count, cpu::exec_here());
 }
 
 void stream_add(const float* a, const float* b, float* dst, int64_t count) {
-  cpu::active().add(a, b, dst, count, cpu::Exec{get_num_threads(), nullptr, cpu::core_cache_bytes()});
+  cpu::active().add(a, b, dst, count, cpu::exec_here());
 }
 }  // namespace detail
 

@@ -34,11 +34,17 @@ class Workspace {
 struct Exec {
   int max_threads;  // upper bound; kernels use fewer for small tensors
   Workspace* workspace;
-  int64_t cache_bytes;  // a core's own cache (L2) size: what a thread may plan to keep in cache
+  int64_t cache_bytes;           // a core's own cache (L2) size: what a thread may plan to keep in cache
+  int64_t min_bytes_per_thread;  // bytes of x below which another thread costs more than it saves
 };
 
 // The per-core L2 size as the OS reports it (1 MiB when it does not).
 int64_t core_cache_bytes();
+// The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 3 MiB (see kernels_impl.hpp).
+int64_t min_bytes_per_thread();
+void set_min_bytes_per_thread(int64_t bytes);
+// An Exec for the calling thread (its own workspace), with the current settings.
+Exec exec_here();
 
 // What follows the normalization: y = act(gamma * xhat + beta + residual). Leaky ReLU's slope is `slope`.
 enum class Act : int { none = 0, relu = 1, leaky_relu = 2, sigmoid = 3 };

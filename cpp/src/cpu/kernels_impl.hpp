@@ -50,8 +50,6 @@ constexpr int64_t kBlockBytes = 32 * 1024;
 constexpr int64_t kTileBytes = 64 * 1024;
 // Rows a channels-last chunk spans, in bytes: the unit of parallel work there.
 constexpr int64_t kChunkBytes = 1 << 20;
-// Below this many bytes per thread, starting a thread costs more than it saves.
-constexpr int64_t kMinBytesPerThread = 96 * 1024;
 // Outputs at least this large bypass the caches (streaming stores): they would not stay there anyway, and a
 // normal store first reads the line it writes.
 constexpr int64_t kStreamMinBytes = 4 << 20;
@@ -98,10 +96,11 @@ inline void for_my_runs(int64_t runs, int64_t C, F&& f) {
   }
 }
 
-// Threads worth using for a pass over `bytes` made of `units` independent pieces of work.
-inline int pick_threads(int max_threads, int64_t bytes, int64_t units) {
-  int64_t t = min64(bytes / kMinBytesPerThread, units);
-  t = min64(t, max_threads);
+// Threads worth using for a pass over `bytes` of x made of `units` independent pieces of work: at least
+// ex.min_bytes_per_thread each (Exec; a setting, because what a thread's wake-up costs depends on the machine).
+inline int pick_threads(const Exec& ex, int64_t bytes, int64_t units) {
+  int64_t t = min64(bytes / max64(1, ex.min_bytes_per_thread), units);
+  t = min64(t, ex.max_threads);
   return t < 1 ? 1 : static_cast<int>(t);
 }
 
@@ -1068,7 +1067,7 @@ void train_nc(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
   const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
   const NcPlan pl = NcPlan::make<S>(N, C, L);
-  const int nt = pick_threads(ex.max_threads, bytes, C * pl.nb);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream(a.y, bytes);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
@@ -1159,7 +1158,7 @@ void train_cl(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t R = a.outer, C = a.channels;
   const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
   const RowPlan plan = row_plan<S>(R, C, 1);
-  const int nt = pick_threads(ex.max_threads, bytes, plan.nchunks);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
   const bool stream = can_stream(a.y, bytes);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
 
@@ -1202,7 +1201,7 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
   if (L == 1) {
     const RowPlan plan = row_plan<S>(N, C, 1);
-    const int nt = pick_threads(ex.max_threads, bytes, plan.nchunks);
+    [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
     Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt)));
     const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -1214,7 +1213,7 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
     return;
   }
   const NcPlan pl = NcPlan::make<S>(N, C, L);
-  const int nt = pick_threads(ex.max_threads, bytes, C * pl.nb);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C)));
   double* part = carve.take<double>(2 * C * pl.nb);
   Moments* mom = carve.take<Moments>(C);
@@ -1246,7 +1245,7 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   if (L == 1) {
     const int64_t rows_per_unit = max64(1, kBlockBytes / (C * static_cast<int64_t>(sizeof(S))));
     const int64_t units = ceil_div(N, rows_per_unit);
-    const int nt = pick_threads(ex.max_threads, bytes, units);
+    [[maybe_unused]] const int nt = pick_threads(ex, bytes, units);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
@@ -1259,7 +1258,7 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
     }
     return;
   }
-  const int nt = pick_threads(ex.max_threads, bytes, N * C);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, N * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
@@ -1298,7 +1297,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
   const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
   const NcPlan pl = NcPlan::make<S>(N, C, L);
-  const int nt = pick_threads(ex.max_threads, 2 * bytes, C * pl.nb);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream(a.dx, bytes);
   const BwdSetup<S> su(a);
   auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
@@ -1418,7 +1417,7 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t R = a.outer, C = a.channels;
   const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
   const RowPlan plan = row_plan<S>(R, C, 2);
-  const int nt = pick_threads(ex.max_threads, 2 * bytes, plan.nchunks);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
   const bool stream = can_stream(a.dx, bytes);
   const BwdSetup<S> su(a);
 
@@ -1507,7 +1506,7 @@ void yardstick(float* dst, int64_t count, int arrays, const Exec& ex, F&& f) {
   constexpr int64_t kUnit = 16 * 1024;  // floats per work unit
   const int64_t units = ceil_div(count, kUnit);
   const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
-  const int nt = pick_threads(ex.max_threads, arrays * bytes, units);
+  [[maybe_unused]] const int nt = pick_threads(ex, arrays * bytes, units);
   const bool stream = can_stream(dst, bytes);
   Uniform<float, 1> k{};
 #pragma omp parallel num_threads(nt) if (nt > 1)
