@@ -72,3 +72,28 @@ def test_readme_snippet_builds_runs_and_prints_the_reference(tmp_path, language)
     printed = np.array([[float(m[2]), float(m[3]), float(m[5])] for m in parsed])
     # Printed with 6 decimals, from float32 arithmetic.
     np.testing.assert_allclose(printed, reference(), rtol=1e-5, atol=2e-6)
+
+
+def python_snippets() -> dict[str, str]:
+    """group -> the code of the blocks marked ``<!-- snippet:python GROUP -->``, joined in README order."""
+    groups: dict[str, list[str]] = {}
+    pattern = r"^<!-- snippet:python (\w+) -->\n```python\n(.*?)^```$"
+    for name, code in re.findall(pattern, README.read_text(), re.S | re.M):
+        groups.setdefault(name, []).append(code)
+    return {name: "\n".join(blocks) for name, blocks in groups.items()}
+
+
+def test_readme_has_the_python_quick_starts():
+    assert set(python_snippets()) == {"quickstart", "torch", "sync"}
+
+
+@pytest.mark.parametrize("group", ["quickstart", "torch", "sync"])
+def test_readme_python_snippets_run_as_written(tmp_path, group):
+    """Each quick start runs as written in a fresh interpreter (the scale-out one as a single MPI process)."""
+    script = tmp_path / f"readme_{group}.py"  # not torch.py: that would shadow the package
+    script.write_text(python_snippets()[group])
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
