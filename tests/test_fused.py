@@ -304,3 +304,22 @@ def test_fold_linear_and_errors(rng):
         fastbn.fold(np.ones((4, 7), np.int64), None, mean, var)
     with pytest.raises(ValueError, match="eps"):
         fastbn.fold(w, None, mean, var, eps=0)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_large_fused_backward_with_outputs_of_different_alignments(rng, layout):
+    """Large enough for streaming stores (several MB), with dx misaligned by one element while dresidual
+    comes aligned from the output cache: each output must be written at its own alignment."""
+    shape, axis = ((8, 64, 48, 48), 1) if layout == "nchw" else ((8, 48, 48, 64), -1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    r = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    y, mean, var = fastbn.batch_norm_train(x, axis=axis, activation="relu", residual=r)
+    raw = np.empty(x.size + 1, np.float32)
+    dx = raw[1:].reshape(shape)  # 4 bytes off the allocation's alignment
+    out = fastbn.batch_norm_backward(dy, x, mean, var, axis=axis, activation="relu", y=y, out=dx,
+                                     return_dresidual=True)  # fmt: skip
+    assert out[0] is dx
+    _, _, _, rdx, _, _, rdr = reference(x, None, None, r, dy, "relu", axis=axis)
+    close(dx, rdx, np.float32)
+    close(out[3], rdr, np.float32)

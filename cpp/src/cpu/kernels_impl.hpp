@@ -584,6 +584,10 @@ inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_
   using C = compute_t<S>;
   using V = Vec<C>;
   const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
+  // span() aligns dx for streaming stores; dres streams too only if it has the same offset within a vector.
+  constexpr uintptr_t kVecBytes = IO<S>::width * sizeof(S);
+  const bool stream_dres =
+      stream && dres && (reinterpret_cast<uintptr_t>(dres) - reinterpret_cast<uintptr_t>(dx)) % kVecBytes == 0;
   span(dx, n, stream, k, [&](int64_t i, auto m) {
     typename V::reg dz, u;
     if constexpr (kScaleOnly) {
@@ -593,7 +597,7 @@ inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_
     } else {
       bwd_elem<S, A, kFromY>(dy, x, y, i, m, k.get(0), sl, isl, dz, u);
     }
-    if (dres) put(dres + i, dz, m, stream);
+    if (dres) put(dres + i, dz, m, stream_dres);
     if constexpr (kScaleOnly) {
       return V::mul(dz, k.get(1));
     } else {
