@@ -83,12 +83,18 @@ def _bcast(v, x, axis):
 
 
 def ref_stats(x, axis=1):
-    """Per-channel mean and BIASED variance in float64."""
+    """Per-channel mean and BIASED variance in float64, right wherever the answer is finite: each channel is
+    scaled by a power of two (exact) so that no square overflows, and the mean is corrected by the mean of the
+    deviations from it (Bjorck's corrected two-pass), so a constant channel gets exactly its value and 0."""
     axes, _ = _reduce_axes(x, axis)
     x64 = np.asarray(x, dtype=np.float64)
-    mean = x64.mean(axis=axes)
-    var = ((x64 - mean.reshape([-1 if i not in axes else 1 for i in range(x.ndim)])) ** 2).mean(axis=axes)
-    return mean, var
+    _, exp = np.frexp(np.max(np.abs(x64), axis=axes, keepdims=True))
+    scale = np.ldexp(1.0, exp - 1)  # |x| / scale < 2, and scale itself stays finite
+    xs = x64 / scale
+    m1 = xs.mean(axis=axes, keepdims=True)
+    m = m1 + (xs - m1).mean(axis=axes, keepdims=True)
+    var = ((xs - m) ** 2).mean(axis=axes, keepdims=True) * scale * scale
+    return (m * scale).reshape(-1), var.reshape(-1)
 
 
 def ref_infer(x, mean, var, gamma=None, beta=None, axis=1, eps=1e-5):
@@ -123,3 +129,4 @@ def ref_backward(dy, x, mean, var, gamma=None, axis=1, eps=1e-5, batch_stats=Tru
     else:
         dx = _bcast(g * invstd, x, axis) * dy64
     return dx, dgamma, dbeta
+
