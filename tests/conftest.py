@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import Phase, settings
 
 import fastbn
 
@@ -130,3 +131,18 @@ def ref_backward(dy, x, mean, var, gamma=None, axis=1, eps=1e-5, batch_stats=Tru
         dx = _bcast(g * invstd, x, axis) * dy64
     return dx, dgamma, dbeta
 
+
+# ------------------------------------------------------------------------------------------------------------
+# Hypothesis (tests/test_properties.py). "fastbn-ci", the default: the same examples on every run, no example
+# database on disk, no deadline (the first call of a size pays for thread start and page faults), and no
+# shrinking: shrinking an example of 2^20 values can take minutes, and the unshrunk example is reproducible as it
+# is. `--hypothesis-profile=fastbn-dev` runs the same examples and shrinks a failure to a small one;
+# `--hypothesis-profile=fastbn-soak` explores ten times as many, fresh each run, keeping failures in the local
+# database (.hypothesis/).
+_GENERATE = (Phase.explicit, Phase.reuse, Phase.generate)
+settings.register_profile(
+    "fastbn-ci", max_examples=100, derandomize=True, database=None, deadline=None, phases=_GENERATE
+)
+settings.register_profile("fastbn-dev", max_examples=100, derandomize=True, database=None, deadline=None)
+settings.register_profile("fastbn-soak", max_examples=1000, derandomize=False, deadline=None)
+settings.load_profile("fastbn-ci")
