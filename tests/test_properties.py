@@ -5,7 +5,7 @@ other permutation, strided and reversed slices), float32 or float64 and, per cha
 s and the offset of the mean (up to 1e5 s); each test runs once per SIMD path this CPU supports. Five families:
 small tensors of every shape and layout; long runs (2^15 to 2^20 values in one channel, as NCHW runs and as
 channels-last rows); extreme magnitudes; constant channels beside others, short and long, tiny to huge; the layer
-over several training steps and then in eval mode.
+over several training steps and then in eval mode. Issue 9's reproducers follow as plain tests.
 
 The contract
 ------------
@@ -585,3 +585,85 @@ def test_layer_training_steps_then_eval(path, run):
             dy, x, bn.running_mean, bn.running_var, bn.gamma, axis, eps, False, dx, bn.grad_gamma, bn.grad_beta
         )
         assert bn.num_batches_tracked == steps
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Issue 9's reproducers, as plain tests under the same contract
+
+
+def _rng():
+    return np.random.default_rng(9)
+
+
+def _long_offset():  # 2^20 values per channel with mean 1e5 and std 1
+    return (_rng().standard_normal((2, 4, 1 << 20)) + 1e5).astype(np.float32), 1
+
+
+def _long_zero_mean():  # 2^24 values per channel, mean 0
+    return _rng().standard_normal((1, 2, 1 << 24), dtype=np.float32), 1
+
+
+def _constant_123456():
+    return np.full((1, 3, 70000), 123456.789, np.float32), 1
+
+
+def _rows_mean_1e6():  # mean 1e6, std 1e-2: float32 keeps about 6 levels of the spread
+    return (1e6 + 1e-2 * _rng().standard_normal((65536, 8))).astype(np.float32), 1
+
+
+def _nhwc_mean_1e6():  # the same memory as an NCHW view of channels-last (1, 256, 256, 8)
+    return _rows_mean_1e6()[0].reshape(1, 256, 256, 8).transpose(0, 3, 1, 2), 1
+
+
+def _float64_constant_1e300():
+    return np.full((4, 3, 5), 1e300), 1
+
+
+def _nhwc_std_1e18():
+    return (1e18 * _rng().standard_normal((64, 16, 16, 4))).astype(np.float32), -1
+
+
+def _nhwc_view_std_1e18():
+    return _nhwc_std_1e18()[0].transpose(0, 3, 1, 2), 1
+
+
+REPRODUCERS = {
+    "f32-2x4x2^20-mean1e5": _long_offset,
+    "f32-1x2x2^24-mean0": _long_zero_mean,
+    "f32-constant-123456.789": _constant_123456,
+    "f32-65536x8-mean1e6-std1e-2": _rows_mean_1e6,
+    "f32-nhwc-view-mean1e6-std1e-2": _nhwc_mean_1e6,
+    "f64-constant-1e300": _float64_constant_1e300,
+    "f32-nhwc-std1e18": _nhwc_std_1e18,
+    "f32-nhwc-view-std1e18": _nhwc_view_std_1e18,
+}
+
+
+@pytest.fixture(scope="module", params=list(REPRODUCERS))
+def reproducer(request):
+    """The input, its channel axis, gamma and beta, built once for all paths."""
+    x, axis = REPRODUCERS[request.param]()
+    c = x.shape[axis]
+    gamma = np.linspace(0.5, 2.0, c).astype(x.dtype)
+    beta = np.linspace(-1.0, 1.0, c).astype(x.dtype)
+    return request.param, x, axis, gamma, beta
+
+
+@each_path
+def test_issue9_reproducer(path, reproducer):
+    name, x, axis, gamma, beta = reproducer
+    with simd(path):
+        y, mean, var = fastbn.batch_norm_train(x, gamma, beta, axis=axis)
+    if x.size <= 1 << 23:
+        check_train(x, gamma, beta, axis, 1e-5, y, mean, var)
+        return
+    # 2^25 values: the statistics one channel at a time, and y only for being finite (an element-wise float64
+    # reference would need over a GB).
+    n = x.size // x.shape[axis]
+    per_channel = [ref_stats(x[:, c : c + 1], axis) for c in range(x.shape[axis])]
+    m = np.concatenate([a for a, _ in per_channel])
+    s2 = np.concatenate([b for _, b in per_channel])
+    tol_mean, tol_var = stat_bounds(x.dtype, n, m, s2)
+    assert_within("mean", mean, m, tol_mean)
+    assert_within("var", var, s2, tol_var)
+    assert np.isfinite(y).all()
