@@ -114,27 +114,46 @@ each_path = pytest.mark.parametrize("path", SIMD_PATHS)
 # Checking against a bound
 
 
-def assert_within(name: str, got, ref, bound, exact: bool = False) -> None:
-    """|got - ref| <= bound element-wise (NaN or inf in got fails); the message gives the worst excess. Unless
-    ``exact``, the bound also allows 2 eta (eta: the smallest subnormal of got's dtype), what four roundings may
-    lose to underflow."""
+def violation(name: str, got, ref, bound, exact: bool = False) -> str | None:
+    """None if |got - ref| <= bound element-wise, else what is outside the bound and by how much (NaN or inf in
+    got is outside). Unless ``exact``, the bound also allows 2 eta (eta: the smallest subnormal of got's dtype),
+    what four roundings may lose to underflow."""
     got64 = np.asarray(got, dtype=np.float64)
     ref64 = np.broadcast_to(np.asarray(ref, dtype=np.float64), got64.shape)
     eta = 0.0 if exact else float(np.finfo(np.asarray(got).dtype).smallest_subnormal)
-    bound = np.asarray(bound, dtype=np.float64) + 2 * eta
-    bound = np.broadcast_to(bound, got64.shape)
+    bound = np.broadcast_to(np.asarray(bound, dtype=np.float64) + 2 * eta, got64.shape)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(got64 - ref64)
         ok = err <= bound
     if ok.all():
-        return
+        return None
     with np.errstate(divide="ignore", invalid="ignore"):
         excess = np.where(ok, 0.0, np.where(np.isfinite(err), err / bound, np.inf))
-    i = np.unravel_index(int(np.argmax(excess)), excess.shape)
-    raise AssertionError(
+    i = tuple(int(k) for k in np.unravel_index(int(np.argmax(excess)), excess.shape))
+    return (
         f"{name}: {int((~ok).sum())} of {ok.size} outside the bound; worst at {i}: got {got64[i]!r}, "
         f"reference {ref64[i]!r}, error {err[i]:.3g} = {excess[i]:.3g} x the bound {bound[i]:.3g}"
     )
+
+
+class Checks:
+    """Collects the violations of one call's outputs and raises them together on leaving the block, so that a
+    failure shows every output that is off (mean, var and y, say), not only the first."""
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def within(self, name: str, got, ref, bound, exact: bool = False) -> None:
+        v = violation(name, got, ref, bound, exact)
+        if v is not None:
+            self.found.append(v)
+
+    def __enter__(self) -> Checks:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None and self.found:
+            raise AssertionError("\n".join(self.found))
 
 
 def channel_view(a, axis):
@@ -168,20 +187,21 @@ def check_train(x, gamma, beta, axis, eps, y, mean, var) -> None:
     assert y.shape == x.shape and y.dtype == x.dtype
     assert mean.shape == var.shape == (c,) and mean.dtype == var.dtype == x.dtype
     tol_mean, tol_var = stat_bounds(x.dtype, n, m, s2)
-    assert_within("mean", mean, m, tol_mean)
-    assert_within("var", var, s2, tol_var)
     sp = np.sqrt(s2 + eps)
     xh = (np.asarray(x, dtype=np.float64) - bcast(m, x.ndim, axis)) / bcast(sp, x.ndim, axis)
     per_channel = np.abs(g) * (rho * np.sqrt(s2) + rho_m * np.abs(m)) / sp
     bound = bcast(per_channel + 3 * e * np.abs(b), x.ndim, axis)
     bound = bound + bcast(np.abs(g), x.ndim, axis) * (rho / 2 + 4 * e) * np.abs(xh)
-    assert_within("y", y, y_ref, bound)
-    const = constant_channels(x, axis)
-    if const.any():
-        value = channel_view(x, axis)[:, 0]
-        assert_within("mean of a constant channel", mean[const], value[const], 0.0, exact=True)
-        assert_within("var of a constant channel", var[const], 0.0, 0.0, exact=True)
-        assert_within("y of a constant channel", channel_view(y, axis)[const], b[const, None], 0.0, exact=True)
+    with Checks() as check:
+        check.within("mean", mean, m, tol_mean)
+        check.within("var", var, s2, tol_var)
+        check.within("y", y, y_ref, bound)
+        const = constant_channels(x, axis)
+        if const.any():
+            value = channel_view(x, axis)[:, 0]
+            check.within("mean of a constant channel", mean[const], value[const], 0.0, exact=True)
+            check.within("var of a constant channel", var[const], 0.0, 0.0, exact=True)
+            check.within("y of a constant channel", channel_view(y, axis)[const], b[const, None], 0.0, exact=True)
 
 
 def check_infer(x, mean, var, gamma, beta, axis, eps, y) -> None:
@@ -190,7 +210,8 @@ def check_infer(x, mean, var, gamma, beta, axis, eps, y) -> None:
     y_ref = ref_infer(x, mean, var, gamma, beta, axis=axis, eps=eps)
     xh = (np.asarray(x, dtype=np.float64) - bcast(mean, x.ndim, axis)) / np.sqrt(bcast(var, x.ndim, axis) + eps)
     assert y.shape == x.shape and y.dtype == x.dtype
-    assert_within("y", y, y_ref, 4 * e * (np.abs(bcast(g, x.ndim, axis) * xh) + bcast(np.abs(b), x.ndim, axis)))
+    with Checks() as check:
+        check.within("y", y, y_ref, 4 * e * (np.abs(bcast(g, x.ndim, axis) * xh) + bcast(np.abs(b), x.ndim, axis)))
 
 
 def check_backward(dy, x, mean, var, gamma, axis, eps, batch_stats, dx, dgamma, dbeta) -> None:
@@ -206,10 +227,6 @@ def check_backward(dy, x, mean, var, gamma, axis, eps, batch_stats, dx, dgamma, 
     xh = (np.asarray(x, dtype=np.float64) - bcast(mean, x.ndim, axis)) / bcast(sp, x.ndim, axis)
     abs_d = channel_view(np.abs(d), axis).sum(axis=1)
     abs_dxh = channel_view(np.abs(d * xh), axis).sum(axis=1)
-    if dgamma is not None:
-        assert dgamma.shape == dbeta.shape == (c,) and dgamma.dtype == dbeta.dtype == x.dtype
-        assert_within("dbeta", dbeta, db_ref, rho * abs_d)
-        assert_within("dgamma", dgamma, dg_ref, rho * abs_dxh)
     if batch_stats:
         terms = np.abs(d) + bcast(np.abs(db_ref) / n, x.ndim, axis)
         terms = terms + np.abs(xh) * bcast(np.abs(dg_ref) / n, x.ndim, axis)
@@ -217,7 +234,12 @@ def check_backward(dy, x, mean, var, gamma, axis, eps, batch_stats, dx, dgamma, 
         bound = bcast(np.abs(g) / sp, x.ndim, axis) * (4 * e * terms + rho * sums)
     else:
         bound = 4 * e * np.abs(dx_ref)
-    assert_within("dx", dx, dx_ref, bound)
+    with Checks() as check:
+        if dgamma is not None:
+            assert dgamma.shape == dbeta.shape == (c,) and dgamma.dtype == dbeta.dtype == x.dtype
+            check.within("dbeta", dbeta, db_ref, rho * abs_d)
+            check.within("dgamma", dgamma, dg_ref, rho * abs_dxh)
+        check.within("dx", dx, dx_ref, bound)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -571,8 +593,9 @@ def test_layer_training_steps_then_eval(path, run):
             f = 1.0 / k if momentum is None else momentum
             rm, bm = running_update(rm, bm, f, m, tol_mean, dtype)
             rv, bv = running_update(rv, bv, f, s2 * n / (n - 1), tol_var * n / (n - 1), dtype)
-            assert_within(f"running_mean after step {k}", bn.running_mean, rm, bm)
-            assert_within(f"running_var after step {k}", bn.running_var, rv, bv)
+            with Checks() as check:
+                check.within(f"running_mean after step {k}", bn.running_mean, rm, bm)
+                check.within(f"running_var after step {k}", bn.running_var, rv, bv)
         assert bn.num_batches_tracked == steps
 
         bn.eval()
@@ -664,6 +687,7 @@ def test_issue9_reproducer(path, reproducer):
     m = np.concatenate([a for a, _ in per_channel])
     s2 = np.concatenate([b for _, b in per_channel])
     tol_mean, tol_var = stat_bounds(x.dtype, n, m, s2)
-    assert_within("mean", mean, m, tol_mean)
-    assert_within("var", var, s2, tol_var)
-    assert np.isfinite(y).all()
+    with Checks() as check:
+        check.within("mean", mean, m, tol_mean)
+        check.within("var", var, s2, tol_var)
+        check.within("y (finite)", np.isfinite(y), True, 0.0, exact=True)
