@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import Phase, settings
 
 import fastbn
 
 SIMD_PATHS = [p for p in ("avx512", "avx2", "scalar") if fastbn._core.simd_supported(p)]
+
+
+def pytest_collection_modifyitems(config, items):
+    """In .ci/run's sanitizer job (FASTBN_SANITIZED=1) the tests marked not_sanitized are skipped: they need the
+    real allocator (ASan holds freed memory in quarantine and reserves terabytes of address space, so an
+    address-space limit cannot mean there what it means in production)."""
+    if os.environ.get("FASTBN_SANITIZED") != "1":
+        return
+    skip = pytest.mark.skip(reason="needs the real allocator, not ASan's (FASTBN_SANITIZED=1)")
+    for item in items:
+        if item.get_closest_marker("not_sanitized"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(params=SIMD_PATHS)
@@ -83,12 +98,18 @@ def _bcast(v, x, axis):
 
 
 def ref_stats(x, axis=1):
-    """Per-channel mean and BIASED variance in float64."""
+    """Per-channel mean and BIASED variance in float64, right wherever the answer is finite: each channel is
+    scaled by a power of two (exact) so that no square overflows, and the mean is corrected by the mean of the
+    deviations from it (Bjorck's corrected two-pass), so a constant channel gets exactly its value and 0."""
     axes, _ = _reduce_axes(x, axis)
     x64 = np.asarray(x, dtype=np.float64)
-    mean = x64.mean(axis=axes)
-    var = ((x64 - mean.reshape([-1 if i not in axes else 1 for i in range(x.ndim)])) ** 2).mean(axis=axes)
-    return mean, var
+    _, exp = np.frexp(np.max(np.abs(x64), axis=axes, keepdims=True))
+    scale = np.ldexp(1.0, exp - 1)  # |x| / scale < 2, and scale itself stays finite
+    xs = x64 / scale
+    m1 = xs.mean(axis=axes, keepdims=True)
+    m = m1 + (xs - m1).mean(axis=axes, keepdims=True)
+    var = ((xs - m) ** 2).mean(axis=axes, keepdims=True) * scale * scale
+    return (m * scale).reshape(-1), var.reshape(-1)
 
 
 def ref_infer(x, mean, var, gamma=None, beta=None, axis=1, eps=1e-5):
@@ -123,3 +144,19 @@ def ref_backward(dy, x, mean, var, gamma=None, axis=1, eps=1e-5, batch_stats=Tru
     else:
         dx = _bcast(g * invstd, x, axis) * dy64
     return dx, dgamma, dbeta
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hypothesis (tests/test_properties.py). "fastbn-ci", the default: the same examples on every run, no example
+# database on disk, no deadline (the first call of a size pays for thread start and page faults), and no
+# shrinking: shrinking an example of 2^20 values can take minutes, and the unshrunk example is reproducible as it
+# is. `--hypothesis-profile=fastbn-dev` runs the same examples and shrinks a failure to a small one;
+# `--hypothesis-profile=fastbn-soak` explores ten times as many, fresh each run, keeping failures in the local
+# database (.hypothesis/).
+_GENERATE = (Phase.explicit, Phase.reuse, Phase.generate)
+settings.register_profile(
+    "fastbn-ci", max_examples=100, derandomize=True, database=None, deadline=None, phases=_GENERATE
+)
+settings.register_profile("fastbn-dev", max_examples=100, derandomize=True, database=None, deadline=None)
+settings.register_profile("fastbn-soak", max_examples=1000, derandomize=False, deadline=None)
+settings.load_profile("fastbn-ci")
