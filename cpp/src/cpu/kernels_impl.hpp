@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #if defined(_OPENMP)
@@ -47,7 +48,7 @@ namespace {
 // Bytes of one array a block (nc) spans: the working set of the second, in-cache pass.
 constexpr int64_t kBlockBytes = 32 * 1024;
 // Bytes of one array a channels-last tile spans (its reductions re-read it from L1/L2).
-constexpr int64_t kTileBytes = 64 * 1024;
+constexpr int64_t kTileBytes = 256 * 1024;
 // Rows a channels-last chunk spans, in bytes: the unit of parallel work there.
 constexpr int64_t kChunkBytes = 1 << 20;
 // Outputs at least this large bypass the caches (streaming stores): they would not stay there anyway, and a
@@ -156,6 +157,23 @@ inline typename V::reg keep(int m, typename V::reg v, typename V::reg fill) {
   return V::keep_first(m, v, fill);
 }
 
+// The first n lanes of a vector, with the mask built once (a loop's tail, the same on every row).
+template <class V>
+struct Part {
+  int n;
+  typename V::pmask m;
+  explicit Part(int lanes) : n(lanes), m(V::part(lanes)) {}
+};
+
+template <class S>
+inline typename IO<S>::reg ld(const S* p, const Part<Vec<compute_t<S>>>& t) {
+  return IO<S>::load_part(p, t.n, t.m);
+}
+template <class V>
+inline typename V::reg keep(const Part<V>& t, typename V::reg v, typename V::reg fill) {
+  return V::keep_part(t.m, v, fill);
+}
+
 template <class S>
 inline compute_t<S> load1(const S* p) {
   if constexpr (is_half_v<S>) {
@@ -180,29 +198,22 @@ inline void put(S* out, typename IO<S>::reg v, M m, bool stream) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Bounded sums: two accumulators of float (or double) lanes, moved into double lanes by flush()
+// Bounded sums: U accumulators of float (or double) lanes, moved into double lanes by flush()
 
-template <class V>
+template <class V, int U = 2>
 struct Bounded {
-  typename V::reg f0 = V::zero(), f1 = V::zero();
+  typename V::reg f[U];
   alignas(64) double d[V::width] = {};
-  void add(int j, typename V::reg v) {
-    if (j == 0) {
-      f0 = V::add(f0, v);
-    } else {
-      f1 = V::add(f1, v);
-    }
+  Bounded() {
+    for (int j = 0; j < U; ++j) f[j] = V::zero();
   }
-  void fma(int j, typename V::reg a, typename V::reg b) {
-    if (j == 0) {
-      f0 = V::fmadd(a, b, f0);
-    } else {
-      f1 = V::fmadd(a, b, f1);
-    }
-  }
+  void add(int j, typename V::reg v) { f[j] = V::add(f[j], v); }
+  void fma(int j, typename V::reg a, typename V::reg b) { f[j] = V::fmadd(a, b, f[j]); }
   void flush() {
-    V::add_to(d, V::add(f0, f1));
-    f0 = f1 = V::zero();
+    typename V::reg t = f[0];
+    for (int j = 1; j < U; ++j) t = V::add(t, f[j]);
+    V::add_to(d, t);
+    for (int j = 0; j < U; ++j) f[j] = V::zero();
   }
   double total() {
     flush();
@@ -213,33 +224,70 @@ struct Bounded {
 };
 
 // Calls f(j, offset, m) for every vector of `rows` runs of `len` values (run r at offset r * stride), j the
-// accumulator (0 or 1) and m Full or the lanes of a tail; calls flush() whenever an accumulator may have taken
-// kRound vectors since the last one.
-template <int W, class F, class G>
+// accumulator (0 to U - 1, independent chains that hide the adds' latency) and m Full or the Part of a tail;
+// calls flush() whenever an accumulator may have taken kRound vectors since the last one. Inner loops run
+// whole groups of U vectors with no counting: a run that fits in what is left of the round goes in one piece
+// (flushing first when it would not fit, which only shortens the sums); longer runs go in segments.
+template <class V, int U, class F, class G>
 inline void walk(int64_t rows, int64_t len, int64_t stride, F&& f, G&& flush) {
-  int cnt = 0;
-  auto tick = [&] {
-    if (++cnt == kRound) {
-      flush();
-      cnt = 0;
+  constexpr int W = V::width;
+  constexpr int64_t step = static_cast<int64_t>(U) * W;
+  const int64_t groups = len / step;
+  const int singles = static_cast<int>((len / W) % U);
+  const int tail_n = static_cast<int>(len % W);
+  const Part<V> tail(tail_n);
+  auto group = [&](int64_t q) {
+    f(0, q, Full{});
+    f(1, q + W, Full{});
+    if constexpr (U == 4) {
+      f(2, q + 2 * W, Full{});
+      f(3, q + 3 * W, Full{});
     }
   };
+  static_assert(U == 2 || U == 4, "walk takes 2 or 4 accumulators");
+  auto rest = [&](int64_t o, int64_t i) {
+    // Constant accumulator indices only: a variable one would keep the accumulators in memory.
+    if (singles > 0) f(0, o + i, Full{});
+    if (singles > 1) f(1, o + i + W, Full{});
+    if (singles > 2) f(2, o + i + 2 * W, Full{});
+    if (tail_n) f(U - 1, o + i + singles * W, tail);
+  };
+  int64_t cnt = 0;  // vectors any one accumulator may have taken since the last flush
+  const int64_t per_run = groups + 1;
+  if (per_run <= kRound) {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (cnt + per_run > kRound) {
+        flush();
+        cnt = 0;
+      }
+      const int64_t o = r * stride, end = o + groups * step;
+      for (int64_t q = o; q < end; q += step) group(q);
+      rest(o, groups * step);
+      cnt += per_run;
+    }
+    return;
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t o = r * stride;
     int64_t i = 0;
-    for (; i + 2 * W <= len; i += 2 * W) {
-      f(0, o + i, Full{});
-      f(1, o + i + W, Full{});
-      tick();
+    for (int64_t left = groups; left > 0;) {
+      const int64_t seg = min64(left, kRound - cnt);
+      const int64_t end = o + i + seg * step;
+      for (int64_t q = o + i; q < end; q += step) group(q);
+      i += seg * step;
+      left -= seg;
+      cnt += seg;
+      if (cnt == kRound) {
+        flush();
+        cnt = 0;
+      }
     }
-    for (; i + W <= len; i += W) {
-      f(0, o + i, Full{});
-      tick();
+    if (cnt + 1 > kRound) {
+      flush();
+      cnt = 0;
     }
-    if (i < len) {
-      f(1, o + i, static_cast<int>(len - i));
-      tick();
-    }
+    rest(o, i);
+    ++cnt;
   }
 }
 
@@ -424,7 +472,8 @@ inline void extend_channels(T* a, int64_t C, int64_t W) {
 }
 
 // Runs f(i, m) -> reg over [0, n) and writes each result to out (+ i), peeling a head to the vector alignment
-// that streaming stores need; k advances along. f also gets Full or the lanes of a head/tail.
+// that streaming stores need; k advances along. f also gets Full or the lanes of a head/tail. The body takes
+// two vectors per iteration.
 template <class S, class K, class F>
 inline void span(S* out, int64_t n, bool stream, K& k, F&& f) {
   constexpr int W = IO<S>::width;
@@ -438,7 +487,7 @@ inline void span(S* out, int64_t n, bool stream, K& k, F&& f) {
       i = head;
     }
   }
-  for (; i + W <= n; i += W) {
+  for (const int64_t end = n - W; i <= end; i += W) {
     put(out + i, f(i, Full{}), Full{}, stream);
     k.advance(W);
   }
@@ -560,7 +609,7 @@ void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
   using V = Vec<C>;
   const typename V::reg center = V::set1(b.center), sl = V::set1(b.slope), isl = V::set1(b.inv_slope);
   Bounded<V> g, h;
-  walk<V::width>(
+  walk<V, 2>(
       b.rows, b.len, b.stride,
       [&](int j, int64_t o, auto m) {
         typename V::reg dz, u;
@@ -784,24 +833,29 @@ inline void moments_scaled(const S* p, int64_t stride, int64_t rows, int64_t len
   m2 = std::scalbn(std::fmax(q - s * s / n, 0.0), 2 * e);
 }
 
-// Mean and M2 of `rows` runs of `len` values (run r at p + r * stride).
+// Mean and M2 of `rows` runs of `len` values (run r at p + r * stride). Pass 1 finds a shift k near the mean
+// from bounded sums of the values (within kRound float roundings of |x|, about 2e-6 relative: for |mean|/std
+// up to 1e5 that is within 0.2 std, which costs pass 2 nothing measurable); pass 2 sums the deviations from k
+// and their squares. Both run four independent chains, so that they go at the cache's speed rather than the
+// adds' latency, and pass 1 adds straight from memory (a subtraction there measurably slows the pass that
+// brings the block in from DRAM). A constant channel still comes out exact: its deviations are all the same
+// d = c - k (exact, as k is close to c), so s = n d and sq = n d^2 are exact, s / n = d, k + d = c and the fma
+// below gives m2 = 0.
 template <class S>
 inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2) {
   using C = compute_t<S>;
   using V = Vec<C>;
-  constexpr int W = V::width;
   const double n = static_cast<double>(rows * len);
-  const C x0 = load1(p);
-  const typename V::reg k0 = V::set1(x0);
-  Bounded<V> s1;
-  walk<W>(
-      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, keep<V>(m, V::sub(ld(p + o, m), k0), V::zero())); },
+  Bounded<V, 4> s1;
+  walk<V, 4>(
+      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, ld(p + o, m)); },  // ld zeroes a tail's lanes
       [&] { s1.flush(); });
-  const double kd = static_cast<double>(x0) + s1.total() / n;
-  const C k = std::isfinite(kd) ? static_cast<C>(kd) : x0;
+  const double kd = s1.total() / n;
+  // Overflowed (or inf/NaN in the block): shift by the first value instead.
+  const C k = std::fabs(kd) <= static_cast<double>(std::numeric_limits<C>::max()) ? static_cast<C>(kd) : load1(p);
   const typename V::reg kv = V::set1(k);
-  Bounded<V> a, q;
-  walk<W>(
+  Bounded<V, 4> a, q;
+  walk<V, 4>(
       rows, len, stride,
       [&](int j, int64_t o, auto m) {
         const typename V::reg d = keep<V>(m, V::sub(ld(p + o, m), kv), V::zero());
@@ -817,8 +871,9 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
     moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
     return;
   }
-  mean = static_cast<double>(k) + s / n;
-  m2 = sq - s * s / n;
+  const double d = s / n;
+  mean = static_cast<double>(k) + d;
+  m2 = std::fma(-s, d, sq);
   if (m2 < 0) m2 = 0;  // rounding; NaN passes through
 }
 
@@ -841,7 +896,7 @@ inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t
   for (int64_t r = 0; r < rows; ++r) {
     const S* p = x + r * C;
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], V::sub(ld(p + g * W, m), k0[g]));
+    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], ld(p + g * W, m));
     if (++cnt == kRound || r + 1 == rows) {
 #pragma GCC unroll 8
       for (int g = 0; g < G; ++g) {
@@ -851,18 +906,17 @@ inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t
       cnt = 0;
     }
   }
-  alignas(64) Cp kbuf[W];
+  // The shift: the mean of pass 1 (see block_moments), or the first row where that overflowed.
   const double inv = 1.0 / static_cast<double>(rows);
+  constexpr double kMax = static_cast<double>(std::numeric_limits<Cp>::max());
 #pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) {
-    V::store(kbuf, k0[g]);
-    for (int i = 0; i < W; ++i) {
-      const double kd = static_cast<double>(kbuf[i]) + d1[g * W + i] * inv;
-      kbuf[i] = std::isfinite(kd) ? static_cast<Cp>(kd) : kbuf[i];
-    }
-    k0[g] = V::load(kbuf);
-    V::store(k + g * W, k0[g]);
+  for (int g = 0; g < G; ++g) V::store(k + g * W, k0[g]);
+  for (int i = 0; i < G * W; ++i) {
+    const double kd = d1[i] * inv;
+    k[i] = std::fabs(kd) <= kMax ? static_cast<Cp>(kd) : k[i];
   }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) k0[g] = V::load(k + g * W);
   for (int64_t r = 0; r < rows; ++r) {
     const S* p = x + r * C;
 #pragma GCC unroll 8
@@ -900,29 +954,38 @@ inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k
 }
 
 // Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
-// n_acc values, with the formulas of block_moments + merge.
+// n_acc values, with the formulas of block_moments + merge. The loops are branch-free so that they vectorize;
+// a tile whose squares overflowed somewhere takes the checking loop, with the scaled path where needed.
+template <bool kCheck, class S>
+inline void merge_tile_cl_loop(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t C,
+                               const compute_t<S>* k, const double* s1, const double* s2) {
+  const double nb = static_cast<double>(rows);
+  const double f = nb / (n_acc + nb), g = n_acc * f;
+  for (int64_t c = 0; c < C; ++c) {
+    const double d = s1[c] / nb;  // a division: exact for a constant channel's s1 = nb * d, unlike * (1 / nb)
+    double mb = static_cast<double>(k[c]) + d;
+    double qb = std::fma(-s1[c], d, s2[c]);
+    qb = qb < 0 ? 0 : qb;  // rounding; NaN passes through
+    if constexpr (kCheck) {
+      if (!std::isfinite(s2[c]) && std::isfinite(s1[c] + static_cast<double>(k[c]))) {
+        moments_scaled(x + c, C, rows, 1, static_cast<double>(k[c]), mb, qb);
+      }
+    }
+    const double delta = mb - pm[c];
+    pm[c] = n_acc == 0 ? mb : pm[c] + delta * f;
+    pq[c] = n_acc == 0 ? qb : pq[c] + (qb + delta * delta * g);
+  }
+}
+
 template <class S>
 inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t C,
                           const compute_t<S>* k, const double* s1, const double* s2) {
-  const double nb = static_cast<double>(rows);
-  for (int64_t c = 0; c < C; ++c) {
-    double mb, qb;
-    if (!std::isfinite(s2[c]) && std::isfinite(s1[c] + static_cast<double>(k[c]))) {
-      moments_scaled(x + c, C, rows, 1, static_cast<double>(k[c]), mb, qb);
-    } else {
-      mb = static_cast<double>(k[c]) + s1[c] / nb;
-      qb = s2[c] - s1[c] * s1[c] / nb;
-      qb = qb < 0 ? 0 : qb;
-    }
-    if (n_acc == 0) {
-      pm[c] = mb;
-      pq[c] = qb;
-      continue;
-    }
-    const double f = nb / (n_acc + nb);
-    const double delta = mb - pm[c];
-    pm[c] += delta * f;
-    pq[c] += qb + delta * delta * n_acc * f;
+  bool overflow = false;
+  for (int64_t c = 0; c < C; ++c) overflow |= !(std::fabs(s2[c]) <= std::numeric_limits<double>::max());
+  if (overflow) {
+    merge_tile_cl_loop<true>(x, pm, pq, n_acc, rows, C, k, s1, s2);
+  } else {
+    merge_tile_cl_loop<false>(x, pm, pq, n_acc, rows, C, k, s1, s2);
   }
 }
 
@@ -1065,20 +1128,21 @@ inline FwdCoef<compute_t<S>> train_finish(const TrainArgs<S>& a, int64_t c, cons
   return fwd_coef<compute_t<S>>(m.mean, var, a.gamma, a.beta, c, a.eps);
 }
 
-template <class S>
-void train_nc(const TrainArgs<S>& a, const Exec& ex) {
+// A is a template argument so that the pipeline calls the block kernel directly: an indirect call per block
+// (with its argument struct in memory) costs measurably on short blocks.
+template <class S, Act A>
+void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner, stride = C * L;
   const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
   const NcPlan pl = NcPlan::make<S>(N, C, L);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream(a.y, bytes);
-  const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
   auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
-    fn.nc({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream});
+    fwd_block_nc<S, A>({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream});
   };
 
   if (channels_balance(C, nt)) {
@@ -1124,9 +1188,23 @@ void train_nc(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
-      fn.nc({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, coef[c], slope, stream});
+      fwd_block_nc<S, A>({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, coef[c], slope, stream});
     });
     if (stream) stream_fence();
+  }
+}
+
+template <class S>
+void train_nc(const TrainArgs<S>& a, const Exec& ex) {
+  switch (a.epi.act) {
+    case Act::relu:
+      return train_nc_act<S, Act::relu>(a, ex);
+    case Act::leaky_relu:
+      return train_nc_act<S, Act::leaky_relu>(a, ex);
+    case Act::sigmoid:
+      return train_nc_act<S, Act::sigmoid>(a, ex);
+    default:
+      return train_nc_act<S, Act::none>(a, ex);
   }
 }
 

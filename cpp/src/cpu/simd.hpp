@@ -62,8 +62,11 @@ struct Lane {
   static inline reg abs(reg a) { return std::fabs(a); }
   // z > 0 ? a : b
   static inline reg select_pos(reg z, reg a, reg b) { return z > T(0) ? a : b; }
-  // Lanes [n, width) replaced by fill; with one lane, n is 0 or 1.
+  // Lanes [n, width) replaced by fill; with one lane, n is 0 or 1. pmask: the same, precomputed by part(n).
   static inline reg keep_first(int n, reg v, reg fill) { return n > 0 ? v : fill; }
+  using pmask = int;
+  static inline pmask part(int n) { return n; }
+  static inline reg keep_part(pmask m, reg v, reg fill) { return m > 0 ? v : fill; }
   static inline reg round(reg a) { return std::nearbyint(a); }
   // 2^n for integer-valued n in [-126, 127].
   static inline reg pow2i(reg n) {
@@ -112,6 +115,9 @@ struct Vec<float> {
   }
   static inline __mmask16 first(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
   static inline reg keep_first(int n, reg v, reg fill) { return _mm512_mask_blend_ps(first(n), fill, v); }
+  using pmask = __mmask16;
+  static inline pmask part(int n) { return first(n); }
+  static inline reg keep_part(pmask m, reg v, reg fill) { return _mm512_mask_blend_ps(m, fill, v); }
   static inline reg round(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline reg pow2i(reg n) {
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
@@ -161,6 +167,9 @@ struct Vec<double> {
   }
   static inline __mmask8 first(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
   static inline reg keep_first(int n, reg v, reg fill) { return _mm512_mask_blend_pd(first(n), fill, v); }
+  using pmask = __mmask8;
+  static inline pmask part(int n) { return first(n); }
+  static inline reg keep_part(pmask m, reg v, reg fill) { return _mm512_mask_blend_pd(m, fill, v); }
   static inline bool any_nonfinite(reg a) {
     return _mm512_cmp_pd_mask(_mm512_sub_pd(a, a), zero(), _CMP_NEQ_UQ) != 0;
   }
@@ -202,6 +211,9 @@ struct Vec<float> {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
   static inline reg keep_first(int n, reg v, reg fill) { return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(first(n))); }
+  using pmask = __m256i;
+  static inline pmask part(int n) { return first(n); }
+  static inline reg keep_part(pmask m, reg v, reg fill) { return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m)); }
   static inline reg round(reg a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
   static inline reg pow2i(reg n) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
@@ -254,6 +266,9 @@ struct Vec<double> {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
   }
   static inline reg keep_first(int n, reg v, reg fill) { return _mm256_blendv_pd(fill, v, _mm256_castsi256_pd(first(n))); }
+  using pmask = __m256i;
+  static inline pmask part(int n) { return first(n); }
+  static inline reg keep_part(pmask m, reg v, reg fill) { return _mm256_blendv_pd(fill, v, _mm256_castsi256_pd(m)); }
   static inline bool any_nonfinite(reg a) {
     return _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(a, a), zero(), _CMP_NEQ_UQ)) != 0;
   }
@@ -312,19 +327,34 @@ struct IO {
     return *p;
 #endif
   }
-  static inline void store_first(S* p, reg v, int n) {
+  // The same with the mask precomputed by V::part(n).
+  static inline reg load_part(const S* p, int n, typename V::pmask m) {
 #if defined(FASTBN_ISA_AVX512)
+    (void)n;
     if constexpr (sizeof(S) == 4) {
-      _mm512_mask_storeu_ps(p, V::first(n), v);
+      return _mm512_maskz_loadu_ps(m, p);
     } else {
-      _mm512_mask_storeu_pd(p, V::first(n), v);
+      return _mm512_maskz_loadu_pd(m, p);
     }
 #elif defined(FASTBN_ISA_AVX2)
+    (void)n;
     if constexpr (sizeof(S) == 4) {
-      _mm256_maskstore_ps(p, V::first(n), v);
+      return _mm256_maskload_ps(p, m);
     } else {
-      _mm256_maskstore_pd(p, V::first(n), v);
+      return _mm256_maskload_pd(p, m);
     }
+#else
+    (void)m;
+    return n > 0 ? *p : S(0);
+#endif
+  }
+  // Through a buffer and plain stores: masked stores (and AVX2's microcoded VMASKMOVPS above all) cost several
+  // times a vector's worth of plain ones on AMD Zen, once per run of a loop over short runs.
+  static inline void store_first(S* p, reg v, int n) {
+#if defined(FASTBN_ISA_AVX512) || defined(FASTBN_ISA_AVX2)
+    alignas(64) S t[V::width];
+    V::store(t, v);
+    for (int i = 0; i < n; ++i) p[i] = t[i];
 #else
     if (n > 0) *p = v;
 #endif
@@ -414,8 +444,11 @@ struct HalfIO {
   static inline reg load_first(const H* p, int n) {
     return widen(_mm256_maskz_loadu_epi16(static_cast<__mmask16>((1u << n) - 1u), p));
   }
+  static inline reg load_part(const H* p, int, V::pmask m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
   static inline void store_first(H* p, reg v, int n) {
-    _mm256_mask_storeu_epi16(p, static_cast<__mmask16>((1u << n) - 1u), narrow(v));
+    alignas(32) H t[16];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(t), narrow(v));
+    for (int i = 0; i < n; ++i) p[i] = t[i];
   }
 #elif defined(FASTBN_ISA_AVX2)
   using hreg = __m128i;
@@ -447,6 +480,7 @@ struct HalfIO {
     std::memcpy(t, p, static_cast<size_t>(n) * sizeof(H));
     return load(t);
   }
+  static inline reg load_part(const H* p, int n, V::pmask) { return load_first(p, n); }
   static inline void store_first(H* p, reg v, int n) {
     alignas(16) H t[8];
     store(t, v);
@@ -457,6 +491,7 @@ struct HalfIO {
   static inline void store(H* p, reg v) { *p = from_float<H>(v); }
   static inline void stream(H* p, reg v) { *p = from_float<H>(v); }
   static inline reg load_first(const H* p, int n) { return n > 0 ? to_float(*p) : 0.0f; }
+  static inline reg load_part(const H* p, int n, V::pmask) { return load_first(p, n); }
   static inline void store_first(H* p, reg v, int n) {
     if (n > 0) *p = from_float<H>(v);
   }
