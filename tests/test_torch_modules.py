@@ -271,6 +271,31 @@ def test_half_precision_tensors_with_float32_parameters(dtype, channels_last):
     assert half_params(x).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_an_inplace_relu_after_the_batch_norm_trains_like_torch_in_float64(dtype, channels_last):
+    # torch.nn.ReLU(inplace=True) after a batch norm (ResNet's stem): autograd forbids in-place changes of a
+    # custom Function's output that is a view, so outputs (from the cache of large buffers too: 2.4 MB here)
+    # must own their storage.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 64, 24, 24, generator=gen)
+    net = torch.nn.Sequential(torch.nn.BatchNorm2d(64), torch.nn.ReLU(inplace=True))
+    ref = net.double()
+    x64 = x.double().requires_grad_()
+    (ref(x64) ** 2).sum().backward()
+    ours = ft.convert(torch.nn.Sequential(torch.nn.BatchNorm2d(64), torch.nn.ReLU(inplace=True)))
+    xa = x.to(dtype)
+    if channels_last:
+        xa = xa.contiguous(memory_format=torch.channels_last)
+    xa.requires_grad_()
+    y = ours(xa)
+    assert y._base is None and y.dtype == dtype
+    (y.float() ** 2).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(xa.grad.double(), x64.grad, rtol=tol, atol=tol)
+    torch.testing.assert_close(ours[0].weight.grad.double(), ref[0].weight.grad, rtol=tol, atol=tol * 100)
+
+
 def test_import_fastbn_never_imports_torch_and_the_error_names_pip():
     code = "import sys, fastbn; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -108,17 +108,21 @@ _NUMPY_STORAGE = {
 
 
 def empty_like(x: torch.Tensor) -> torch.Tensor:
-    """torch.empty_like(x) (same shape, dtype and dense layout), from the output cache for large CPU tensors."""
+    """torch.empty_like(x) (same shape, dtype and dense layout), from the output cache for large CPU tensors.
+
+    The result owns its storage rather than viewing another tensor (``set_`` on the cached buffer's storage,
+    which keeps the buffer alive): autograd forbids in-place changes of a custom Function's output that is a
+    view, and models do ``relu_(bn(x))`` (``torch.nn.ReLU(inplace=True)``)."""
     if x.device.type != "cpu" or x.numel() * x.element_size() < _CACHED_MIN_BYTES:
         return torch.empty_like(x)
     perm = sorted(range(x.dim()), key=lambda i: (-x.stride(i), i))  # x is dense: its axes in memory order
     buf = torch.from_numpy(_core.empty([x.shape[i] for i in perm], _NUMPY_STORAGE[x.dtype]))
-    if buf.dtype != x.dtype:
-        buf = buf.view(x.dtype)
-    inverse = [0] * len(perm)
-    for pos, axis in enumerate(perm):
-        inverse[axis] = pos
-    return buf.permute(inverse)
+    dims = [0] * x.dim()
+    step = 1
+    for axis in reversed(perm):  # x's dense strides (x.stride() may differ on axes of size 1)
+        dims[axis] = step
+        step *= x.shape[axis]
+    return torch.empty(0, dtype=x.dtype).set_(buf.untyped_storage(), 0, x.shape, dims)
 
 
 def _ptr(t: torch.Tensor | None) -> int:
