@@ -27,6 +27,7 @@
 // ever spans more than a few dozen values, however long a run is; blocks are merged in double with Chan's
 // formula. A block whose squares overflow float is summed again in double, scaled. Normalization computes
 // (x - hi) * scale + (beta - lo * scale) with mean = hi + lo, so large means do not cancel.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -120,6 +121,10 @@ inline bool can_stream(const S* out, int64_t bytes) {
 // ordinary stores anyway, and with short runs the lines they share with streamed ones make streaming several
 // times slower than ordinary stores (bfloat16 (256,256,14,14), 392-byte runs: 3.3 ms against 0.8 ms).
 constexpr int64_t kStreamMinRunBytes = 512;
+// nc runs shorter than kFlatMaxRun values with C * L <= kFlatMaxPeriod are normalized as one flat period of C * L
+// per-position coefficients (3 arrays of at most 192 KiB in float32, read from L2).
+constexpr int64_t kFlatMaxRun = 64;
+constexpr int64_t kFlatMaxPeriod = 16384;
 
 template <class S>
 inline bool can_stream_runs(const S* out, int64_t bytes, int64_t run) {
@@ -1325,26 +1330,40 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner;
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
-  const bool stream = L == 1 ? can_stream(a.y, bytes) : can_stream_runs(a.y, bytes, L);
+  // Short runs (NCHW 5x5, 8x8): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
+  // whole tensor is one flat loop (as channels-last), instead of N * C runs of a few vectors, each with a head
+  // and a tail.
+  const bool flat = L == 1 || (L < kFlatMaxRun && C * L <= kFlatMaxPeriod);
+  const int64_t P = flat ? C * L : C;  // entries of the coefficient arrays
+  const bool stream = flat ? can_stream(a.y, bytes) : can_stream_runs(a.y, bytes, L);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
 
-  Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(C, 3)));
-  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
-  for (int64_t c = 0; c < C; ++c) co.set(c, fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps));
-  co.extend(C, 3);
+  Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(P, 3)));
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, P, 3);
+  for (int64_t c = 0; c < C; ++c) {
+    const FwdCoef<Cp> k = fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps);
+    if (flat) {
+      std::fill_n(co.k[0] + c * L, L, k.center);
+      std::fill_n(co.k[1] + c * L, L, k.sc);
+      std::fill_n(co.k[2] + c * L, L, k.sh);
+    } else {
+      co.set(c, k);
+    }
+  }
+  co.extend(P, 3);
 
-  if (L == 1) {
-    const int64_t rows_per_unit = max64(1, kBlockBytes / (C * static_cast<int64_t>(sizeof(S))));
+  if (flat) {
+    const int64_t rows_per_unit = max64(1, kBlockBytes / (P * static_cast<int64_t>(sizeof(S))));
     const int64_t units = ceil_div(N, rows_per_unit);
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, units);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < units; ++u) {
-        const int64_t o = u * rows_per_unit * C;
-        fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, min64(rows_per_unit, N - u * rows_per_unit) * C,
-               C, co.k[0], co.k[1], co.k[2], slope, stream});
+        const int64_t o = u * rows_per_unit * P;
+        fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, min64(rows_per_unit, N - u * rows_per_unit) * P,
+               P, co.k[0], co.k[1], co.k[2], slope, stream});
       }
       if (stream) stream_fence();
     }
