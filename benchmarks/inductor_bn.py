@@ -1,0 +1,88 @@
+"""Inductor's own batch-norm code against fastbn's kernels, on the bench shapes: torch.compile of
+``F.batch_norm`` (training, batch statistics; and eval) against ``fastbn.torch.batch_norm`` in eager mode, forward
+only and forward + backward, float32, interleaved sample by sample in one process.
+
+    python benchmarks/inductor_bn.py [--threads 2] [--repeat 11]
+
+Prints per case the medians (ms) and the median of the paired ratios Inductor / fastbn (> 1: fastbn faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as TF
+
+import fastbn
+import fastbn.torch as ft
+
+SHAPES = [((64, 128, 56, 56), False), ((64, 128, 56, 56), True), ((256, 256, 14, 14), False),
+          ((256, 256, 14, 14), True), ((8192, 1024), False), ((16, 512, 5, 5), False), ((32, 64, 8, 8), False)]  # fmt: skip
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
+    p.add_argument("--repeat", type=int, default=11, help="samples per case (default 11)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    fastbn.set_num_threads(a.threads)
+
+    def ind(x, w, b, rm, rv, training):
+        return TF.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
+
+    torch._dynamo.config.recompile_limit = 64  # one graph per shape, pass and requires_grad: all Inductor's
+    print(f"torch {torch.__version__}, fastbn {fastbn.__version__}, {a.threads} threads, float32, medians of {a.repeat}")
+    print(f"{'shape':16s} {'memory':6s} {'pass':14s} {'inductor ms':>11s} {'fastbn ms':>9s} {'inductor/fastbn':>15s}")
+    for shape, cl in SHAPES:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(*shape, generator=gen)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        c = shape[1]
+        w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+        rm, rv = torch.zeros(c), torch.ones(c)
+        xg = x.clone().requires_grad_()
+        dy = torch.randn_like(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(ind, dynamic=False)
+        cases = {
+            "train fwd": (
+                lambda: compiled(x, w.detach(), b.detach(), rm, rv, True),
+                lambda: ft.batch_norm(x, rm, rv, w.detach(), b.detach(), training=True),
+            ),
+            "eval fwd": (
+                lambda: compiled(x, w.detach(), b.detach(), rm, rv, False),
+                lambda: ft.batch_norm(x, rm, rv, w.detach(), b.detach(), training=False),
+            ),
+            "train fwd+bwd": (
+                lambda: compiled(xg, w, b, rm, rv, True).backward(dy),
+                lambda: ft.batch_norm(xg, rm, rv, w, b, training=True).backward(dy),
+            ),
+        }
+        for name, (fi, ff) in cases.items():
+            for _ in range(3):
+                fi(), ff()
+            ti, tf, ratio = [], [], []
+            for _ in range(a.repeat):
+                s = time.perf_counter()
+                fi()
+                t1 = time.perf_counter()
+                ff()
+                t2 = time.perf_counter()
+                ti.append(t1 - s)
+                tf.append(t2 - t1)
+                ratio.append((t1 - s) / (t2 - t1))
+            shp = "x".join(map(str, shape))
+            print(
+                f"{shp:16s} {'NHWC' if cl else ('NC' if len(shape) == 2 else 'NCHW'):6s} {name:14s} "
+                f"{statistics.median(ti) * 1e3:11.3f} {statistics.median(tf) * 1e3:9.3f} "
+                f"{statistics.median(ratio):14.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
