@@ -19,8 +19,66 @@ import torch.nn.functional as TF
 import fastbn
 import fastbn.torch as ft
 
-SHAPES = [((64, 128, 56, 56), False), ((64, 128, 56, 56), True), ((256, 256, 14, 14), False),
-          ((256, 256, 14, 14), True), ((8192, 1024), False), ((16, 512, 5, 5), False), ((32, 64, 8, 8), False)]  # fmt: skip
+SHAPES = [
+    ((64, 128, 56, 56), False),
+    ((64, 128, 56, 56), True),
+    ((256, 256, 14, 14), False),
+    ((256, 256, 14, 14), True),
+    ((8192, 1024), False),
+    ((16, 512, 5, 5), False),
+    ((32, 64, 8, 8), False),
+]
+
+
+def ind(x, w, b, rm, rv, training):
+    return TF.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
+
+
+def one_shape(shape, cl: bool, repeat: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+    rm, rv = torch.zeros(c), torch.ones(c)
+    xg = x.clone().requires_grad_()
+    dy = torch.randn_like(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(ind, dynamic=False)
+    wd, bd = w.detach(), b.detach()
+    cases = {
+        "train fwd": (
+            lambda: compiled(x, wd, bd, rm, rv, True),
+            lambda: ft.batch_norm(x, rm, rv, wd, bd, training=True),
+        ),
+        "eval fwd": (
+            lambda: compiled(x, wd, bd, rm, rv, False),
+            lambda: ft.batch_norm(x, rm, rv, wd, bd, training=False),
+        ),
+        "train fwd+bwd": (
+            lambda: compiled(xg, w, b, rm, rv, True).backward(dy),
+            lambda: ft.batch_norm(xg, rm, rv, w, b, training=True).backward(dy),
+        ),
+    }
+    memory = "NHWC" if cl else ("NC" if len(shape) == 2 else "NCHW")
+    for name, (fi, ff) in cases.items():
+        for _ in range(3):
+            fi(), ff()
+        ti, tf, ratio = [], [], []
+        for _ in range(repeat):
+            s = time.perf_counter()
+            fi()
+            t1 = time.perf_counter()
+            ff()
+            t2 = time.perf_counter()
+            ti.append(t1 - s)
+            tf.append(t2 - t1)
+            ratio.append((t1 - s) / (t2 - t1))
+        print(
+            f"{'x'.join(map(str, shape)):16s} {memory:6s} {name:14s} {statistics.median(ti) * 1e3:11.3f} "
+            f"{statistics.median(tf) * 1e3:9.3f} {statistics.median(ratio):14.2f}x"
+        )
 
 
 def main() -> None:
@@ -30,58 +88,11 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     fastbn.set_num_threads(a.threads)
-
-    def ind(x, w, b, rm, rv, training):
-        return TF.batch_norm(x, rm, rv, w, b, training=training, momentum=0.1, eps=1e-5)
-
-    torch._dynamo.config.recompile_limit = 64  # one graph per shape, pass and requires_grad: all Inductor's
-    print(f"torch {torch.__version__}, fastbn {fastbn.__version__}, {a.threads} threads, float32, medians of {a.repeat}")
+    torch._dynamo.config.recompile_limit = 64  # one graph per shape and pass, all Inductor's
+    print(f"torch {torch.__version__}, fastbn {fastbn.__version__}, {a.threads} threads, float32, median of {a.repeat}")
     print(f"{'shape':16s} {'memory':6s} {'pass':14s} {'inductor ms':>11s} {'fastbn ms':>9s} {'inductor/fastbn':>15s}")
     for shape, cl in SHAPES:
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(*shape, generator=gen)
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        c = shape[1]
-        w, b = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
-        rm, rv = torch.zeros(c), torch.ones(c)
-        xg = x.clone().requires_grad_()
-        dy = torch.randn_like(x)
-        torch._dynamo.reset()
-        compiled = torch.compile(ind, dynamic=False)
-        cases = {
-            "train fwd": (
-                lambda: compiled(x, w.detach(), b.detach(), rm, rv, True),
-                lambda: ft.batch_norm(x, rm, rv, w.detach(), b.detach(), training=True),
-            ),
-            "eval fwd": (
-                lambda: compiled(x, w.detach(), b.detach(), rm, rv, False),
-                lambda: ft.batch_norm(x, rm, rv, w.detach(), b.detach(), training=False),
-            ),
-            "train fwd+bwd": (
-                lambda: compiled(xg, w, b, rm, rv, True).backward(dy),
-                lambda: ft.batch_norm(xg, rm, rv, w, b, training=True).backward(dy),
-            ),
-        }
-        for name, (fi, ff) in cases.items():
-            for _ in range(3):
-                fi(), ff()
-            ti, tf, ratio = [], [], []
-            for _ in range(a.repeat):
-                s = time.perf_counter()
-                fi()
-                t1 = time.perf_counter()
-                ff()
-                t2 = time.perf_counter()
-                ti.append(t1 - s)
-                tf.append(t2 - t1)
-                ratio.append((t1 - s) / (t2 - t1))
-            shp = "x".join(map(str, shape))
-            print(
-                f"{shp:16s} {'NHWC' if cl else ('NC' if len(shape) == 2 else 'NCHW'):6s} {name:14s} "
-                f"{statistics.median(ti) * 1e3:11.3f} {statistics.median(tf) * 1e3:9.3f} "
-                f"{statistics.median(ratio):14.2f}x"
-            )
+        one_shape(shape, cl, a.repeat)
 
 
 if __name__ == "__main__":
