@@ -6,26 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "fastbn/fastbn.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                              \
-  do {                                                                           \
-    if (!(cond)) {                                                               \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);   \
-      ++failures;                                                                \
-    }                                                                            \
-  } while (0)
 
 #define N 6
 #define C 3
 #define L 5
 #define SIZE (N * C * L)
 
-static double lcg(unsigned* s) {
-  *s = *s * 1103515245u + 12345u;
-  return ((*s >> 8) & 0xffff) / 65536.0 - 0.5;
-}
 
 static void check_values(void) {
   float x[SIZE], y[SIZE], dy[SIZE], dx[SIZE], mean[C], var[C], dg[C], db[C], gamma[C] = {1.5f, -0.5f, 2.0f};

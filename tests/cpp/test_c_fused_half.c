@@ -6,26 +6,15 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "check.h"
 #include "fastbn/fastbn.h"
 
-static int failures = 0;
-#define CHECK(cond)                                                            \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                              \
-    }                                                                          \
-  } while (0)
 
 #define N 8
 #define C 3
 #define L 7
 #define SIZE (N * C * L)
 
-static double lcg(unsigned* s) {
-  *s = *s * 1103515245u + 12345u;
-  return ((*s >> 8) & 0xffff) / 65536.0 - 0.5;
-}
 
 /* Decoding half-precision bits (exact, written from the formats' definitions). */
 static double from_bf16(uint16_t h) {
