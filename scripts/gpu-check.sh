@@ -4,8 +4,12 @@
 #   scripts/gpu-check.sh [WORKDIR]
 # 1. builds and installs fastbn with CUDA (for this GPU's architecture only, to build fast) into WORKDIR/site;
 # 2. builds the C++ tests (CUDA kernels against the CPU kernels) against that install and runs them;
-# 3. runs the Python GPU tests (tests/test_cuda.py) and the PyTorch parity tests;
-# 4. runs `python -m fastbn bench --device cuda`, writing WORKDIR/gpu-bench.json.
+# 3. runs the Python GPU tests (tests/test_cuda.py: DeviceArray, CuPy, PyTorch CUDA tensors, fastbn.torch);
+# 4. times the host cost of one call from C++ (benchmarks/cuda_host), on the resident and the staged path, and
+#    the per-call time of small tensors from Python (benchmarks/cuda_overhead.py);
+# 5. runs `python -m fastbn bench --device cuda` on both paths, writing WORKDIR/gpu-bench.json and
+#    WORKDIR/gpu-bench-staged.json (FASTBN_CUDA_RESIDENT=0). REPEAT (default 15) sets its samples; SWEEP=1
+#    also times the tuning knobs (benchmarks/cuda_host/sweep.sh) into WORKDIR/sweep.txt.
 # Every step runs even when an earlier check fails (the build excepted); the exit code says whether all passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,11 +51,32 @@ if ! { "$cmake_bin" -S tests/cpp -B "$work/cpp-tests" "${gen[@]}" -Dfastbn_DIR="
   failed+=("C++ tests")
 fi
 
-echo "== Python GPU tests and PyTorch parity"
-"$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_torch.py || failed+=("pytest")
+echo "== Python GPU tests"
+"$py" -m pytest -q -p no:cacheprovider tests/test_cuda.py || failed+=("pytest")
+
+echo "== host cost per call (C++)"
+if "$cmake_bin" -S benchmarks/cuda_host -B "$work/cuda-host" "${gen[@]}" -Dfastbn_DIR="$("$py" -m fastbn --cmake-dir)" \
+     -DCMAKE_CUDA_ARCHITECTURES="$arch" >/dev/null && "$cmake_bin" --build "$work/cuda-host" >/dev/null; then
+  echo "-- resident path"
+  "$work/cuda-host/cuda_host" | tee "$work/cuda-host.txt" || failed+=("host bench")
+  echo "-- staged path (FASTBN_CUDA_RESIDENT=0)"
+  FASTBN_CUDA_RESIDENT=0 "$work/cuda-host/cuda_host" | tee "$work/cuda-host-staged.txt" || failed+=("host bench")
+  if [ -n "${SWEEP:-}" ]; then
+    echo "-- tuning knobs (benchmarks/cuda_host/sweep.sh) into $work/sweep.txt"
+    benchmarks/cuda_host/sweep.sh "$work/cuda-host/cuda_host" >"$work/sweep.txt" || failed+=("sweep")
+  fi
+else
+  failed+=("host bench build")
+fi
+
+echo "== per-call time from Python (benchmarks/cuda_overhead.py)"
+"$py" benchmarks/cuda_overhead.py | tee "$work/cuda-overhead.txt" || failed+=("overhead bench")
 
 echo "== benchmark"
-"$py" -m fastbn bench --device cuda --repeat 15 --json "$work/gpu-bench.json" || failed+=("bench")
+repeat=${REPEAT:-15}
+FASTBN_CUDA_RESIDENT=0 "$py" -m fastbn bench --device cuda --repeat "$repeat" \
+  --json "$work/gpu-bench-staged.json" >"$work/gpu-bench-staged.txt" || failed+=("bench (staged)")
+"$py" -m fastbn bench --device cuda --repeat "$repeat" --json "$work/gpu-bench.json" || failed+=("bench")
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "gpu-check: FAILED: ${failed[*]}" >&2

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -30,6 +32,9 @@ CASES = [
     ((64, 256, 14, 14), 1, "nchw"),
     ((8192, 96), 1, "c"),
     ((16, 64, 28, 28), 1, "nhwc"),
+    # clusters of 8-16 blocks on the resident path (compute capability 9.0+): 800 KB channels, 2-D tiles
+    ((16, 4, 112, 112), 1, "nchw"),
+    ((8192, 200), 1, "c"),
 ]
 
 
@@ -38,6 +43,9 @@ def host_input(rng, shape, layout, dtype):
         n, c, *sp = shape
         return (rng.standard_normal((n, *sp, c)) * 2 + 0.5).astype(dtype).transpose(0, 3, 1, 2)
     return (rng.standard_normal(shape) * 2 + 0.5).astype(dtype)
+
+
+EPS = 1e-2  # large enough that an eps dropped anywhere shows in float32 too
 
 
 def tol(dtype):
@@ -58,23 +66,36 @@ def test_device_array_passes_match_the_float64_reference(shape, axis, layout, dt
     beta = rng.standard_normal(c).astype(dtype)
     dy = rng.standard_normal(x.shape).astype(dtype)
     xd = fastbn.cuda.to_device(np.ascontiguousarray(x))
-    y, mean, var = fastbn.batch_norm_train(xd, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis)
+    y, mean, var = fastbn.batch_norm_train(
+        xd, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis, eps=EPS
+    )
     assert isinstance(y, fastbn.cuda.DeviceArray)
-    y_ref, m_ref, v_ref = ref_train(x, gamma, beta, axis=axis)
+    y_ref, m_ref, v_ref = ref_train(x, gamma, beta, axis=axis, eps=EPS)
     rtol, atol = tol(dtype)
     np.testing.assert_allclose(y.get(), y_ref, rtol=rtol, atol=atol)
     np.testing.assert_allclose(mean.get(), m_ref, rtol=rtol, atol=atol)
     np.testing.assert_allclose(var.get(), v_ref, rtol=rtol, atol=atol)
     for batch_stats in (True, False):
         dx, dg, db = fastbn.batch_norm_backward(
-            fastbn.cuda.to_device(dy), xd, mean, var, fastbn.cuda.to_device(gamma), axis=axis, batch_stats=batch_stats
+            fastbn.cuda.to_device(dy),
+            xd,
+            mean,
+            var,
+            fastbn.cuda.to_device(gamma),
+            axis=axis,
+            eps=EPS,
+            batch_stats=batch_stats,
         )
-        dx_ref, dg_ref, db_ref = ref_backward(dy, x, mean.get(), var.get(), gamma, axis=axis, batch_stats=batch_stats)
+        dx_ref, dg_ref, db_ref = ref_backward(
+            dy, x, mean.get(), var.get(), gamma, axis=axis, eps=EPS, batch_stats=batch_stats
+        )
         n = x.size // c
         np.testing.assert_allclose(dx.get(), dx_ref, rtol=10 * rtol, atol=10 * atol)
         np.testing.assert_allclose(dg.get(), dg_ref, rtol=rtol, atol=atol * np.sqrt(n))
         np.testing.assert_allclose(db.get(), db_ref, rtol=rtol, atol=atol * np.sqrt(n))
-    yi = fastbn.batch_norm_infer(xd, mean, var, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis)
+    yi = fastbn.batch_norm_infer(
+        xd, mean, var, fastbn.cuda.to_device(gamma), fastbn.cuda.to_device(beta), axis=axis, eps=EPS
+    )
     np.testing.assert_allclose(yi.get(), y_ref, rtol=rtol, atol=atol)
 
 
@@ -166,6 +187,26 @@ def test_torch_tensors_match_torch_batch_norm(dtype, channels_last):
     torch.testing.assert_close(dx, xr.grad, rtol=rtol * 30, atol=atol * 30)
     torch.testing.assert_close(dg, wr.grad, rtol=rtol * 30, atol=atol * 300)
     torch.testing.assert_close(db, br.grad, rtol=rtol * 30, atol=atol * 300)
+    yi = fastbn.batch_norm_infer(x, mean, var, w, b)
+    assert yi.stride() == x.stride()
+    want = torch.nn.functional.batch_norm(x, mean, var, w, b, training=False, eps=1e-5)
+    torch.testing.assert_close(yi, want, rtol=rtol * 10, atol=atol * 10)
+    # out= given: written in place and returned; an out of another layout is refused and left alone.
+    y2 = torch.full_like(x, float("nan"))
+    r, _, _ = fastbn.batch_norm_train(x, w, b, out=y2)
+    assert r is y2
+    torch.testing.assert_close(y2, y, rtol=0, atol=0)
+    other = torch.full(x.shape, 7.0, dtype=tdt, device="cuda").contiguous(
+        memory_format=torch.contiguous_format if channels_last else torch.channels_last
+    )
+    with pytest.raises(ValueError, match="same memory layout"):
+        fastbn.batch_norm_infer(x, mean, var, w, b, out=other)
+    assert bool((other == 7.0).all())
+    # A strided view (every other channel) takes the general path: one dense copy, the same values.
+    xs, ws, bs = x[:, ::2], w[::2].contiguous(), b[::2].contiguous()
+    ys, ms, vs = fastbn.batch_norm_train(xs, ws, bs)
+    want = torch.nn.functional.batch_norm(xs, None, None, ws, bs, training=True, eps=1e-5)
+    torch.testing.assert_close(ys, want, rtol=rtol * 10, atol=atol * 10)
 
 
 def test_torch_module_parity_on_the_gpu():
@@ -177,6 +218,47 @@ def test_torch_module_parity_on_the_gpu():
         torch.testing.assert_close(ours(x), theirs(x).detach(), rtol=1e-4, atol=1e-4)
     for k, v in theirs.state_dict().items():
         np.testing.assert_allclose(ours.state_dict()[k], v.cpu().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fastbn_torch_modules_on_the_gpu_match_torch_in_float64(channels_last):
+    """fastbn.torch.convert on a CUDA model: several training steps (running statistics, gradients of x and the
+    parameters) and an eval forward, against the stock model in float64 on the same GPU."""
+    torch = pytest.importorskip("torch")
+    import fastbn.torch as fbt
+
+    torch.manual_seed(0)
+    stock = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 8, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(8, momentum=None),
+        )
+        .double()
+        .cuda()
+    )
+    ours = fbt.convert(copy.deepcopy(stock))
+    assert isinstance(ours[1], fbt.BatchNorm2d) and ours[1].weight.is_cuda
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for _ in range(3):
+        x = (torch.randn(8, 3, 20, 20, dtype=torch.float64, device="cuda") * 2 + 1).contiguous(memory_format=fmt)
+        xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = stock(xa), ours(xb)
+        torch.testing.assert_close(yb, ya, rtol=1e-9, atol=1e-9)
+        g = torch.randn_like(ya)
+        ya.backward(g)
+        yb.backward(g)
+        torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-9, atol=1e-9)
+        for (name, pa), pb in zip(stock.named_parameters(), ours.parameters()):
+            torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-9, atol=1e-9, msg=name)
+    for k, v in stock.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[k], v, rtol=1e-12, atol=1e-12, msg=k)
+    stock.eval()
+    ours.eval()
+    x = torch.randn(4, 3, 20, 20, dtype=torch.float64, device="cuda").contiguous(memory_format=fmt)
+    torch.testing.assert_close(ours(x), stock(x), rtol=1e-9, atol=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -197,3 +279,39 @@ def test_cupy_arrays_round_trip():
     np.testing.assert_allclose(cupy.asnumpy(dx), ref_backward(dy, x, m, v)[0], rtol=3e-4, atol=3e-4)
     wrapped = cupy.asarray(fastbn.cuda.to_device(x))  # zero-copy through __cuda_array_interface__
     np.testing.assert_array_equal(cupy.asnumpy(wrapped), x)
+
+
+def test_resident_and_staged_paths_agree(tmp_path):
+    """Hopper GPUs take the one-launch resident path where a channel fits a cluster's shared memory; the staged
+    path (FASTBN_CUDA_RESIDENT=0, in a child process since the switch is read once) must give the same values."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(4)
+    shapes = [(16, 4, 112, 112), (32, 64, 8, 8), (4096, 96)]
+    inputs = {f"x{k}": (rng.standard_normal(s) * 3 + 1).astype(np.float32) for k, s in enumerate(shapes)}
+    inputs.update({f"dy{k}": rng.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)})
+    np.savez(tmp_path / "in.npz", **inputs)
+    script = """
+import sys, numpy as np, fastbn
+d = np.load(sys.argv[1]); out = {}
+for k in range(3):
+    x = fastbn.cuda.to_device(d[f"x{k}"]); dy = fastbn.cuda.to_device(d[f"dy{k}"])
+    y, m, v = fastbn.batch_norm_train(x)
+    dx, dg, db = fastbn.batch_norm_backward(dy, x, m, v)
+    for name, a in zip(("y", "m", "v", "dx", "dg", "db"), (y, m, v, dx, dg, db)):
+        out[f"{name}{k}"] = a.get()
+np.savez(sys.argv[2], **out)
+"""
+    results = []
+    for flag in ("1", "0"):
+        path = tmp_path / f"out{flag}.npz"
+        env = dict(os.environ, FASTBN_CUDA_RESIDENT=flag)
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "in.npz"), str(path)], env=env, check=True)
+        results.append(np.load(path))
+    resident, staged = results
+    for key in resident.files:
+        n = inputs["x0"].size  # the largest count per channel bounds the sums' rounding
+        atol = 1e-4 * np.sqrt(n) if key[:2] in ("dg", "db") else 3e-5
+        np.testing.assert_allclose(resident[key], staged[key], rtol=3e-5, atol=atol, err_msg=key)

@@ -134,7 +134,7 @@ def run(args) -> int:
         "repeat": args.repeat,
         "results": [r.__dict__ for r in results],
     }
-    print(format_table(report, 0).replace("streaming copy", "device-to-device copy").replace("cores", "SMs"))
+    print(format_table(report, 256 << 20).replace("streaming copy", "device-to-device copy").replace("cores", "SMs"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -254,14 +254,18 @@ def _read(a, name: str) -> _Dev:
     return _Dev(a, _module_of(a), int(cai["data"][0]), shape, tuple(int(s) for s in strides), dtype)
 
 
+def _raw_stream(device: int) -> int:
+    """The current stream of a torch CUDA device (torch is imported)."""
+    torch = _FAST[0] if _FAST else __import__("torch")
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a tenth of current_stream()'s cost
+    if raw is not None:
+        return int(raw(device))
+    return int(torch.cuda.current_stream(device).cuda_stream)
+
+
 def _stream_of(d: _Dev) -> int:
     if d.kind == "torch":
-        import torch
-
-        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a tenth of current_stream()'s cost
-        if raw is not None:
-            return int(raw(d.obj.get_device()))
-        return int(torch.cuda.current_stream(d.obj.device).cuda_stream)
+        return _raw_stream(d.obj.get_device())
     if d.kind == "cupy":
         import cupy
 
@@ -383,8 +387,90 @@ def _out(out, v: _View, name="out"):
     return out, d.ptr
 
 
+# The lean path for the common call: a dense CUDA torch tensor (contiguous or channels-last) with channels on
+# axis 1, float32/float64, parameters that are contiguous tensors of its dtype on its device, `out` (if given) a
+# tensor laid out like x. It reads only what the kernels need, so that a small tensor's call costs little more
+# than the launch; anything else (and every error) takes the general path, with its checks and messages.
+_FAST: list = []  # [torch, torch.Tensor, {dtype: is float64}, channels_last, channels_last_3d]
+
+
+def _fast_view(x, axis):
+    """(outer, channels, inner, is_f64) of x for the lean path, or None."""
+    if not _FAST:
+        if type(x).__module__.split(".")[0] != "torch":
+            return None
+        import torch
+
+        _FAST.extend(
+            [
+                torch,
+                torch.Tensor,
+                {torch.float32: False, torch.float64: True},
+                torch.channels_last,
+                torch.channels_last_3d,
+            ]
+        )
+    _, cls, dtypes, cl4, cl5 = _FAST
+    if type(x) is not cls or axis != 1 or not x.is_cuda:
+        return None
+    f64 = dtypes.get(x.dtype)
+    shape = x.shape
+    nd = len(shape)
+    if f64 is None or nd < 2:
+        return None
+    n, c = shape[0], shape[1]
+    numel = x.numel()
+    if numel == 0:
+        return None
+    if x.is_contiguous():
+        return n, c, numel // (n * c), f64
+    if (nd == 4 and x.is_contiguous(memory_format=cl4)) or (nd == 5 and x.is_contiguous(memory_format=cl5)):
+        return numel // c, c, 1, f64
+    return None
+
+
+def _fast_param(p, x, c: int, device: int):
+    """p's address for the lean path (0 for None), or None where the general path must look at it."""
+    if p is None:
+        return 0
+    if type(p) is type(x) and p.dtype is x.dtype and p.shape == (c,) and p.is_contiguous() and p.get_device() == device:
+        return p.data_ptr()
+    return None
+
+
+def _fast_out(out, x, device: int):
+    """A new tensor laid out like x, or `out` where it is one on x's device; None sends the call the general way."""
+    if out is None:
+        return _FAST[0].empty_like(x)
+    if (
+        type(out) is type(x)
+        and out.dtype is x.dtype
+        and out.shape == x.shape
+        and out.stride() == x.stride()
+        and out.get_device() == device
+    ):
+        return out
+    return None
+
+
+def _fast_stats(x, c: int):
+    """Two new per-channel tensors of x's dtype from one allocation, and their addresses."""
+    t = x.new_empty((2, c))
+    p = t.data_ptr()
+    return t[0], t[1], p, p + c * x.element_size()
+
+
 def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
     """GPU twin of :func:`fastbn.batch_norm_train` (see there); returns device arrays."""
+    f = _fast_view(x, axis)
+    if f is not None:
+        outer, c, inner, f64 = f
+        dev = x.get_device()
+        g, b, y = _fast_param(gamma, x, c, dev), _fast_param(beta, x, c, dev), _fast_out(out, x, dev)
+        if None not in (g, b, y) and outer * inner >= 2 and type(eps) is float and eps > 0:
+            mean, var, mp, vp = _fast_stats(x, c)
+            _core.cuda_train(x.data_ptr(), y.data_ptr(), g, b, mp, vp, outer, c, inner, eps, f64, _raw_stream(dev))
+            return y, mean, var
     e = _check_eps(eps)
     v = _view(x, axis)
     g = _channel_ptr(gamma, "gamma", v, True)
@@ -404,6 +490,15 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
 
 def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
     """GPU twin of :func:`fastbn.batch_norm_infer`."""
+    f = _fast_view(x, axis)
+    if f is not None and mean is not None and var is not None:
+        outer, c, inner, f64 = f
+        dev = x.get_device()
+        m, s = _fast_param(mean, x, c, dev), _fast_param(var, x, c, dev)
+        g, b, y = _fast_param(gamma, x, c, dev), _fast_param(beta, x, c, dev), _fast_out(out, x, dev)
+        if None not in (m, s, g, b, y) and type(eps) is float and eps > 0:
+            _core.cuda_infer(x.data_ptr(), y.data_ptr(), m, s, g, b, outer, c, inner, eps, f64, _raw_stream(dev))
+            return y
     e = _check_eps(eps)
     v = _view(x, axis)
     m = _channel_ptr(mean, "mean", v, False)
@@ -462,6 +557,41 @@ def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_g
 
 def batch_norm_backward(dy, x, mean, var, gamma=None, *, axis=1, eps=1e-5, batch_stats=True, out=None):
     """GPU twin of :func:`fastbn.batch_norm_backward`."""
+    f = _fast_view(x, axis)
+    if (
+        f is not None
+        and mean is not None
+        and var is not None
+        and type(dy) is type(x)
+        and dy.dtype is x.dtype
+        and dy.shape == x.shape
+        and dy.stride() == x.stride()
+        and dy.get_device() == x.get_device()
+    ):
+        outer, c, inner, f64 = f
+        dev = x.get_device()
+        m, s, g = _fast_param(mean, x, c, dev), _fast_param(var, x, c, dev), _fast_param(gamma, x, c, dev)
+        dx = _fast_out(out, x, dev)
+        if None not in (m, s, g, dx) and type(eps) is float and eps > 0:
+            dgamma, dbeta, gp, bp = _fast_stats(x, c)
+            _core.cuda_backward(
+                dy.data_ptr(),
+                x.data_ptr(),
+                m,
+                s,
+                g,
+                dx.data_ptr(),
+                gp,
+                bp,
+                outer,
+                c,
+                inner,
+                eps,
+                bool(batch_stats),
+                f64,
+                _raw_stream(dev),
+            )
+            return dx, dgamma, dbeta
     return _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, True)
 
 

@@ -16,9 +16,12 @@
 // value (x - k is exact for x near k), and every kRound vectors moves those sums, in double, onto the channel's
 // shift K (its first value). The finalize turns the double sums about K into mean and M2. A constant channel
 // gives d == 0 throughout: mean exact, var 0, y == beta.
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -599,6 +602,377 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Resident path (compute capability 9.0 and newer): one launch, inputs read from device memory once
+//
+// The staged path reads x twice in the training forward (reduce, then elementwise) and dy and x twice in the
+// backward, and every pass costs two or three launches and a workspace. Here a cluster of K blocks (K <= 16)
+// holds one unit in shared memory: a channel (inner > 1) or a tile of bx vector columns over all rows
+// (inner == 1). Each block loads its part of the unit once, summing as it goes; the blocks add their sums in a
+// fixed order, and every block adds the K block totals in rank order through distributed shared memory (so all
+// get the same bits) and turns them into coefficients in double, as the staged finalize does; then each block
+// writes its part from shared memory. No workspace, no floating-point atomics; K, the split and the thread
+// count follow from the shape and T alone, so results are the same bits on every run and every GPU that takes
+// this path. Inference uses the same units without the staging: one launch, coefficients per block.
+
+enum ResOp { kResTrain, kResBackward, kResInfer };
+
+// Input bytes one block keeps: 100 KiB (two blocks per SM), or 200 KiB (one per SM) for the units that 16 blocks
+// of 100 KiB cannot hold.
+constexpr int64_t kResidentBytes[2] = {100 << 10, 200 << 10};
+// Bytes of x one inference block streams: runs (inner > 1), rows (inner == 1). Chosen by
+// benchmarks/cuda_host/sweep.sh on an H100: 256 KiB blocks stream runs fastest, 16 KiB ones rows.
+constexpr int64_t kInferBytes[2] = {256 << 10, 16 << 10};
+constexpr int kMaxCluster = 16;                // Hopper's limit with non-portable cluster sizes allowed
+constexpr int kResThreads = 512;
+constexpr int kResMaxCols = 128;               // inner == 1: channels of one tile (bx * W <= 32 * 4)
+
+// The pointers of one resident launch. Train: a = x, out = y, batch mean/var written to mean_out/var_out (by
+// rank 0). Backward with batch statistics: a = dy, b = x, out = dx, mean/var read, dgamma/dbeta written
+// (either may be null). Infer: a = x, out = y, mean/var read. out may be a or b.
+template <class T>
+struct ResArgs {
+  const T* a;
+  const T* b;
+  T* out;
+  const T* gamma;
+  const T* beta;
+  const T* mean;
+  const T* var;
+  T* mean_out;
+  T* var_out;
+  T* dgamma;
+  T* dbeta;
+};
+
+// A unit's vectors are numbered by slot; a thread takes slots t, t + B, t + 2B, ... (B = blockDim.x) and steps
+// its address with the cursor of RunGeom (rows: di = 0 and Lv beyond reach, so the cursor only adds `jump`).
+struct ResGeom {
+  int64_t C, inner;  // channels; channel c's shift K is x[c * inner] (training forward)
+  int64_t Lv, row;   // runs: vectors per run and from one run to the next (C * Lv); rows: -, Cv
+  int64_t nv;        // runs: vectors per channel; rows: rows
+  int64_t chunk;     // runs: vectors per block; rows: rows per block
+  int64_t di, jump, wrap;
+  int bx;            // rows: vector columns per tile (a power of two <= 32, dividing blockDim.x); runs: 1
+  int K;             // blocks per unit: the cluster size (train, backward)
+  int cols;          // channels per unit: runs 1, rows bx * W
+  double n, eps;
+};
+
+// Device code of the resident kernel only, which is empty before compute capability 9.0.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void res_step(int64_t& i, int64_t& addr, const ResGeom& g) {
+  i += g.di;
+  addr += g.jump;
+  if (i >= g.Lv) {
+    i -= g.Lv;
+    addr += g.wrap;
+  }
+}
+
+template <class T, int W, bool kAligned>
+__device__ __forceinline__ void store_any(T* p, int64_t i, const Pack<T, W>& v) {
+  if constexpr (kAligned) {
+    store<T, W>(p, i, v);
+  } else {
+#pragma unroll
+    for (int w = 0; w < W; ++w) p[i * W + w] = v.v[w];
+  }
+}
+
+// Vector i of src into shared memory at dst, asynchronously (cp.async): one 16-byte copy, or lane by lane where
+// src may not be 16-byte aligned.
+template <class T, int W, bool kAligned>
+__device__ __forceinline__ void copy_async(Pack<T, W>* dst, const T* src, int64_t i) {
+  const unsigned d = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  if constexpr (kAligned && sizeof(T) * W == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + i * W) : "memory");
+  } else {
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(d + static_cast<unsigned>(w * sizeof(T))),
+                   "l"(src + i * W + w), "n"(sizeof(T))
+                   : "memory");
+    }
+  }
+}
+
+// Waits until at most n (0..3, a constant after unrolling) of this thread's cp.async groups are in flight.
+__device__ __forceinline__ void cp_async_wait_group(int n) {
+  switch (n) {
+    case 3:
+      asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+      break;
+    case 2:
+      asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+      break;
+    case 1:
+      asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+      break;
+    default:
+      asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  }
+}
+
+// The first slot of thread t in block `rank` of `unit`: its address and cursor.
+template <bool kRows>
+__device__ __forceinline__ void res_start(const ResGeom& g, int64_t unit, int64_t start, int t, int64_t& i,
+                                          int64_t& addr) {
+  if constexpr (kRows) {
+    i = 0;
+    addr = (start + t / g.bx) * g.row + unit * g.bx + t % g.bx;
+  } else {
+    int64_t o;
+    divmod(start + t, g.Lv, o, i);
+    addr = o * g.row + unit * g.Lv + i;
+  }
+}
+
+// out = op(u, x) for `slots` slots from (i, addr), u and x from shared memory (da, db) or, with kLoad, from
+// device memory; k holds each lane's coefficients.
+template <class T, int W, int kOp, bool kAligned, bool kLoad, int kC>
+__device__ __forceinline__ void res_write(const ResArgs<T>& p, const Pack<T, W>* da, const Pack<T, W>* db,
+                                          int64_t slots, int64_t i, int64_t addr, const T (&k)[kC][W],
+                                          const ResGeom& g) {
+  using P = Pack<T, W>;
+  constexpr int kApply = kOp == kResBackward ? kBackward : kForward;
+  const int t = threadIdx.x, B = blockDim.x;
+  auto one = [&](const P& u, const P& x) {
+    P r;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      T kw[kC];
+#pragma unroll
+      for (int q = 0; q < kC; ++q) kw[q] = k[q][w];
+      r.v[w] = apply_one<kApply>(kw, u.v[w], x.v[w]);
+    }
+    return r;
+  };
+  int64_t s = t;
+  if constexpr (kLoad) {
+    for (; s + (kUnroll - 1) * B < slots; s += kUnroll * B) {
+      P u[kUnroll];
+      int64_t at[kUnroll];
+#pragma unroll
+      for (int q = 0; q < kUnroll; ++q) {
+        at[q] = addr;
+        u[q] = load_any<T, W, kAligned>(p.a, addr);
+        res_step(i, addr, g);
+      }
+#pragma unroll
+      for (int q = 0; q < kUnroll; ++q) store_any<T, W, kAligned>(p.out, at[q], one(u[q], P{}));
+    }
+    for (; s < slots; s += B) {
+      store_any<T, W, kAligned>(p.out, addr, one(load_any<T, W, kAligned>(p.a, addr), P{}));
+      res_step(i, addr, g);
+    }
+  } else {
+#pragma unroll 4
+    for (; s < slots; s += B) {
+      P x = {};
+      if constexpr (kOp == kResBackward) x = db[s];
+      store_any<T, W, kAligned>(p.out, addr, one(da[s], x));
+      res_step(i, addr, g);
+    }
+  }
+}
+#endif
+
+template <class T, int W, bool kRows, int kOp, bool kAligned>
+__global__ void __launch_bounds__(kResThreads, 2) resident(ResArgs<T> p, ResGeom g) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  using P = Pack<T, W>;
+  constexpr bool kGrad = kOp == kResBackward;
+  constexpr int NL = kRows ? W : 1;  // sums per thread: one per lane (rows) or one for all lanes (runs)
+  constexpr int kC = kGrad ? 4 : 3;  // coefficients per channel
+  const int64_t unit = blockIdx.x / g.K;
+  const int rank = static_cast<int>(blockIdx.x % g.K);
+  const int t = threadIdx.x, B = blockDim.x;
+
+  // Shared memory: the part's input vectors (a, then b), the block's sums, the coefficients.
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int64_t cap = kOp == kResInfer ? 0 : (kRows ? g.chunk * g.bx : g.chunk);
+  P* da = reinterpret_cast<P*>(smem);
+  P* db = da + cap;
+  const int64_t data_bytes = ((kGrad ? 2 : 1) * cap * static_cast<int64_t>(sizeof(P)) + 15) / 16 * 16;
+  double* part = reinterpret_cast<double*>(smem + data_bytes);
+  T* cf = reinterpret_cast<T*>(part + 2 * g.cols);
+
+  // This block's slots, this thread's channels, and the inputs of the coefficients of channel `col` (thread
+  // col), read before anything is written.
+  const int64_t start = rank * g.chunk;
+  const int64_t slots = min64(g.chunk, g.nv - start) * g.bx;
+  const int64_t ch0 = kRows ? (unit * g.bx + t % g.bx) * W : unit;
+  const bool active = kRows ? (unit * g.bx + t % g.bx) < g.row && t < slots : t < slots;
+  const int64_t my_ch = kRows ? unit * g.bx * W + t : unit;
+  const bool has_col = t < g.cols && my_ch < g.C;
+  double center = 0, gm = 1, bt = 0, var = 0;
+  if (has_col) {
+    if constexpr (kOp == kResTrain) {
+      center = static_cast<double>(p.a[my_ch * g.inner]);
+    } else {
+      center = static_cast<double>(p.mean[my_ch]);
+      var = static_cast<double>(p.var[my_ch]);
+    }
+    if (p.gamma) gm = static_cast<double>(p.gamma[my_ch]);
+    if (p.beta && kOp != kResBackward) bt = static_cast<double>(p.beta[my_ch]);
+  }
+  int64_t i, addr;
+  res_start<kRows>(g, unit, start, t, i, addr);
+
+  if constexpr (kOp != kResInfer) {
+    // Load: every slot of this thread copied to shared memory at once (asynchronous copies, so that the whole
+    // part is in flight), in kGroups groups, so that summing one group overlaps the arrival of the next. The
+    // sums go in slot order, moved to double every kRound vectors.
+    // (Channels-last tiles ran slower in groups on an H100, so they take theirs in one.)
+    constexpr int kGroups = kRows ? 1 : 4;
+    double S1[NL] = {}, S2[NL] = {};
+    if (active) {
+      // This thread's slots; group q ends at ceil(iters (q + 1) / kGroups).
+      const int64_t iters = (slots - t + B - 1) / B;
+      int64_t li = i, la = addr, s = t, it = 0;
+#pragma unroll
+      for (int q = 0; q < kGroups; ++q) {
+        for (const int64_t end = (iters * (q + 1) + kGroups - 1) / kGroups; it < end; ++it, s += B) {
+          copy_async<T, W, kAligned>(da + s, p.a, la);
+          if constexpr (kGrad) copy_async<T, W, kAligned>(db + s, p.b, la);
+          res_step(li, la, g);
+        }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+      }
+      Acc<T, kGrad> acc[NL];
+#pragma unroll
+      for (int l = 0; l < NL; ++l) acc[l].center = kGrad ? p.mean[ch0 + l] : p.a[(ch0 + l) * g.inner];
+      int n = 0;
+      s = t;
+      it = 0;
+#pragma unroll
+      for (int q = 0; q < kGroups; ++q) {
+        cp_async_wait_group(kGroups - 1 - q);  // this thread's own copies, which only it reads
+        if (q == 0 && !kGrad) {
+#pragma unroll
+          for (int l = 0; l < NL; ++l) acc[l].k = da[t].v[l];
+        }
+        for (const int64_t end = (iters * (q + 1) + kGroups - 1) / kGroups; it < end; ++it, s += B) {
+          const P u = da[s];
+          P x = {};
+          if constexpr (kGrad) x = db[s];
+#pragma unroll
+          for (int w = 0; w < W; ++w) acc[kRows ? w : 0].add(u.v[w], x.v[w]);
+          if (++n == kRound) {
+#pragma unroll
+            for (int l = 0; l < NL; ++l) acc[l].flush(kRows ? n : n * W, S1[l], S2[l]);
+            n = 0;
+          }
+        }
+      }
+      if (n > 0) {
+#pragma unroll
+        for (int l = 0; l < NL; ++l) acc[l].flush(kRows ? n : n * W, S1[l], S2[l]);
+      }
+    }
+
+    // Block sums: the lanes of one column (t % bx) add in a fixed butterfly; then (runs) thread 0 adds the warps'
+    // sums in order, or (rows) the warps add theirs in turn.
+#pragma unroll
+    for (int l = 0; l < NL; ++l) {
+      for (int m = 16; m >= g.bx; m /= 2) {
+        S1[l] += __shfl_xor_sync(kFullMask, S1[l], m);
+        S2[l] += __shfl_xor_sync(kFullMask, S2[l], m);
+      }
+    }
+    const int warp = t / 32, lane = t % 32;
+    if constexpr (!kRows) {
+      __shared__ double warp_sums[2 * kResThreads / 32];
+      if (lane == 0) {
+        warp_sums[warp] = S1[0];
+        warp_sums[kResThreads / 32 + warp] = S2[0];
+      }
+      __syncthreads();
+      if (t == 0) {
+        double a1 = 0, a2 = 0;
+        for (int w = 0; w < B / 32; ++w) {
+          a1 += warp_sums[w];
+          a2 += warp_sums[kResThreads / 32 + w];
+        }
+        part[0] = a1;
+        part[1] = a2;
+      }
+    } else {
+      for (int w = 0; w < B / 32; ++w) {
+        if (warp == w && lane < g.bx) {
+#pragma unroll
+          for (int l = 0; l < NL; ++l) {
+            const int col = lane * NL + l;
+            part[col] = (w == 0 ? 0.0 : part[col]) + S1[l];
+            part[g.cols + col] = (w == 0 ? 0.0 : part[g.cols + col]) + S2[l];
+          }
+        }
+        __syncthreads();
+      }
+    }
+
+    // Every block: the unit's totals over its K blocks in rank order, then the coefficients.
+    const cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    if (has_col) {
+      double s1 = 0, s2 = 0;
+      for (int q = 0; q < g.K; ++q) {
+        const double* rp = cluster.map_shared_rank(part, q);
+        s1 += rp[t];
+        s2 += rp[g.cols + t];
+      }
+      if constexpr (kGrad) {
+        const double invstd = 1.0 / sqrt(var + g.eps);
+        if (rank == 0 && p.dgamma) p.dgamma[my_ch] = static_cast<T>(s2 * invstd);
+        if (rank == 0 && p.dbeta) p.dbeta[my_ch] = static_cast<T>(s1);
+        cf[t] = static_cast<T>(gm * invstd);
+        cf[g.cols + t] = static_cast<T>(center);
+        cf[2 * g.cols + t] = static_cast<T>(-gm * invstd * invstd * invstd * s2 / g.n);
+        cf[3 * g.cols + t] = static_cast<T>(-gm * invstd * s1 / g.n);
+      } else {
+        const double m = center + s1 / g.n;
+        double m2 = s2 - s1 * s1 / g.n;
+        if (m2 < 0) m2 = 0;  // rounding; NaN passes through
+        const double v = m2 / g.n;
+        const T hi = static_cast<T>(m);
+        if (rank == 0) {
+          p.mean_out[my_ch] = hi;
+          p.var_out[my_ch] = static_cast<T>(v);
+        }
+        const double scale = gm * (1.0 / sqrt(v + g.eps));
+        cf[t] = hi;
+        cf[g.cols + t] = static_cast<T>(scale);
+        cf[2 * g.cols + t] = static_cast<T>(bt - (m - static_cast<double>(hi)) * scale);
+      }
+    }
+    cluster.barrier_arrive();  // this block's reads of the others' sums are done
+  } else if (has_col) {
+    // Inference: the coefficients of infer_coef, so that both paths give the same bits.
+    cf[t] = static_cast<T>(center);
+    cf[g.cols + t] = static_cast<T>(gm * (1.0 / sqrt(var + g.eps)));
+    cf[2 * g.cols + t] = p.beta ? p.beta[my_ch] : T(0);
+  }
+  __syncthreads();
+
+  // Write the part: from shared memory, or (inference) straight from x.
+  if (active) {
+    T k[kC][W];
+    const int c0 = kRows ? (t % g.bx) * W : 0;
+#pragma unroll
+    for (int q = 0; q < kC; ++q) {
+#pragma unroll
+      for (int w = 0; w < W; ++w) k[q][w] = cf[q * g.cols + c0 + (kRows ? w : 0)];
+    }
+    res_write<T, W, kOp, kAligned, kOp == kResInfer, kC>(p, da, db, slots, i, addr, k, g);
+  }
+  if constexpr (kOp != kResInfer) {
+    cg::this_cluster().barrier_wait();  // the others have read this block's sums: its shared memory may go
+  }
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Host side
 
 [[noreturn]] void fail(cudaError_t e, const char* what) {
@@ -867,6 +1241,202 @@ void launch_elementwise(const T* in0, const T* in1, T* out, const T* coef, int64
   }
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Resident path: plan and launch
+
+// The most dynamic shared memory a resident block asks for: its input bytes plus a vector or a row (<= 1 KiB) of
+// each input (the chunk is rounded up), the sums and the coefficients.
+constexpr int kResMaxSmem[2] = {
+    static_cast<int>(kResidentBytes[0] + 2048 + 2 * kResMaxCols * 8 + 4 * kResMaxCols * 8),
+    static_cast<int>(kResidentBytes[1] + 2048 + 2 * kResMaxCols * 8 + 4 * kResMaxCols * 8)};
+
+// Tuning knobs for measurements (FASTBN_CUDA_RESIDENT_KB, FASTBN_CUDA_INFER_KB; benchmarks/cuda_host/sweep.sh):
+// the bytes per block of the small size class and of inference. Read once; the defaults above are what the sweep
+// chose.
+int64_t knob_kb(const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return fallback;
+  const int64_t v = std::atoll(e) << 10;
+  return v >= lo && v <= hi ? v : fallback;
+}
+
+struct ResidentPlan {
+  bool ok = false;
+  int W = 1, threads = 0;
+  int big = 0;  // size class: index of kResidentBytes
+  int64_t units = 0;
+  size_t smem = 0;
+  ResGeom g{};
+};
+
+// The resident split of a shape in size class `big`, or ok == false where a training or backward unit needs more
+// than kMaxCluster blocks.
+template <class T>
+ResidentPlan plan_resident(const Shape& s, int op, int big) {
+  static const int64_t small_bytes = knob_kb("FASTBN_CUDA_RESIDENT_KB", kResidentBytes[0], 8 << 10, kResidentBytes[0]);
+  static const int64_t infer_runs = knob_kb("FASTBN_CUDA_INFER_KB", kInferBytes[0], 4 << 10, 64 << 20);
+  static const int64_t infer_rows = knob_kb("FASTBN_CUDA_INFER_KB", kInferBytes[1], 4 << 10, 64 << 20);
+  constexpr int V = vec_width<T>();
+  const int64_t N = s.outer, C = s.channels, L = s.inner;
+  const int64_t inputs = op == kResBackward ? 2 : 1, staged = op == kResInfer ? 0 : 1;
+  const int64_t size = static_cast<int64_t>(sizeof(T));
+  const int64_t block_bytes = big ? kResidentBytes[1] : small_bytes;
+  const int64_t kMaxBytes = kMaxCluster * block_bytes;
+  const int64_t per_block = op != kResInfer ? block_bytes : L > 1 ? infer_runs : infer_rows;
+  ResidentPlan p;
+  p.big = big;
+  ResGeom& g = p.g;
+  g.C = C;
+  g.inner = L;
+  g.n = static_cast<double>(N * L);
+  int64_t bytes;  // input bytes of one unit
+  if (L > 1) {
+    p.W = L % V == 0 ? V : 1;
+    g.Lv = L / p.W;
+    g.nv = N * g.Lv;
+    g.bx = 1;
+    g.cols = 1;
+    bytes = N * L * size * inputs;
+    p.units = C;
+  } else {
+    p.W = C % V == 0 ? V : 1;
+    const int64_t Cv = C / p.W;
+    int bx = 1;
+    while (bx < 32 && bx < Cv) bx *= 2;
+    while (staged && bx > 4 && N * bx * p.W * size * inputs > kMaxBytes) bx /= 2;
+    // A small tensor in narrower tiles, so that it still spreads over a few blocks.
+    while (bx > 4 && ceil_div(Cv, bx) < 16 && N * bx * p.W * size * inputs <= per_block) bx /= 2;
+    g.nv = N;
+    g.bx = bx;
+    g.cols = bx * p.W;
+    g.row = Cv;
+    g.Lv = INT64_MAX;
+    bytes = N * bx * p.W * size * inputs;
+    p.units = ceil_div(Cv, bx);
+  }
+  if (staged && bytes > kMaxBytes) return p;
+  g.chunk = ceil_div(g.nv, ceil_div(bytes, per_block));
+  const int64_t K = ceil_div(g.nv, g.chunk);
+  if (p.units * K > kMaxGrid) return p;
+  g.K = static_cast<int>(K);
+  p.threads = static_cast<int>(min64(max64(round_up(ceil_div(g.chunk * g.bx, 4), 32), L > 1 ? 64 : 128),
+                                     kResThreads));
+  if (L > 1) {
+    g.row = C * g.Lv;
+    g.di = p.threads % g.Lv;
+    g.jump = (p.threads / g.Lv) * g.row + p.threads % g.Lv;
+    g.wrap = g.row - g.Lv;
+  } else {
+    g.di = 0;
+    g.jump = (p.threads / g.bx) * g.row;
+    g.wrap = 0;
+  }
+  const int64_t cap = staged ? g.chunk * g.bx : 0;
+  const int64_t coefs = op == kResBackward ? 4 : 3;
+  p.smem = static_cast<size_t>(round_up(inputs * cap * p.W * size, 16) + 2 * g.cols * 8 + coefs * g.cols * size);
+  p.ok = p.smem <= static_cast<size_t>(kResMaxSmem[big]);
+  return p;
+}
+
+// Whether the resident path may run on this device: compute capability 9.0 or newer, not switched off with
+// FASTBN_CUDA_RESIDENT=0, sm_90 code in this build, and (training, backward) a cluster of K blocks of size class
+// `big` schedulable. Asked once per kernel, K and class; the capability once per call (a cached attribute).
+template <class T, int W, bool kRows, int kOp, bool kAligned>
+bool resident_runs(int device, int K, int big) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("FASTBN_CUDA_RESIDENT");
+    return !(e && std::string(e) == "0");
+  }();
+  if (!enabled) return false;
+  int major = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major < 9) return false;
+  auto kernel = resident<T, W, kRows, kOp, kAligned>;
+  static const bool ready = [kernel] {
+    cudaFuncAttributes attr{};
+    const bool ok = cudaFuncGetAttributes(&attr, kernel) == cudaSuccess && attr.binaryVersion >= 90 &&
+                    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kResMaxSmem[1]) ==
+                        cudaSuccess &&
+                    cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) == cudaSuccess;
+    if (!ok) cudaGetLastError();
+    return ok;
+  }();
+  if (!ready) return false;
+  if (kOp == kResInfer) return true;
+  static std::atomic<int> fits[2][kMaxCluster + 1] = {};  // 0: not asked yet, 1: yes, 2: no
+  int f = fits[big][K].load(std::memory_order_relaxed);
+  if (f == 0) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(K);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(static_cast<unsigned>(K));
+    cfg.blockDim = dim3(kResThreads);
+    cfg.dynamicSmemBytes = kResMaxSmem[big];
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+      cudaGetLastError();
+      clusters = 0;
+    }
+    f = clusters > 0 ? 1 : 2;
+    fits[big][K].store(f, std::memory_order_relaxed);
+  }
+  return f == 1;
+}
+
+template <class T, int W, bool kRows, int kOp, bool kAligned>
+bool launch_resident_as(const ResidentPlan& p, const ResArgs<T>& args, int device, cudaStream_t stream) {
+  if (!resident_runs<T, W, kRows, kOp, kAligned>(device, p.g.K, p.big)) return false;
+  cudaLaunchConfig_t cfg = {};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(p.g.K);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(static_cast<unsigned>(p.units * p.g.K));
+  cfg.blockDim = dim3(static_cast<unsigned>(p.threads));
+  cfg.dynamicSmemBytes = p.smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = kOp == kResInfer ? 0 : 1;  // inference blocks work alone
+  check(cudaLaunchKernelEx(&cfg, resident<T, W, kRows, kOp, kAligned>, args, p.g), "kernel launch");
+  return true;
+}
+
+template <class T, int kOp, int W, bool kRows>
+bool launch_resident_w(const ResidentPlan& p, bool aligned, const ResArgs<T>& args, int device,
+                       cudaStream_t stream) {
+  if (aligned || W == 1) return launch_resident_as<T, W, kRows, kOp, true>(p, args, device, stream);
+  return launch_resident_as<T, W, kRows, kOp, false>(p, args, device, stream);
+}
+
+// One resident launch of pass kOp, or false (nothing launched) where the shape or the device does not allow it.
+template <class T, int kOp>
+bool launch_resident(const Shape& s, double eps, const ResArgs<T>& args, int device, cudaStream_t stream) {
+  constexpr int V = vec_width<T>();
+  ResidentPlan p = plan_resident<T>(s, kOp, 0);
+  // The one-block-per-SM class for the channels 16 blocks of 100 KiB cannot hold (it paid off for runs only:
+  // channels-last tiles ran no faster than the staged path).
+  if (!p.ok && kOp != kResInfer && s.inner > 1) p = plan_resident<T>(s, kOp, 1);
+  if (!p.ok) return false;
+  p.g.eps = eps;
+  const bool aligned = aligned16(args.a) && (kOp != kResBackward || aligned16(args.b)) && aligned16(args.out);
+  const bool rows = s.inner == 1;
+  if (p.W == 1) {
+    return rows ? launch_resident_w<T, kOp, 1, true>(p, aligned, args, device, stream)
+                : launch_resident_w<T, kOp, 1, false>(p, aligned, args, device, stream);
+  }
+  return rows ? launch_resident_w<T, kOp, V, true>(p, aligned, args, device, stream)
+              : launch_resident_w<T, kOp, V, false>(p, aligned, args, device, stream);
+}
+
 template <class T>
 void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var, const Shape& s, double eps,
                 void* stream_ptr) {
@@ -874,6 +1444,10 @@ void train_impl(const T* x, T* y, const T* gamma, const T* beta, T* mean, T* var
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
+  if (launch_resident<T, kResTrain>(s, eps, {x, nullptr, y, gamma, beta, nullptr, nullptr, mean, var, nullptr, nullptr},
+                                    scope.device(), stream)) {
+    return;
+  }
   const int64_t C = s.channels, cs = coef_stride(C);
   const ReducePlan plan = plan_reduce<T>(s);
   Workspace ws(2 * Workspace::bytes<double>(plan.chunks * C) + Workspace::bytes<T>(3 * cs), scope.device(),
@@ -896,6 +1470,10 @@ void infer_impl(const T* x, T* y, const T* mean, const T* var, const T* gamma, c
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
+  if (launch_resident<T, kResInfer>(s, eps, {x, nullptr, y, gamma, beta, mean, var, nullptr, nullptr, nullptr, nullptr},
+                                    scope.device(), stream)) {
+    return;
+  }
   const int64_t C = s.channels, cs = coef_stride(C);
   Workspace ws(Workspace::bytes<T>(3 * cs), scope.device(), stream);
   T* coef = ws.take<T>(3 * cs);
@@ -910,6 +1488,11 @@ void backward_impl(const T* dy, const T* x, const T* mean, const T* var, const T
   require_device();
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   const DeviceScope scope(stream);
+  if (batch_stats &&
+      launch_resident<T, kResBackward>(s, eps, {dy, x, dx, gamma, nullptr, mean, var, nullptr, nullptr, dgamma, dbeta},
+                                       scope.device(), stream)) {
+    return;
+  }
   const int64_t C = s.channels, cs = coef_stride(C);
   // With frozen statistics dx = a * dy needs no sums; they are only for dgamma / dbeta.
   const bool sums = batch_stats || dgamma || dbeta;

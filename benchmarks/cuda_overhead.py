@@ -1,0 +1,85 @@
+"""Per-call time of small CUDA batch norms from Python: fastbn's functional API (the lean torch path, with and
+without out=), fastbn.torch's functional op, and torch.nn.functional.batch_norm (cuDNN where PyTorch picks it).
+Small tensors are host-bound, so this is the cost a model pays per layer. Variants are interleaved in rounds in one
+process; medians of the rounds, microseconds per call, each round 200 calls then a synchronize.
+
+    python benchmarks/cuda_overhead.py [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import fastbn
+import fastbn.torch as fbt
+
+
+def per_call_us(fn, calls: int = 200) -> float:
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / calls * 1e6
+
+
+def cases(shape, channels_last):
+    x = torch.randn(shape, device="cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    c = shape[1]
+    w, b = torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda")
+    rm, rv = torch.zeros(c, device="cuda"), torch.ones(c, device="cuda")
+    y, dy = torch.empty_like(x), torch.randn_like(x)
+    _, mean, var = fastbn.batch_norm_train(x, w, b)
+    xr = x.clone().requires_grad_(True)
+    yr = torch.nn.functional.batch_norm(xr, None, None, w, b, training=True)
+    F = torch.nn.functional
+    return {
+        "train": {
+            "fastbn": lambda: fastbn.batch_norm_train(x, w, b),
+            "fastbn out=": lambda: fastbn.batch_norm_train(x, w, b, out=y),
+            "fastbn.torch": lambda: fbt.batch_norm(x, rm, rv, w, b, training=True),
+            "torch": lambda: F.batch_norm(x, rm, rv, w, b, training=True),
+        },
+        "infer": {
+            "fastbn": lambda: fastbn.batch_norm_infer(x, mean, var, w, b),
+            "fastbn out=": lambda: fastbn.batch_norm_infer(x, mean, var, w, b, out=y),
+            "fastbn.torch": lambda: fbt.batch_norm(x, rm, rv, w, b, training=False),
+            "torch": lambda: F.batch_norm(x, rm, rv, w, b, training=False),
+        },
+        "backward": {
+            "fastbn": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w),
+            "fastbn out=": lambda: fastbn.batch_norm_backward(dy, x, mean, var, w, out=y),
+            "torch autograd": lambda: torch.autograd.grad(yr, (xr,), dy, retain_graph=True),
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=15)
+    args = ap.parse_args()
+    print(f"fastbn {fastbn.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
+    print(f"{'shape':<16} {'layout':<6} {'pass':<9} {'variant':<15} {'us/call':>8} {'vs torch':>8}")
+    for shape, cl in [((32, 64, 8, 8), False), ((32, 64, 8, 8), True), ((64, 256), False)]:
+        for pass_, fns in cases(shape, cl).items():
+            for fn in fns.values():
+                per_call_us(fn, 20)  # warm up
+            samples = {k: [] for k in fns}
+            for _ in range(args.rounds):
+                for k, fn in fns.items():
+                    samples[k].append(per_call_us(fn))
+            med = {k: statistics.median(v) for k, v in samples.items()}
+            ref = med.get("torch", med.get("torch autograd"))
+            for k, v in med.items():
+                name = "x".join(map(str, shape))
+                print(f"{name:<16} {'nhwc' if cl else 'nchw':<6} {pass_:<9} {k:<15} {v:8.2f} {ref / v:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
