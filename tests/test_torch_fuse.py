@@ -133,6 +133,7 @@ def test_revert_of_a_fused_model_runs_on_torch_alone():
     model.load_state_dict(stock.state_dict())
     back = ft.revert(model)
     assert fused_count(back) == 0 and sum(type(m) is ft.TorchBatchNormAct2d for m in back.modules()) == 2
+    assert "conv_bn" not in back.code and "self.conv1(" in back.code  # the folding undone too
     assert not any(type(m).__module__.startswith("fastbn.torch.modules") for m in back.modules())
     check_same(stock, back, torch.randn(3, 4, 6, 6))
 
@@ -148,3 +149,57 @@ def test_batch_norm_act_modules_and_functional_options():
         ft.BatchNormAct2d(3, activation="gelu")
     y = ft.batch_norm(x, None, None, training=True, activation="sigmoid", residual=r)
     torch.testing.assert_close(y, torch.sigmoid(TF.batch_norm(x, None, None, training=True) + r), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_folds_the_batch_norm_into_the_convolution(channels_last):
+    """Under no_grad in eval mode, conv -> bn (plain, fused, fused with a residual) runs as one convolution with
+    folded weights; the result is the stock model's up to rounding, and the folded weights follow any change of
+    the parameters or statistics (load_state_dict, in-place updates)."""
+    torch.manual_seed(4)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block(6)
+            self.conv = nn.Conv2d(6, 5, 1, bias=True)
+            self.bn = nn.BatchNorm2d(5)  # conv with a bias, a plain batch norm
+
+        def forward(self, x):
+            return self.bn(self.conv(self.block(x)))
+
+    stock = Net()
+    model = ft.convert(Net(), fuse=True)
+    model.load_state_dict(stock.state_dict())
+    assert model.code.count("conv_bn(") == 3 and fused_count(model) == 2
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    stock, model = stock.to(memory_format=fmt), model.to(memory_format=fmt)
+    x = torch.randn(4, 6, 7, 7).contiguous(memory_format=fmt)
+    for _ in range(2):  # running statistics away from 0 and 1
+        model(x)
+        stock(x)
+    stock.eval()
+    model.eval()
+    with torch.no_grad():
+        want = stock(x)
+        got = model(x)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert "_fastbn_folded" in model.bn.__dict__
+        # New values through load_state_dict and in place: the folded weights follow.
+        other = Net()
+        other.eval()
+        for m in other.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(0.5, 1.5)
+        model.load_state_dict(other.state_dict())
+        other = other.to(memory_format=fmt)
+        torch.testing.assert_close(model(x), other(x), rtol=1e-5, atol=1e-5)
+        model.bn.bias.add_(1.0)
+        other.bn.bias.add_(1.0)
+        torch.testing.assert_close(model(x), other(x), rtol=1e-5, atol=1e-5)
+    # With autograd on, the modules run as written (gradients reach the batch norm's parameters).
+    y = model(x)
+    y.sum().backward()
+    assert model.bn.weight.grad is not None

@@ -13,7 +13,7 @@ from torch import fx, nn
 
 from . import modules as M
 
-__all__ = ["convert", "revert", "TorchBatchNormAct1d", "TorchBatchNormAct2d", "TorchBatchNormAct3d"]
+__all__ = ["convert", "revert", "conv_bn", "TorchBatchNormAct1d", "TorchBatchNormAct2d", "TorchBatchNormAct3d"]
 
 _TO_FAST = {nn.BatchNorm1d: M.BatchNorm1d, nn.BatchNorm2d: M.BatchNorm2d, nn.BatchNorm3d: M.BatchNorm3d}
 _TO_TORCH = {fast: torch_cls for torch_cls, fast in _TO_FAST.items()}
@@ -54,7 +54,10 @@ def convert(module: nn.Module, fuse: bool = False) -> nn.Module:
     Sigmoid, and each batch norm followed by an addition and then one of those (a residual block's end), into
     one :class:`BatchNormAct2d`-style module: the model, or where it cannot be traced as a whole, each
     submodule that owns a batch norm, is traced with torch.fx and rewritten as a GraphModule. A batch norm
-    whose output has other users stays unfused. Train and eval results are those of the stock model.
+    whose output has other users stays unfused. A convolution feeding only a batch norm becomes one
+    :func:`conv_bn` call, which in CPU inference (autograd off, eval mode) folds the batch norm into the
+    convolution's weight and bias. Train and eval results are those of the stock model (folding: up to
+    rounding).
     """
     out = _replace(module, _TO_FAST)
     return _fuse(out) if fuse else out
@@ -65,6 +68,9 @@ def revert(module: nn.Module) -> nn.Module:
     tensors). Fused modules become :class:`TorchBatchNormAct1d` (2d, 3d): a torch.nn.BatchNorm*d subclass that
     applies the residual and activation with PyTorch's own ops (same state_dict keys)."""
     out = _replace(module, _TO_TORCH)
+    for child in out.modules():
+        if isinstance(child, fx.GraphModule):
+            _unfold_graph(child)
     for name, child in list(out.named_modules()):
         if type(child) in _ACT_TO_TORCH and name:
             _set_submodule(out, name, _to_torch_act(child))
@@ -207,6 +213,115 @@ def _fuse_graph(gm: fx.GraphModule) -> int:
     return fused
 
 
+# Inference: a convolution whose only user is a batch norm (plain or fused) becomes one call of conv_bn, which
+# folds the batch norm into the convolution's weight and bias when autograd is off and the statistics are frozen.
+
+_CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
+_BN_DIMS = {M.BatchNorm1d: 1, M.BatchNorm2d: 2, M.BatchNorm3d: 3, M.BatchNormAct1d: 1, M.BatchNormAct2d: 2,
+            M.BatchNormAct3d: 3, nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, TorchBatchNormAct1d: 1,
+            TorchBatchNormAct2d: 2, TorchBatchNormAct3d: 3}  # fmt: skip
+
+
+def _folded(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The convolution's weight and bias with the batch norm's frozen affine map folded in (computed in float64),
+    cached on the batch norm until any of the six tensors is replaced or changed in place."""
+    tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (bn.eps,)
+    cached = bn.__dict__.get("_fastbn_folded")
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2]
+    with torch.no_grad():
+        w = conv.weight
+        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+        if bn.weight is not None:
+            scale = scale * bn.weight.double()
+        shift = -bn.running_mean.double() * scale
+        if conv.bias is not None:
+            shift = shift + conv.bias.double() * scale
+        if bn.bias is not None:
+            shift = shift + bn.bias.double()
+        folded_w = (w.double() * scale.view((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
+        folded_b = shift.to(w.dtype)
+    bn.__dict__["_fastbn_folded"] = (key, folded_w, folded_b)
+    return folded_w, folded_b
+
+
+def conv_bn(x: torch.Tensor, conv: nn.Module, bn: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn(conv(x))`` (``bn(conv(x), residual)`` for a fused batch norm). In inference — autograd off, the batch
+    norm in eval mode with running statistics, not under torch.compile — the batch norm is folded into the
+    convolution (``y = conv(x; w * s, (b - mean) * s + beta)``, ``s = gamma / sqrt(var + eps)``) and only the
+    residual and activation remain; otherwise the two modules run as written."""
+    if (
+        bn.training
+        or bn.running_mean is None
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+        or x.device.type != "cpu"
+    ):
+        y = conv(x)
+        return bn(y) if residual is None else bn(y, residual)
+    y = conv._conv_forward(x, *_folded(conv, bn))
+    if residual is not None:
+        y.add_(residual)
+    act = getattr(bn, "activation", None)
+    if act == "relu":
+        return y.relu_()
+    if act == "leaky_relu":
+        return TF.leaky_relu_(y, bn.negative_slope)
+    if act == "sigmoid":
+        return y.sigmoid_()
+    return y
+
+
+def _fold_graph(gm: fx.GraphModule) -> int:
+    """Rewrites conv -> batch norm (the convolution's output used by the batch norm alone) into conv_bn calls."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or type(gm.get_submodule(node.target)) not in _BN_DIMS or node.kwargs:
+            continue
+        src = node.args[0] if node.args else None
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.args) != 1 or src.kwargs:
+            continue
+        conv, bn = gm.get_submodule(src.target), gm.get_submodule(node.target)
+        if _CONV_DIMS.get(type(conv)) != _BN_DIMS[type(bn)] or _only_user(src) is not node:
+            continue
+        if conv.out_channels != bn.num_features:
+            continue
+        with gm.graph.inserting_before(node):
+            conv_ref = gm.graph.get_attr(src.target)
+            bn_ref = gm.graph.get_attr(node.target)
+            call = gm.graph.call_function(conv_bn, (src.args[0], conv_ref, bn_ref, *node.args[1:]))
+        node.replace_all_uses_with(call)
+        gm.graph.erase_node(node)
+        gm.graph.erase_node(src)
+        folded += 1
+    if folded:
+        gm.graph.lint()
+        gm.recompile()
+    return folded
+
+
+def _unfold_graph(gm: fx.GraphModule) -> None:
+    """The inverse of _fold_graph: each conv_bn call back into the two module calls."""
+    changed = False
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not conv_bn:
+            continue
+        x, conv_ref, bn_ref, *rest = node.args
+        with gm.graph.inserting_before(node):
+            y = gm.graph.call_module(conv_ref.target, (x,))
+            out = gm.graph.call_module(bn_ref.target, (y, *rest))
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+        for ref in (conv_ref, bn_ref):
+            if not ref.users:
+                gm.graph.erase_node(ref)
+        changed = True
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer, with fastbn's batch norms as leaves (they are not under torch.nn)."""
 
@@ -233,4 +348,5 @@ def _fuse(module: nn.Module) -> nn.Module:
                 setattr(module, name, new)
         return module
     gm.training = module.training
-    return gm if _fuse_graph(gm) else module
+    fused = _fuse_graph(gm)
+    return gm if _fold_graph(gm) + fused else module
