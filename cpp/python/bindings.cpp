@@ -367,6 +367,7 @@ void ptr_train(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t
                uintptr_t var, int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -381,6 +382,7 @@ void ptr_infer(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t
                bool f64_stats) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -402,6 +404,7 @@ void ptr_backward(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t me
                   int64_t channels, int64_t inner, double eps, bool batch_stats, int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -416,6 +419,7 @@ void ptr_backward(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t me
 void ptr_stats(int code, uintptr_t x, uintptr_t mean, uintptr_t m2, int64_t outer, int64_t channels, int64_t inner) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -428,6 +432,7 @@ void ptr_backward_reduce(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintp
                          int64_t channels, int64_t inner, double eps, int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -444,6 +449,7 @@ void ptr_backward_apply(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintpt
                         int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);

@@ -54,16 +54,58 @@ namespace {
 
 // OpenMP's idle threads wait passively under fastbn's Python package (see fastbn/__init__.py), so each parallel
 // region pays a wake-up: 25-50 us on the project's 2-vCPU VMs, about what one core needs to stream 2-3 MB.
+// Whether FASTBN_MIN_BYTES_PER_THREAD (or set_min_bytes_per_thread) chose the value: then it holds for every
+// call, torch's included.
+std::atomic<bool> g_min_bytes_chosen{false};
+
 int64_t initial_min_bytes_per_thread() {
   if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    if (end && *end == '\0' && v >= 1) return v;
+    if (end && *end == '\0' && v >= 1) {
+      g_min_bytes_chosen.store(true);
+      return v;
+    }
   }
   return int64_t{3} << 20;
 }
 
 std::atomic<int64_t> g_min_bytes{initial_min_bytes_per_thread()};
+
+// A batch norm's output is read next by the layer after it (an activation, an add, a convolution), and a
+// benchmark rewrites the same buffer: written with ordinary stores it is still in the last-level cache then;
+// streamed, it goes to memory and comes back from there. So only outputs that could not stay in that cache
+// anyway are streamed: from half its size (the one the first core shares, as Linux reports it), 4 to 64 MiB.
+int64_t last_level_cache_bytes() {
+  for (const char* index : {"3", "2"}) {
+    const std::string path = std::string("/sys/devices/system/cpu/cpu0/cache/index") + index + "/size";
+    if (FILE* f = std::fopen(path.c_str(), "r")) {
+      long long v = 0;
+      char unit = 0;
+      const int got = std::fscanf(f, "%lld%c", &v, &unit);
+      std::fclose(f);
+      if (got >= 1 && v > 0) return v << (unit == 'K' ? 10 : unit == 'M' ? 20 : 0);
+    }
+  }
+#if defined(_SC_LEVEL3_CACHE_SIZE)
+  const long v = sysconf(_SC_LEVEL3_CACHE_SIZE);  // may count the whole package's L3 (AMD)
+  if (v > 0) return v;
+#endif
+  return 0;
+}
+
+int64_t initial_stream_min_bytes() {
+  if (const char* env = std::getenv("FASTBN_STREAM_MIN_BYTES")) {
+    char* end = nullptr;
+    const long long v = std::strtoll(env, &end, 10);
+    if (end && *end == '\0' && v >= 1) return v;
+  }
+  const int64_t half = last_level_cache_bytes() / 2, lo = int64_t{4} << 20, hi = int64_t{64} << 20;
+  return half < lo ? lo : half > hi ? hi : half;
+}
+
+// The calling thread's value while a detail::TorchCallScope lives (0: none).
+thread_local int64_t t_scope_min_bytes = 0;
 
 }  // namespace
 
@@ -75,11 +117,25 @@ void set_min_bytes_per_thread(int64_t bytes) {
                                           std::to_string(bytes));
   }
   g_min_bytes.store(bytes, std::memory_order_relaxed);
+  g_min_bytes_chosen.store(true, std::memory_order_relaxed);
 }
 
 Exec exec_here() {
   static thread_local Workspace workspace;
-  return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes_per_thread()};
+  const bool scoped = t_scope_min_bytes > 0 && !g_min_bytes_chosen.load(std::memory_order_relaxed);
+  return {get_num_threads(), &workspace, core_cache_bytes(), scoped ? t_scope_min_bytes : min_bytes_per_thread(),
+          stream_min_bytes()};
+}
+
+int64_t stream_min_bytes() {
+  static const int64_t bytes = initial_stream_min_bytes();
+  return bytes;
+}
+
+int64_t swap_scope_min_bytes(int64_t bytes) {
+  const int64_t previous = t_scope_min_bytes;
+  t_scope_min_bytes = bytes;
+  return previous;
 }
 
 namespace {
@@ -201,6 +257,9 @@ std::string compiled_simd_list() { return Selection::compiled_list(); }
 namespace detail {
 void set_min_bytes_per_thread(int64_t bytes) { cpu::set_min_bytes_per_thread(bytes); }
 int64_t min_bytes_per_thread() { return cpu::min_bytes_per_thread(); }
+
+TorchCallScope::TorchCallScope() : previous_(cpu::swap_scope_min_bytes(kTorchMinBytesPerThread)) {}
+TorchCallScope::~TorchCallScope() { cpu::swap_scope_min_bytes(previous_); }
 
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 

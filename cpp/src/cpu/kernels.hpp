@@ -36,6 +36,7 @@ struct Exec {
   Workspace* workspace;
   int64_t cache_bytes;           // a core's own cache (L2) size: what a thread may plan to keep in cache
   int64_t min_bytes_per_thread;  // bytes of x below which another thread costs more than it saves
+  int64_t stream_min_bytes;      // outputs at least this large are written with streaming stores
 };
 
 // The per-core L2 size as the OS reports it (1 MiB when it does not).
@@ -43,6 +44,11 @@ int64_t core_cache_bytes();
 // The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 3 MiB (see kernels_impl.hpp).
 int64_t min_bytes_per_thread();
 void set_min_bytes_per_thread(int64_t bytes);
+// Sets the calling thread's scoped value (detail::TorchCallScope; 0: none) and returns the previous one.
+int64_t swap_scope_min_bytes(int64_t bytes);
+// Outputs from this size on bypass the caches: FASTBN_STREAM_MIN_BYTES at load, else half the last-level cache
+// that the first core shares (4 to 64 MiB), see kernels_impl.hpp.
+int64_t stream_min_bytes();
 // An Exec for the calling thread (its own workspace), with the current settings.
 Exec exec_here();
 

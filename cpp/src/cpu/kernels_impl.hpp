@@ -52,8 +52,9 @@ constexpr int64_t kBlockBytes = 32 * 1024;
 constexpr int64_t kTileBytes = 256 * 1024;
 // Rows a channels-last chunk spans, in bytes: the unit of parallel work there.
 constexpr int64_t kChunkBytes = 1 << 20;
-// Outputs at least this large bypass the caches (streaming stores): they would not stay there anyway, and a
-// normal store first reads the line it writes.
+// Outputs at least Exec::stream_min_bytes large bypass the caches (streaming stores): they would not stay in the
+// last-level cache for the next layer anyway, and a normal store first reads the line it writes. The
+// yardsticks stream from kStreamMinBytes on, as the fastest copy does.
 constexpr int64_t kStreamMinBytes = 4 << 20;
 // Vectors an accumulator takes before its float lanes are moved into double lanes: a float partial sum spans
 // at most this many values per lane, so its relative error stays below ~kRound * 2^-24 for any run length.
@@ -113,8 +114,8 @@ inline bool channels_balance(int64_t channels, int threads) {
 }
 
 template <class S>
-inline bool can_stream(const S* out, int64_t bytes) {
-  return out != nullptr && bytes >= kStreamMinBytes && reinterpret_cast<uintptr_t>(out) % sizeof(S) == 0;
+inline bool can_stream(const S* out, int64_t bytes, int64_t min_bytes) {
+  return out != nullptr && bytes >= min_bytes && reinterpret_cast<uintptr_t>(out) % sizeof(S) == 0;
 }
 
 // Runs of an nc tensor shorter than this are written with ordinary stores: each run's head and tail go through
@@ -127,8 +128,8 @@ constexpr int64_t kFlatMaxRun = 64;
 constexpr int64_t kFlatMaxPeriod = 16384;
 
 template <class S>
-inline bool can_stream_runs(const S* out, int64_t bytes, int64_t run) {
-  return can_stream(out, bytes) && run * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes;
+inline bool can_stream_runs(const S* out, int64_t bytes, int64_t run, int64_t min_bytes) {
+  return can_stream(out, bytes, min_bytes) && run * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes;
 }
 
 // Carves 64-byte aligned arrays out of one workspace block.
@@ -1152,7 +1153,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
   const NcPlan pl = NcPlan::make<S>(N, C, L);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
-  const bool stream = can_stream_runs(a.y, bytes, L);
+  const bool stream = can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
   auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) {
     const NcPlan::Block bl = pl.block(b);
@@ -1256,7 +1257,7 @@ void train_cl(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
   const RowPlan plan = row_plan<S>(R, C, 1);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
-  const bool stream = can_stream(a.y, bytes);
+  const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
 
   Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt) + ClCoef<Cp>::bytes(C, 3)));
@@ -1335,7 +1336,8 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   // and a tail.
   const bool flat = L == 1 || (L < kFlatMaxRun && C * L <= kFlatMaxPeriod);
   const int64_t P = flat ? C * L : C;  // entries of the coefficient arrays
-  const bool stream = flat ? can_stream(a.y, bytes) : can_stream_runs(a.y, bytes, L);
+  const bool stream = flat ? can_stream(a.y, bytes, ex.stream_min_bytes)
+                          : can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
 
@@ -1409,7 +1411,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t bytes = N * stride * static_cast<int64_t>(sizeof(S));
   const NcPlan pl = NcPlan::make<S>(N, C, L);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
-  const bool stream = can_stream_runs(a.dx, bytes, L);
+  const bool stream = can_stream_runs(a.dx, bytes, L, ex.stream_min_bytes);
   const BwdSetup<S> su(a);
   auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
   auto sums_block = [&](int64_t c, int64_t b, double& sdz, double& sum_u) {
@@ -1529,7 +1531,7 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t bytes = R * C * static_cast<int64_t>(sizeof(S));
   const RowPlan plan = row_plan<S>(R, C, 2);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
-  const bool stream = can_stream(a.dx, bytes);
+  const bool stream = can_stream(a.dx, bytes, ex.stream_min_bytes);
   const BwdSetup<S> su(a);
 
   const int64_t Cs = round_up(C, 16);  // partial rows padded: the last channel group adds whole vectors
@@ -1618,7 +1620,7 @@ void yardstick(float* dst, int64_t count, int arrays, const Exec& ex, F&& f) {
   const int64_t units = ceil_div(count, kUnit);
   const int64_t bytes = count * static_cast<int64_t>(sizeof(float));
   [[maybe_unused]] const int nt = pick_threads(ex, arrays * bytes, units);
-  const bool stream = can_stream(dst, bytes);
+  const bool stream = can_stream(dst, bytes, kStreamMinBytes);
   Uniform<float, 1> k{};
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
