@@ -16,7 +16,7 @@ except ImportError as _e:  # pragma: no cover - the test extras install torch
     ) from _e
 
 from . import _ops
-from .convert import TorchBatchNormAct1d, TorchBatchNormAct2d, TorchBatchNormAct3d, convert, revert
+from .convert import TorchBatchNormAct1d, TorchBatchNormAct2d, TorchBatchNormAct3d, conv_bn, convert, revert
 from .functional import batch_norm
 from .modules import BatchNorm1d, BatchNorm2d, BatchNorm3d, BatchNormAct1d, BatchNormAct2d, BatchNormAct3d
 from .sync import SyncBatchNorm
@@ -33,6 +33,7 @@ __all__ = [
     "TorchBatchNormAct2d",
     "TorchBatchNormAct3d",
     "batch_norm",
+    "conv_bn",
     "convert",
     "revert",
 ]

@@ -6,6 +6,7 @@ also fuses batch norm -> activation and batch norm -> add -> activation found by
 from __future__ import annotations
 
 import operator
+import weakref
 
 import torch
 import torch.nn.functional as TF
@@ -222,12 +223,16 @@ _BN_DIMS = {M.BatchNorm1d: 1, M.BatchNorm2d: 2, M.BatchNorm3d: 3, M.BatchNormAct
             TorchBatchNormAct2d: 2, TorchBatchNormAct3d: 3}  # fmt: skip
 
 
+# batch norm -> (key, folded weight, folded bias); weak, so that copies and pickles of a model carry none of it.
+_FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _folded(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The convolution's weight and bias with the batch norm's frozen affine map folded in (computed in float64),
     cached on the batch norm until any of the six tensors is replaced or changed in place."""
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
     key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (bn.eps,)
-    cached = bn.__dict__.get("_fastbn_folded")
+    cached = _FOLDED.get(bn)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
     with torch.no_grad():
@@ -242,7 +247,7 @@ def _folded(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]
             shift = shift + bn.bias.double()
         folded_w = (w.double() * scale.view((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
         folded_b = shift.to(w.dtype)
-    bn.__dict__["_fastbn_folded"] = (key, folded_w, folded_b)
+    _FOLDED[bn] = (key, folded_w, folded_b)
     return folded_w, folded_b
 
 
@@ -251,6 +256,9 @@ def conv_bn(x: torch.Tensor, conv: nn.Module, bn: nn.Module, residual: torch.Ten
     norm in eval mode with running statistics, not under torch.compile — the batch norm is folded into the
     convolution (``y = conv(x; w * s, (b - mean) * s + beta)``, ``s = gamma / sqrt(var + eps)``) and only the
     residual and activation remain; otherwise the two modules run as written."""
+    if isinstance(x, fx.Proxy):  # traced again (a GraphModule unpickled, or traced by the user): stay one call
+        args = (x, conv, bn) if residual is None else (x, conv, bn, residual)
+        return x.tracer.create_proxy("call_function", conv_bn, args, {})
     if (
         bn.training
         or bn.running_mean is None
