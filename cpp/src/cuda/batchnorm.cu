@@ -1338,6 +1338,26 @@ ResidentPlan plan_resident(const Shape& s, int op, int big) {
   return p;
 }
 
+// A launch configuration of `blocks` blocks in clusters of K along x (or, clustered false, no cluster).
+struct ClusterLaunch {
+  cudaLaunchAttribute attr[1] = {};
+  cudaLaunchConfig_t cfg = {};
+  ClusterLaunch(int64_t blocks, int K, int threads, size_t smem, cudaStream_t stream, bool clustered) {
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(K);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+    cfg.blockDim = dim3(static_cast<unsigned>(threads));
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = clustered ? 1 : 0;
+  }
+  ClusterLaunch(const ClusterLaunch&) = delete;
+  ClusterLaunch& operator=(const ClusterLaunch&) = delete;
+};
+
 // Whether the resident path may run on this device: compute capability 9.0 or newer, not switched off with
 // FASTBN_CUDA_RESIDENT=0, sm_90 code in this build, and (training, backward) a cluster of K blocks of size class
 // `big` schedulable. Asked once per kernel, K and class; the capability once per call (a cached attribute).
@@ -1369,19 +1389,9 @@ bool resident_runs(int device, int K, int big) {
   static std::atomic<int> fits[2][kMaxCluster + 1] = {};  // 0: not asked yet, 1: yes, 2: no
   int f = fits[big][K].load(std::memory_order_relaxed);
   if (f == 0) {
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(K);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.gridDim = dim3(static_cast<unsigned>(K));
-    cfg.blockDim = dim3(kResThreads);
-    cfg.dynamicSmemBytes = kResMaxSmem[big];
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    ClusterLaunch launch(K, K, kResThreads, kResMaxSmem[big], nullptr, true);
     int clusters = 0;
-    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.cfg) != cudaSuccess) {
       cudaGetLastError();
       clusters = 0;
     }
@@ -1394,19 +1404,9 @@ bool resident_runs(int device, int K, int big) {
 template <class T, int W, bool kRows, int kOp, bool kAligned>
 bool launch_resident_as(const ResidentPlan& p, const ResArgs<T>& args, int device, cudaStream_t stream) {
   if (!resident_runs<T, W, kRows, kOp, kAligned>(device, p.g.K, p.big)) return false;
-  cudaLaunchConfig_t cfg = {};
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = static_cast<unsigned>(p.g.K);
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(static_cast<unsigned>(p.units * p.g.K));
-  cfg.blockDim = dim3(static_cast<unsigned>(p.threads));
-  cfg.dynamicSmemBytes = p.smem;
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = kOp == kResInfer ? 0 : 1;  // inference blocks work alone
-  check(cudaLaunchKernelEx(&cfg, resident<T, W, kRows, kOp, kAligned>, args, p.g), "kernel launch");
+  // Inference blocks work alone: no cluster.
+  const ClusterLaunch launch(p.units * p.g.K, p.g.K, p.threads, p.smem, stream, kOp != kResInfer);
+  check(cudaLaunchKernelEx(&launch.cfg, resident<T, W, kRows, kOp, kAligned>, args, p.g), "kernel launch");
   return true;
 }
 
