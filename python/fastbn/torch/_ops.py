@@ -26,6 +26,7 @@ _DOUBLE_BACKWARD = (
     "torch.nn.BatchNorm*d (fastbn.torch.revert(model)) where second derivatives are needed"
 )
 _CODES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_CUDA_BUILT = bool(_core.build_info()["cuda"])  # whether this build has the CUDA kernels
 
 
 def param_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -37,7 +38,7 @@ def supported(x: torch.Tensor, fused: bool = False) -> bool:
     if x.device.type == "cpu":
         return x.dtype in _CODES
     if x.device.type == "cuda":
-        return x.dtype in (torch.float32, torch.float64) and not fused and bool(_core.build_info()["cuda"])
+        return x.dtype in (torch.float32, torch.float64) and not fused and _CUDA_BUILT
     return False
 
 
@@ -129,7 +130,12 @@ def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)  # a tenth of current_stream()'s cost
+
+
 def _cuda_stream(x: torch.Tensor) -> int:
+    if _RAW_STREAM is not None:
+        return int(_RAW_STREAM(x.get_device()))
     return int(torch.cuda.current_stream(x.device).cuda_stream)
 
 
@@ -393,15 +399,31 @@ _RUNNING = {torch.float32: 0, torch.float64: 1}
 
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:
-    """In place, in one C++ call, for float32/float64 CPU buffers (False: the caller does it with torch ops)."""
+    """In place, in one C++ call (on CUDA one kernel on the current stream), for float32/float64 buffers
+    (False: the caller does it with torch ops)."""
     rc = _RUNNING.get(running_mean.dtype)
     if (
         rc is None
         or running_var.dtype != running_mean.dtype
-        or running_mean.device.type != "cpu"
         or not (running_mean.is_contiguous() and running_var.is_contiguous())
         or count < 2
     ):
+        return False
+    if running_mean.device.type == "cuda":
+        if not (
+            mean.dtype == var.dtype == running_mean.dtype
+            and mean.device == running_mean.device == running_var.device
+            and 0.0 <= momentum <= 1.0
+            and _CUDA_BUILT
+        ):
+            return False
+        _core.cuda_update_running_stats(
+            running_mean.data_ptr(), running_var.data_ptr(), mean.data_ptr(), var.data_ptr(), mean.numel(), count,
+            float(momentum), running_mean.dtype == torch.float64, _cuda_stream(running_mean),
+        )  # fmt: skip
+        torch.autograd.graph.increment_version((running_mean, running_var))
+        return True
+    if running_mean.device.type != "cpu":
         return False
     _core.ptr_update_running_stats(
         rc, running_mean.data_ptr(), running_var.data_ptr(), _RUNNING[mean.dtype], mean.data_ptr(), var.data_ptr(),
