@@ -1041,11 +1041,14 @@ struct RowPlan {
   int64_t chunk_begin(int64_t k) const { return k * chunk; }
 };
 
+// Chunks are kChunkBytes, or an eighth of the tensor when that is less (but at least a tile), so that a small
+// channels-last tensor still splits over a few threads. Shape alone decides, as the merge order must.
 template <class S>
 inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S)) * arrays;
   const int64_t tile = min64(max64(1, kTileBytes * arrays / row_bytes), rows);
-  const int64_t chunk = tile * max64(1, kChunkBytes / (tile * row_bytes));
+  const int64_t target = min64(kChunkBytes, rows * row_bytes / 8);
+  const int64_t chunk = tile * max64(1, target / (tile * row_bytes));
   return {tile, chunk, ceil_div(rows, chunk)};
 }
 
