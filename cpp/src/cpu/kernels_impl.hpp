@@ -126,6 +126,8 @@ constexpr int64_t kStreamMinRunBytes = 512;
 // per-position coefficients (3 arrays of at most 192 KiB in float32, read from L2).
 constexpr int64_t kFlatMaxRun = 64;
 constexpr int64_t kFlatMaxPeriod = 16384;
+// Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
+constexpr int64_t kFlatBlock = 1024;
 
 template <class S>
 inline bool can_stream_runs(const S* out, int64_t bytes, int64_t run, int64_t min_bytes) {
@@ -1359,16 +1361,31 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   co.extend(P, 3);
 
   if (flat) {
-    const int64_t rows_per_unit = max64(1, kBlockBytes / (P * static_cast<int64_t>(sizeof(S))));
-    const int64_t units = ceil_div(N, rows_per_unit);
-    [[maybe_unused]] const int nt = pick_threads(ex, bytes, units);
+    // A period longer than kFlatBlock positions is walked in blocks of positions, each over a group of rows, so
+    // that the block's coefficients stay in L1 while the rows pass: re-reading a whole period's three arrays
+    // from L2 for every row made 16x512x5x5 (a 12800-position period) take 40 us.
+    const int64_t blk = min64(P, kFlatBlock);
+    const int64_t nblk = ceil_div(P, blk);
+    const int64_t rows_per_unit = max64(1, kBlockBytes / (blk * static_cast<int64_t>(sizeof(S))));
+    const int64_t groups = ceil_div(N, rows_per_unit);
+    [[maybe_unused]] const int nt = pick_threads(ex, bytes, groups * nblk);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
 #pragma omp for schedule(static)
-      for (int64_t u = 0; u < units; ++u) {
-        const int64_t o = u * rows_per_unit * P;
-        fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, min64(rows_per_unit, N - u * rows_per_unit) * P,
-               P, co.k[0], co.k[1], co.k[2], slope, stream});
+      for (int64_t u = 0; u < groups * nblk; ++u) {
+        const int64_t r0 = (u / nblk) * rows_per_unit, rows = min64(rows_per_unit, N - r0);
+        const int64_t off = (u % nblk) * blk, len = min64(blk, P - off);
+        if (len == P) {  // whole periods: the group in one call
+          const int64_t o = r0 * P;
+          fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, rows * P, P, co.k[0], co.k[1], co.k[2],
+                 slope, stream});
+          continue;
+        }
+        for (int64_t r = r0; r < r0 + rows; ++r) {
+          const int64_t o = r * P + off;
+          fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, len, len, co.k[0] + off, co.k[1] + off,
+                 co.k[2] + off, slope, stream});
+        }
       }
       if (stream) stream_fence();
     }
