@@ -467,7 +467,7 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=1, eps=1e-5, out=None):
         outer, c, inner, f64 = f
         dev = x.get_device()
         g, b, y = _fast_param(gamma, x, c, dev), _fast_param(beta, x, c, dev), _fast_out(out, x, dev)
-        if None not in (g, b, y) and outer * inner >= 2 and type(eps) is float and eps > 0:
+        if None not in (g, b, y) and outer * inner >= 2 and type(eps) is float and 0.0 < eps < math.inf:
             mean, var, mp, vp = _fast_stats(x, c)
             _core.cuda_train(x.data_ptr(), y.data_ptr(), g, b, mp, vp, outer, c, inner, eps, f64, _raw_stream(dev))
             return y, mean, var
@@ -496,7 +496,7 @@ def batch_norm_infer(x, mean, var, gamma=None, beta=None, *, axis=1, eps=1e-5, o
         dev = x.get_device()
         m, s = _fast_param(mean, x, c, dev), _fast_param(var, x, c, dev)
         g, b, y = _fast_param(gamma, x, c, dev), _fast_param(beta, x, c, dev), _fast_out(out, x, dev)
-        if None not in (m, s, g, b, y) and type(eps) is float and eps > 0:
+        if None not in (m, s, g, b, y) and type(eps) is float and 0.0 < eps < math.inf:
             _core.cuda_infer(x.data_ptr(), y.data_ptr(), m, s, g, b, outer, c, inner, eps, f64, _raw_stream(dev))
             return y
     e = _check_eps(eps)
@@ -572,7 +572,7 @@ def batch_norm_backward(dy, x, mean, var, gamma=None, *, axis=1, eps=1e-5, batch
         dev = x.get_device()
         m, s, g = _fast_param(mean, x, c, dev), _fast_param(var, x, c, dev), _fast_param(gamma, x, c, dev)
         dx = _fast_out(out, x, dev)
-        if None not in (m, s, g, dx) and type(eps) is float and eps > 0:
+        if None not in (m, s, g, dx) and type(eps) is float and 0.0 < eps < math.inf:
             dgamma, dbeta, gp, bp = _fast_stats(x, c)
             _core.cuda_backward(
                 dy.data_ptr(),

@@ -52,12 +52,12 @@ int64_t core_cache_bytes() {
 
 namespace {
 
-// OpenMP's idle threads wait passively under fastbn's Python package (see fastbn/__init__.py), so each parallel
-// region pays a wake-up: 25-50 us on the project's 2-vCPU VMs, about what one core needs to stream 2-3 MB.
 // Whether FASTBN_MIN_BYTES_PER_THREAD (or set_min_bytes_per_thread) chose the value: then it holds for every
 // call, torch's included.
 std::atomic<bool> g_min_bytes_chosen{false};
 
+// OpenMP's idle threads wait passively under fastbn's Python package (see fastbn/__init__.py), so each parallel
+// region pays a wake-up: 25-50 us on the project's 2-vCPU VMs, about what one core needs to stream 2-3 MB.
 int64_t initial_min_bytes_per_thread() {
   if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
     char* end = nullptr;

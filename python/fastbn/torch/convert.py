@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as TF
 from torch import fx, nn
 
+from ..functional import fold
 from . import modules as M
 
 __all__ = ["convert", "revert", "conv_bn", "TorchBatchNormAct1d", "TorchBatchNormAct2d", "TorchBatchNormAct3d"]
@@ -219,8 +220,7 @@ def _fuse_graph(gm: fx.GraphModule) -> int:
 
 _CONV_DIMS = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}
 _BN_DIMS = {M.BatchNorm1d: 1, M.BatchNorm2d: 2, M.BatchNorm3d: 3, M.BatchNormAct1d: 1, M.BatchNormAct2d: 2,
-            M.BatchNormAct3d: 3, nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3, TorchBatchNormAct1d: 1,
-            TorchBatchNormAct2d: 2, TorchBatchNormAct3d: 3}  # fmt: skip
+            M.BatchNormAct3d: 3}  # fmt: skip
 
 
 # batch norm -> (key, folded weight, folded bias); weak, so that copies and pickles of a model carry none of it.
@@ -228,34 +228,27 @@ _FOLDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _folded(conv: nn.Module, bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The convolution's weight and bias with the batch norm's frozen affine map folded in (computed in float64),
-    cached on the batch norm until any of the six tensors is replaced or changed in place."""
+    """The convolution's weight and bias with the batch norm's frozen affine map folded in (fastbn.fold, in
+    float64), cached until any of the six tensors is replaced or changed in place."""
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype, t.device) for t in tensors) + (bn.eps,)
+    key = tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in tensors) + (bn.eps,)
     cached = _FOLDED.get(bn)
     if cached is not None and cached[0] == key:
         return cached[1], cached[2]
-    with torch.no_grad():
-        w = conv.weight
-        scale = torch.rsqrt(bn.running_var.double() + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight.double()
-        shift = -bn.running_mean.double() * scale
-        if conv.bias is not None:
-            shift = shift + conv.bias.double() * scale
-        if bn.bias is not None:
-            shift = shift + bn.bias.double()
-        folded_w = (w.double() * scale.view((-1,) + (1,) * (w.dim() - 1))).to(w.dtype)
-        folded_b = shift.to(w.dtype)
+    w, b = fold(*(None if t is None else t.detach().numpy() for t in tensors[:2]),
+                bn.running_mean.numpy(), bn.running_var.numpy(),
+                *(None if t is None else t.detach().numpy() for t in tensors[2:4]), eps=bn.eps)  # fmt: skip
+    folded_w, folded_b = torch.from_numpy(w), torch.from_numpy(b)
     _FOLDED[bn] = (key, folded_w, folded_b)
     return folded_w, folded_b
 
 
 def conv_bn(x: torch.Tensor, conv: nn.Module, bn: nn.Module, residual: torch.Tensor | None = None) -> torch.Tensor:
     """``bn(conv(x))`` (``bn(conv(x), residual)`` for a fused batch norm). In inference — autograd off, the batch
-    norm in eval mode with running statistics, not under torch.compile — the batch norm is folded into the
-    convolution (``y = conv(x; w * s, (b - mean) * s + beta)``, ``s = gamma / sqrt(var + eps)``) and only the
-    residual and activation remain; otherwise the two modules run as written."""
+    norm in eval mode with running statistics, float32/float64 CPU weights, not under torch.compile — the batch
+    norm is folded into the convolution (``y = conv(x; w * s, (b - mean) * s + beta)``,
+    ``s = gamma / sqrt(var + eps)``) and only the residual and activation remain; otherwise the two modules run
+    as written."""
     if isinstance(x, fx.Proxy):  # traced again (a GraphModule unpickled, or traced by the user): stay one call
         args = (x, conv, bn) if residual is None else (x, conv, bn, residual)
         return x.tracer.create_proxy("call_function", conv_bn, args, {})
@@ -265,6 +258,7 @@ def conv_bn(x: torch.Tensor, conv: nn.Module, bn: nn.Module, residual: torch.Ten
         or torch.is_grad_enabled()
         or torch.compiler.is_compiling()
         or x.device.type != "cpu"
+        or conv.weight.dtype not in (torch.float32, torch.float64)
     ):
         y = conv(x)
         return bn(y) if residual is None else bn(y, residual)
