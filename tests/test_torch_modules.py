@@ -3,6 +3,7 @@ PyTorch's own batch norm (float64 autograd where gradients are compared)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -311,3 +312,27 @@ def test_requires_grad_cpu_tensors_in_the_numpy_api_are_read_detached():
     y, mean, var = fastbn.batch_norm_train(x)
     assert isinstance(y, np.ndarray)
     np.testing.assert_allclose(mean, x.detach().mean(0).numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_inductor_hands_the_ops_its_own_layout_without_copies():
+    # Inductor runs CPU convolutions channels-last even in an NCHW model. The ops take any dense layout
+    # (flexible_layout), so each batch norm must see the convolution's output as it is: the same strides,
+    # rather than a copy into the layout seen while tracing and another one back.
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    stock = ConvBNReLU().eval()
+    ours = ft.convert(ConvBNReLU()).eval()
+    ours.load_state_dict(stock.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._inductor.config.patch(force_disable_caches=True):
+        y, codes = run_and_get_code(torch.compile(ours, fullgraph=True), x)
+    torch.testing.assert_close(y, stock(x), rtol=1e-5, atol=1e-5)
+    strides = {}
+    for stride, op in re.findall(r"assert_size_stride\(\w+, \([^)]*\), (\([^)]*\)), '([\w.]+)'\)", "".join(codes)):
+        strides.setdefault(stride, set()).add(op)
+    conv = {s for s, ops in strides.items() if "torch.ops.aten.convolution.default" in ops}
+    ours_ = {s for s, ops in strides.items() if "torch.ops.fastbn.batch_norm_infer.default" in ops}
+    assert conv and ours_, strides
+    assert ours_ <= conv, strides

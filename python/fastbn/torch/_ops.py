@@ -42,6 +42,11 @@ def supported(x: torch.Tensor, fused: bool = False) -> bool:
     return False
 
 
+# The kernels take any dense layout and their outputs keep it: Inductor may hand the ops whatever layout it
+# chose for the neighbouring convolutions (it runs CPU convolutions channels-last) instead of copying into the
+# layout seen while tracing and back.
+_FLEXIBLE = (torch.Tag.flexible_layout,)
+
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
@@ -167,7 +172,7 @@ def train_impl(x, weight, bias, residual, eps, activation, negative_slope):
     return y, mean, var
 
 
-@torch.library.custom_op("fastbn::batch_norm_train", mutates_args=())
+@torch.library.custom_op("fastbn::batch_norm_train", mutates_args=(), tags=_FLEXIBLE)
 def batch_norm_train(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -211,7 +216,7 @@ def infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_s
     return y
 
 
-@torch.library.custom_op("fastbn::batch_norm_infer", mutates_args=())
+@torch.library.custom_op("fastbn::batch_norm_infer", mutates_args=(), tags=_FLEXIBLE)
 def batch_norm_infer(
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -259,7 +264,7 @@ def backward_impl(dy, x, y, mean, var, weight, bias, eps, batch_stats, activatio
     return dx, dgamma, dbeta, dres
 
 
-@torch.library.custom_op("fastbn::batch_norm_backward", mutates_args=())
+@torch.library.custom_op("fastbn::batch_norm_backward", mutates_args=(), tags=_FLEXIBLE)
 def batch_norm_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
