@@ -192,6 +192,37 @@ inline typename V::reg keep(const Part<V>& t, typename V::reg v, typename V::reg
   return V::keep_part(t.m, v, fill);
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// Channels-last column groups
+
+// Calls f(std::integral_constant<int, G>{}, c, m) over the channels [0, C) of channels-last rows, in groups of
+// G vectors starting at channel c: groups of kG, then the remaining whole vectors in groups of 4, 2 and 1, then
+// the last m < W channels (m an int; Full{} for whole groups). A group is one pass over the rows with G
+// independent sums per row: a few channels (C = 64 floats: 4 vectors) are read as whole rows in one pass,
+// rather than one vector of each row per pass, each a chain of dependent adds. Each channel's sums run in the
+// same order whatever its group, so the bits do not depend on the grouping.
+template <int kG, int W, class F>
+inline void for_column_groups(int64_t C, F&& f) {
+  using std::integral_constant;
+  int64_t c = 0;
+  for (; c + kG * W <= C; c += kG * W) f(integral_constant<int, kG>{}, c, Full{});
+  if constexpr (kG > 4) {
+    if (c + 4 * W <= C) {
+      f(integral_constant<int, 4>{}, c, Full{});
+      c += 4 * W;
+    }
+  }
+  if constexpr (kG > 2) {
+    if (c + 2 * W <= C) {
+      f(integral_constant<int, 2>{}, c, Full{});
+      c += 2 * W;
+    }
+  }
+  for (; c + W <= C; c += W) f(integral_constant<int, 1>{}, c, Full{});
+  if (c < C) f(integral_constant<int, 1>{}, c, static_cast<int>(C - c));
+}
+
+
 template <class S>
 inline compute_t<S> load1(const S* p) {
   if constexpr (is_half_v<S>) {
@@ -773,19 +804,10 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, c
   constexpr int kG = 4;
 #endif
   auto at = [](const S* p, int64_t c) { return p ? p + c : nullptr; };
-  int64_t c = 0;
-  for (; c + kG * W <= C; c += kG * W) {
-    bwd_group_cl<S, A, kFromY, kG>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope, Full{}, g + c,
-                                   h + c);
-  }
-  for (; c + W <= C; c += W) {
-    bwd_group_cl<S, A, kFromY, 1>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope, Full{}, g + c,
-                                  h + c);
-  }
-  if (c < C) {
-    bwd_group_cl<S, A, kFromY, 1>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope, inv_slope,
-                                  static_cast<int>(C - c), g + c, h + c);
-  }
+  for_column_groups<kG, W>(C, [&](auto gr, int64_t c, auto m) {
+    bwd_group_cl<S, A, kFromY, decltype(gr)::value>(dy + c, at(x, c), at(y, c), rows, C, center + c, slope,
+                                                    inv_slope, m, g + c, h + c);
+  });
 }
 
 template <class S>
@@ -965,10 +987,9 @@ inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k
   constexpr int kG = 3;
 #endif
   for (int64_t c = 0; c < round_up(C, 16); ++c) d1[c] = s1[c] = s2[c] = 0;  // the last group writes whole vectors
-  int64_t c = 0;
-  for (; c + kG * W <= C; c += kG * W) moments_group_cl<S, kG>(x + c, rows, C, Full{}, k + c, d1 + c, s1 + c, s2 + c);
-  for (; c + W <= C; c += W) moments_group_cl<S, 1>(x + c, rows, C, Full{}, k + c, d1 + c, s1 + c, s2 + c);
-  if (c < C) moments_group_cl<S, 1>(x + c, rows, C, static_cast<int>(C - c), k + c, d1 + c, s1 + c, s2 + c);
+  for_column_groups<kG, W>(C, [&](auto g, int64_t c, auto m) {
+    moments_group_cl<S, decltype(g)::value>(x + c, rows, C, m, k + c, d1 + c, s1 + c, s2 + c);
+  });
 }
 
 // Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
@@ -1043,14 +1064,19 @@ struct RowPlan {
   int64_t chunk_begin(int64_t k) const { return k * chunk; }
 };
 
-// Chunks are kChunkBytes, or an eighth of the tensor when that is less (but at least a tile), so that a small
-// channels-last tensor still splits over a few threads. Shape alone decides, as the merge order must.
+// Chunks are whole tiles of about kChunkBytes; a tensor of less than 8 such chunks is cut into 8 equal chunks
+// (tiles no larger than a chunk), so that a small channels-last tensor splits evenly over 2, 4 or 8 threads
+// rather than into a few tiles and a remnant. Shape alone decides, as the merge order must.
 template <class S>
 inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
+  constexpr int64_t kMinChunks = 8;
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S)) * arrays;
   const int64_t tile = min64(max64(1, kTileBytes * arrays / row_bytes), rows);
-  const int64_t target = min64(kChunkBytes, rows * row_bytes / 8);
-  const int64_t chunk = tile * max64(1, target / (tile * row_bytes));
+  if (rows * row_bytes < kMinChunks * kChunkBytes) {
+    const int64_t chunk = ceil_div(rows, min64(kMinChunks, rows));
+    return {min64(tile, chunk), chunk, ceil_div(rows, chunk)};
+  }
+  const int64_t chunk = tile * max64(1, kChunkBytes / (tile * row_bytes));
   return {tile, chunk, ceil_div(rows, chunk)};
 }
 
