@@ -35,9 +35,9 @@ def param_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def supported(x: torch.Tensor, fused: bool = False) -> bool:
     """Whether fastbn's kernels take this tensor (else the callers use PyTorch's batch norm)."""
-    if x.device.type == "cpu":
+    if x.is_cpu:  # (is_cpu and is_cuda cost a fifth of device.type, on every call)
         return x.dtype in _CODES
-    if x.device.type == "cuda":
+    if x.is_cuda:
         return x.dtype in (torch.float32, torch.float64) and not fused and _CUDA_BUILT
     return False
 
@@ -119,7 +119,7 @@ def empty_like(x: torch.Tensor) -> torch.Tensor:
     The result owns its storage rather than viewing another tensor (``set_`` on the cached buffer's storage,
     which keeps the buffer alive): autograd forbids in-place changes of a custom Function's output that is a
     view, and models do ``relu_(bn(x))`` (``torch.nn.ReLU(inplace=True)``)."""
-    if x.device.type != "cpu" or x.numel() * x.element_size() < _CACHED_MIN_BYTES:
+    if not x.is_cpu or x.nbytes < _CACHED_MIN_BYTES:
         return torch.empty_like(x)
     perm = sorted(range(x.dim()), key=lambda i: (-x.stride(i), i))  # x is dense: its axes in memory order
     buf = torch.from_numpy(_core.empty([x.shape[i] for i in perm], _NUMPY_STORAGE[x.dtype]))
@@ -414,7 +414,7 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
         or count < 2
     ):
         return False
-    if running_mean.device.type == "cuda":
+    if running_mean.is_cuda:
         if not (
             mean.dtype == var.dtype == running_mean.dtype
             and mean.device == running_mean.device == running_var.device
@@ -428,7 +428,7 @@ def update_running_stats(running_mean, running_var, mean, var, count: int, momen
         )  # fmt: skip
         torch.autograd.graph.increment_version((running_mean, running_var))
         return True
-    if running_mean.device.type != "cpu":
+    if not running_mean.is_cpu:
         return False
     _core.ptr_update_running_stats(
         rc, running_mean.data_ptr(), running_var.data_ptr(), _RUNNING[mean.dtype], mean.data_ptr(), var.data_ptr(),
