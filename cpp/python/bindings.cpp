@@ -363,10 +363,40 @@ T* addr(uintptr_t a) {
   return reinterpret_cast<T*>(a);
 }
 
+// The running-statistics update on raw addresses (codes checked by the caller; no Python calls, so it runs
+// without the GIL).
+void check_running_codes(Code rc, Code sc) {
+  if ((rc != Code::f32 && rc != Code::f64) || (sc != Code::f32 && sc != Code::f64)) {
+    throw py::type_error("fastbn: running statistics must be float32 or float64");
+  }
+}
+
+void update_running_raw(Code rc, uintptr_t running_mean, uintptr_t running_var, Code sc, uintptr_t mean,
+                        uintptr_t var, int64_t channels, double count, double momentum) {
+  std::vector<double> m(static_cast<size_t>(channels)), v(static_cast<size_t>(channels));
+  for (int64_t c = 0; c < channels; ++c) {
+    m[c] = sc == Code::f32 ? addr<const float>(mean)[c] : addr<const double>(mean)[c];
+    v[c] = sc == Code::f32 ? addr<const float>(var)[c] : addr<const double>(var)[c];
+  }
+  if (rc == Code::f32) {
+    fastbn::update_running_stats(addr<float>(running_mean), addr<float>(running_var), m.data(), v.data(), channels,
+                                 count, momentum);
+  } else {
+    fastbn::update_running_stats(addr<double>(running_mean), addr<double>(running_var), m.data(), v.data(), channels,
+                                 count, momentum);
+  }
+}
+
+// With running_mean != 0 it also updates the running statistics (code `running`) from the batch's, as
+// ptr_update_running_stats does, in the same call.
 void ptr_train(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t gamma, uintptr_t beta, uintptr_t mean,
-               uintptr_t var, int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope) {
+               uintptr_t var, int64_t outer, int64_t channels, int64_t inner, double eps, int act, double slope,
+               uintptr_t running_mean, uintptr_t running_var, int running, double momentum) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
+  const Code sc = c == Code::f64 ? Code::f64 : Code::f32;  // the batch statistics' type (param_t)
+  const Code rc = running_mean ? code_arg(running) : sc;
+  check_running_codes(rc, sc);
   const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
@@ -375,6 +405,10 @@ void ptr_train(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t
     fastbn::forward_train(addr<const T>(x), addr<const T>(residual), addr<T>(y), addr<const P>(gamma),
                           addr<const P>(beta), addr<P>(mean), addr<P>(var), v.shape, eps, fusion_of(act, slope));
   });
+  if (running_mean) {
+    update_running_raw(rc, running_mean, running_var, sc, mean, var, channels, static_cast<double>(outer * inner),
+                       momentum);
+  }
 }
 
 void ptr_infer(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t mean, uintptr_t var, uintptr_t gamma,
@@ -466,22 +500,9 @@ void ptr_backward_apply(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintpt
 void ptr_update_running_stats(int running, uintptr_t running_mean, uintptr_t running_var, int stats, uintptr_t mean,
                               uintptr_t var, int64_t channels, double count, double momentum) {
   const Code rc = code_arg(running), sc = code_arg(stats);
-  if ((rc != Code::f32 && rc != Code::f64) || (sc != Code::f32 && sc != Code::f64)) {
-    throw py::type_error("fastbn: running statistics must be float32 or float64");
-  }
+  check_running_codes(rc, sc);
   if (channels < 1) throw py::value_error("fastbn: channels must be >= 1");
-  std::vector<double> m(static_cast<size_t>(channels)), v(static_cast<size_t>(channels));
-  for (int64_t c = 0; c < channels; ++c) {
-    m[c] = sc == Code::f32 ? addr<const float>(mean)[c] : addr<const double>(mean)[c];
-    v[c] = sc == Code::f32 ? addr<const float>(var)[c] : addr<const double>(var)[c];
-  }
-  if (rc == Code::f32) {
-    fastbn::update_running_stats(addr<float>(running_mean), addr<float>(running_var), m.data(), v.data(), channels,
-                                 count, momentum);
-  } else {
-    fastbn::update_running_stats(addr<double>(running_mean), addr<double>(running_var), m.data(), v.data(), channels,
-                                 count, momentum);
-  }
+  update_running_raw(rc, running_mean, running_var, sc, mean, var, channels, count, momentum);
 }
 
 void stream_copy(const py::array& src, const py::array& dst) {
@@ -852,7 +873,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
   m.def("set_min_bytes_per_thread", &fastbn::detail::set_min_bytes_per_thread, py::arg("bytes"));
   m.def("min_bytes_per_thread", &fastbn::detail::min_bytes_per_thread);
-  m.def("ptr_train", &ptr_train);
+  m.def("ptr_train", &ptr_train, py::arg("code"), py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("gamma"),
+        py::arg("beta"), py::arg("mean"), py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
+        py::arg("eps"), py::arg("act"), py::arg("slope"), py::arg("running_mean") = 0, py::arg("running_var") = 0,
+        py::arg("running") = 0, py::arg("momentum") = 0.0);
   m.def("ptr_infer", &ptr_infer);
   m.def("ptr_backward", &ptr_backward);
   m.def("ptr_stats", &ptr_stats);

@@ -122,6 +122,10 @@ def ptr_train(
     eps: float,
     act: int,
     slope: float,
+    running_mean: int = 0,
+    running_var: int = 0,
+    running: int = 0,
+    momentum: float = 0.0,
 ) -> None: ...
 def ptr_infer(
     code: int,

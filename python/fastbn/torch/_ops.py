@@ -153,7 +153,8 @@ def _channel_pair(x: torch.Tensor, channels: int):
 # Training forward
 
 
-def train_impl(x, weight, bias, residual, eps, activation, negative_slope):
+def train_impl(x, weight, bias, residual, eps, activation, negative_slope, running=None):
+    """running: None, or running_args(...) for a CPU call that updates the running statistics itself."""
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
@@ -167,7 +168,7 @@ def train_impl(x, weight, bias, residual, eps, activation, negative_slope):
     else:
         _core.ptr_train(
             _CODES[x.dtype], x.data_ptr(), _ptr(residual), y.data_ptr(), _ptr(w), _ptr(b), mean.data_ptr(),
-            var.data_ptr(), outer, c, inner, eps, activation, negative_slope,
+            var.data_ptr(), outer, c, inner, eps, activation, negative_slope, *(running or ()),
         )  # fmt: skip
     return y, mean, var
 
@@ -241,14 +242,18 @@ def _(x, mean, var, weight, bias, residual, eps, activation, negative_slope):
 # Backward
 
 
-def backward_impl(dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual):
+def backward_impl(
+    dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual, placeholder=True
+):
+    """(dx, dgamma, dbeta, dresidual); an unwanted dresidual is an empty tensor (the operator's schema), or None
+    with placeholder=False (eager: one allocation less)."""
     x, perm, outer, c, inner = layout(x)
     dy = _like(dy, x, perm, "grad_output")
     y = _like(y, x, perm, "output")
     m, v = _param(mean, x, c, "mean"), _param(var, x, c, "var")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
     dx = empty_like(x)
-    dres = empty_like(x) if want_dresidual else x.new_empty((0,))
+    dres = empty_like(x) if want_dresidual else x.new_empty((0,)) if placeholder else None
     dgamma, dbeta = _channel_pair(x, c)
     if x.is_cuda:
         _core.cuda_backward(
@@ -368,6 +373,10 @@ class _NoDoubleBackward(torch.autograd.Function):
         raise RuntimeError(_DOUBLE_BACKWARD)
 
 
+def _backward_eager(*args):
+    return backward_impl(*args, placeholder=False)
+
+
 def _guard(ctx, dy, grads):
     if not torch.is_grad_enabled():
         return grads
@@ -376,15 +385,15 @@ def _guard(ctx, dy, grads):
 
 class EagerTrain(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, residual, eps, activation, negative_slope):
-        out = train_impl(x, weight, bias, residual, eps, activation, negative_slope)
+    def forward(ctx, x, weight, bias, residual, eps, activation, negative_slope, running=None):
+        out = train_impl(x, weight, bias, residual, eps, activation, negative_slope, running)
         _setup_train(ctx, (x, weight, bias, residual, eps, activation, negative_slope), out)
         return out
 
     @staticmethod
     def backward(ctx, dy, _dmean, _dvar):
-        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, True, backward_impl))
-        return dx, dw, db, dr, None, None, None
+        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, True, _backward_eager))
+        return dx, dw, db, dr, None, None, None, None
 
 
 class EagerInfer(torch.autograd.Function):
@@ -396,11 +405,27 @@ class EagerInfer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, False, backward_impl))
+        dx, dw, db, dr = _guard(ctx, dy, _grads(ctx, dy, False, _backward_eager))
         return dx, None, None, dw, db, dr, None, None, None
 
 
 _RUNNING = {torch.float32: 0, torch.float64: 1}
+
+
+def running_args(running_mean, running_var, x, count: int, momentum: float):
+    """The trailing arguments of _core.ptr_train that make the training call update float32/float64 CPU
+    running statistics itself (one call instead of two: inside a model each call from Python costs 5-20 us
+    with cold caches), or None where the caller updates them (update_running_stats)."""
+    rc = _RUNNING.get(running_mean.dtype)
+    if (
+        rc is None
+        or running_var.dtype != running_mean.dtype
+        or not (x.is_cpu and running_mean.is_cpu and running_var.is_cpu)
+        or not (running_mean.is_contiguous() and running_var.is_contiguous())
+        or count < 2
+    ):
+        return None
+    return running_mean.data_ptr(), running_var.data_ptr(), rc, float(momentum)
 
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:

@@ -89,12 +89,16 @@ def batch_norm(
         if grad:
             return _ops.EagerInfer.apply(input, running_mean, running_var, weight, bias, residual, eps, act, slope)
         return _ops.infer_impl(input, running_mean, running_var, weight, bias, residual, eps, act, slope)
+    keep = running_mean is not None and running_var is not None
+    n = input.numel() // input.shape[1]
+    run = _ops.running_args(running_mean, running_var, input, n, momentum) if keep else None
     if grad:
-        y, mean, var = _ops.EagerTrain.apply(input, weight, bias, residual, eps, act, slope)
+        y, mean, var = _ops.EagerTrain.apply(input, weight, bias, residual, eps, act, slope, run)
     else:
-        y, mean, var = _ops.train_impl(input, weight, bias, residual, eps, act, slope)
-    if running_mean is not None and running_var is not None:
-        n = input.numel() // input.shape[1]
+        y, mean, var = _ops.train_impl(input, weight, bias, residual, eps, act, slope, run)
+    if run is not None:  # updated by the call itself
+        torch.autograd.graph.increment_version((running_mean, running_var))
+    elif keep:
         if not _ops.update_running_stats(running_mean, running_var, mean, var, n, momentum):
             with torch.no_grad():
                 running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
