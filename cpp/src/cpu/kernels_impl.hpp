@@ -123,7 +123,8 @@ inline bool can_stream(const S* out, int64_t bytes, int64_t min_bytes) {
 // times slower than ordinary stores (bfloat16 (256,256,14,14), 392-byte runs: 3.3 ms against 0.8 ms).
 constexpr int64_t kStreamMinRunBytes = 512;
 // nc runs shorter than kFlatMaxRun values with C * L <= kFlatMaxPeriod are normalized as one flat period of C * L
-// per-position coefficients (3 arrays of at most 192 KiB in float32, read from L2).
+// per-position coefficients, built block by block (kFlatBlock). Longer runs (10x10, 8x8) were slower flat than
+// run by run, measured on the EPYC VM.
 constexpr int64_t kFlatMaxRun = 64;
 constexpr int64_t kFlatMaxPeriod = 16384;
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
@@ -1372,35 +1373,38 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
 
-  Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(P, 3)));
-  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, P, 3);
-  for (int64_t c = 0; c < C; ++c) {
-    const FwdCoef<Cp> k = fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps);
-    if (flat) {
-      std::fill_n(co.k[0] + c * L, L, k.center);
-      std::fill_n(co.k[1] + c * L, L, k.sc);
-      std::fill_n(co.k[2] + c * L, L, k.sh);
-    } else {
-      co.set(c, k);
-    }
-  }
-  co.extend(P, 3);
-
   if (flat) {
-    // A period longer than kFlatBlock positions is walked in blocks of positions, each over a group of rows, so
-    // that the block's coefficients stay in L1 while the rows pass: re-reading a whole period's three arrays
-    // from L2 for every row made 16x512x5x5 (a 12800-position period) take 40 us.
+    // A period (C * L positions) is walked in blocks of kFlatBlock positions, each over a group of rows, so that
+    // the block's coefficients stay in L1 while the rows pass. Units go block-major to the threads, and each
+    // thread fills the coefficients of its blocks into its own arrays: built once by one thread for the whole
+    // period, they were read across cores by the other (16x512x5x5: 2 threads slower than one).
     const int64_t blk = min64(P, kFlatBlock);
     const int64_t nblk = ceil_div(P, blk);
     const int64_t rows_per_unit = max64(1, kBlockBytes / (blk * static_cast<int64_t>(sizeof(S))));
     const int64_t groups = ceil_div(N, rows_per_unit);
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, groups * nblk);
+    const int64_t per_thread = ClCoef<Cp>::bytes(blk, 3);
+    char* const base = static_cast<char*>(ex.workspace->reserve(static_cast<size_t>(nt * per_thread)));
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+      Carver mine(base + thread_id() * per_thread);
+      ClCoef<Cp> co = ClCoef<Cp>::carve(mine, blk, 3);
+      int64_t have = -1;  // the block whose coefficients co holds
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < groups * nblk; ++u) {
-        const int64_t r0 = (u / nblk) * rows_per_unit, rows = min64(rows_per_unit, N - r0);
-        const int64_t off = (u % nblk) * blk, len = min64(blk, P - off);
+        const int64_t bi = u / groups, r0 = (u % groups) * rows_per_unit, rows = min64(rows_per_unit, N - r0);
+        const int64_t off = bi * blk, len = min64(blk, P - off);
+        if (bi != have) {
+          for (int64_t c = off / L; c * L < off + len; ++c) {
+            const FwdCoef<Cp> k = fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps);
+            const int64_t lo = max64(c * L, off) - off, hi = min64((c + 1) * L, off + len) - off;
+            std::fill(co.k[0] + lo, co.k[0] + hi, k.center);
+            std::fill(co.k[1] + lo, co.k[1] + hi, k.sc);
+            std::fill(co.k[2] + lo, co.k[2] + hi, k.sh);
+          }
+          co.extend(len, 3);  // a period of len positions (a row of the block) for vectors that cross its end
+          have = bi;
+        }
         if (len == P) {  // whole periods: the group in one call
           const int64_t o = r0 * P;
           fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, rows * P, P, co.k[0], co.k[1], co.k[2],
@@ -1409,14 +1413,20 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
         }
         for (int64_t r = r0; r < r0 + rows; ++r) {
           const int64_t o = r * P + off;
-          fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, len, len, co.k[0] + off, co.k[1] + off,
-                 co.k[2] + off, slope, stream});
+          fn.cl({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, len, len, co.k[0], co.k[1], co.k[2],
+                 slope, stream});
         }
       }
       if (stream) stream_fence();
     }
     return;
   }
+
+  Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(P, 3)));
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, P, 3);
+  for (int64_t c = 0; c < C; ++c) co.set(c, fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps));
+  co.extend(P, 3);
+
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, N * C);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
