@@ -44,7 +44,8 @@ SHAPES = [
     ((16, 24, 24, 48), -1),
     ((2000, 300), 1),
     ((3000, 200), 1),  # column groups of 8, 4 and a masked tail
-    ((25600, 64), 1),  # 4 vectors a row, 8 chunks
+    ((25600, 64), 1),  # 4 vectors a row
+    ((400, 512), 1),  # 4 equal chunks of a small tensor
 ]
 
 

@@ -1065,12 +1065,13 @@ struct RowPlan {
   int64_t chunk_begin(int64_t k) const { return k * chunk; }
 };
 
-// Chunks are whole tiles of about kChunkBytes; a tensor of less than 8 such chunks is cut into 8 equal chunks
-// (tiles no larger than a chunk), so that a small channels-last tensor splits evenly over 2, 4 or 8 threads
-// rather than into a few tiles and a remnant. Shape alone decides, as the merge order must.
+// Chunks are whole tiles of about kChunkBytes; a tensor of less than 4 such chunks is cut into 4 equal chunks
+// (tiles no larger than a chunk), so that a small channels-last tensor splits evenly over 2 or 4 threads rather
+// than into a few tiles and a remnant (8 chunks cost one thread more in merges than they saved two: each chunk
+// is merged channel by channel in double). Shape alone decides, as the merge order must.
 template <class S>
 inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
-  constexpr int64_t kMinChunks = 8;
+  constexpr int64_t kMinChunks = 4;
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(S)) * arrays;
   const int64_t tile = min64(max64(1, kTileBytes * arrays / row_bytes), rows);
   if (rows * row_bytes < kMinChunks * kChunkBytes) {
