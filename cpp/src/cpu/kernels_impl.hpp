@@ -223,7 +223,6 @@ inline void for_column_groups(int64_t C, F&& f) {
   if (c < C) f(integral_constant<int, 1>{}, c, static_cast<int>(C - c));
 }
 
-
 template <class S>
 inline compute_t<S> load1(const S* p) {
   if constexpr (is_half_v<S>) {
