@@ -62,7 +62,9 @@ def check_activation(activation, negative_slope) -> tuple[int, float]:
     if code is None:
         valid = ", ".join(repr(a) for a in ACTIVATIONS)
         raise ValueError(f"fastbn: unknown activation {activation!r}; expected one of {valid}")
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real):
+    if type(negative_slope) is not float and (  # a float (the default) skips the ABC check, slow on every call
+        isinstance(negative_slope, bool) or not isinstance(negative_slope, numbers.Real)
+    ):
         raise TypeError(f"fastbn: negative_slope must be a number, got {type(negative_slope).__name__}")
     slope = float(negative_slope)
     if not math.isfinite(slope):
