@@ -109,6 +109,25 @@ def test_train_and_backward_match_autograd(simd, rng, layout, dtype, activation,
         assert out[3].shape == x.shape
 
 
+# (20, 300, 7, 7): NCHW training of short runs normalizes as one flat period of 14700 positions, walked in blocks
+# of 1024 (the last one partial) with this batch's coefficients.
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_train_of_a_long_flat_period_matches_autograd(simd, rng, activation, with_residual):
+    shape, axis, dtype = (20, 300, 7, 7), 1, np.float32
+    x = make_input(rng, shape, "c", dtype)
+    gamma, beta = params(rng, shape[1], dtype)
+    residual = rng.standard_normal(shape).astype(dtype) if with_residual else None
+    dy = rng.standard_normal(shape).astype(dtype)
+    y, mean, var = fastbn.batch_norm_train(
+        x, gamma, beta, axis=axis, activation=activation, negative_slope=SLOPE, residual=residual
+    )
+    ry, rmean, rvar, *_ = reference(x, gamma, beta, residual, dy, activation, axis=axis)
+    close(y, ry, dtype)
+    close(mean, rmean, dtype)
+    close(var, rvar, dtype)
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_residual", [False, True])
 # (20, 300, 7, 7): NCHW inference of short runs as one flat period of 14700 positions, walked in blocks of

@@ -46,6 +46,8 @@ SHAPES = [
     ((3000, 200), 1),  # column groups of 8, 4 and a masked tail
     ((25600, 64), 1),  # 4 vectors a row
     ((400, 512), 1),  # 4 equal chunks of a small tensor
+    ((16, 24, 5, 5), 1),  # short runs: training walks a flat period
+    ((8, 300, 7, 7), 1),  # a flat period of 15 blocks
 ]
 
 
