@@ -1196,9 +1196,9 @@ struct ClCoef {
 // The flat walk of N rows of P = C * L values: short nc runs (NCHW 5x5, 7x7) as one flat period of per-position
 // coefficients a row, and channels-last rows (L == 1). A period is walked in blocks of kFlatBlock positions, each
 // over a group of rows, so that the block's coefficients stay in L1 while the rows pass. Units go block-major to
-// the threads, and each thread fills the coefficients of its blocks, from coef(c) -> FwdCoef, into its own
-// arrays: built once by one thread for the whole period, they were read across cores by the other (16x512x5x5:
-// 2 threads slower than one).
+// the threads, and each thread fills the K coefficient arrays of its blocks into its own scratch: built once by
+// one thread for the whole period, they were read across cores by the other (16x512x5x5: 2 threads slower than
+// one).
 struct FlatPlan {
   int64_t P, L, blk, nblk, rows_per_unit, groups;
   template <class S>
@@ -1211,19 +1211,19 @@ struct FlatPlan {
   }
   int64_t units() const { return groups * nblk; }
   template <class Cp>
-  int64_t bytes_per_thread() const {
-    return ClCoef<Cp>::bytes(blk, 3);
+  int64_t bytes_per_thread(int arrays) const {
+    return ClCoef<Cp>::bytes(blk, arrays);
   }
 };
 
-// Call inside a parallel region; `scratch` holds fp.bytes_per_thread() for each thread.
-template <class S, class Coef>
-inline void flat_walk(const S* x, const S* r, S* y, int64_t N, const FlatPlan& fp, void (*cl)(const FwdFlat<S>&),
-                      compute_t<S> slope, bool stream, char* scratch, Coef&& coef) {
-  using Cp = compute_t<S>;
+// Call inside a parallel region; `scratch` holds fp.bytes_per_thread<Cp>(K) for each thread. coef(c, v) sets
+// the K coefficients v[0..K) of channel c; pass(o, n, period, k) runs the elementwise pass over the n values
+// from offset o with the K arrays k, whose entries repeat every `period` values.
+template <class Cp, int K, class Coef, class Pass>
+inline void flat_walk(int64_t N, const FlatPlan& fp, char* scratch, Coef&& coef, Pass&& pass) {
   const int64_t P = fp.P, L = fp.L, blk = fp.blk;
-  Carver mine(scratch + thread_id() * fp.bytes_per_thread<Cp>());
-  ClCoef<Cp> co = ClCoef<Cp>::carve(mine, blk, 3);
+  Carver mine(scratch + thread_id() * fp.bytes_per_thread<Cp>(K));
+  ClCoef<Cp> co = ClCoef<Cp>::carve(mine, blk, K);
   int64_t have = -1;  // the block whose coefficients co holds
 #pragma omp for schedule(static)
   for (int64_t u = 0; u < fp.units(); ++u) {
@@ -1231,25 +1231,38 @@ inline void flat_walk(const S* x, const S* r, S* y, int64_t N, const FlatPlan& f
     const int64_t off = bi * blk, len = min64(blk, P - off);
     if (bi != have) {
       for (int64_t c = off / L; c * L < off + len; ++c) {
-        const FwdCoef<Cp> k = coef(c);
+        Cp v[K];
+        coef(c, v);
         const int64_t lo = max64(c * L, off) - off, hi = min64((c + 1) * L, off + len) - off;
-        std::fill(co.k[0] + lo, co.k[0] + hi, k.center);
-        std::fill(co.k[1] + lo, co.k[1] + hi, k.sc);
-        std::fill(co.k[2] + lo, co.k[2] + hi, k.sh);
+        for (int i = 0; i < K; ++i) std::fill(co.k[i] + lo, co.k[i] + hi, v[i]);
       }
-      co.extend(len, 3);  // a period of len positions (a row of the block) for vectors that cross its end
+      co.extend(len, K);  // a period of len positions (a row of the block) for vectors that cross its end
       have = bi;
     }
     if (len == P) {  // whole periods: the group in one call
-      const int64_t o = r0 * P;
-      cl({x + o, r ? r + o : nullptr, y + o, rows * P, P, co.k[0], co.k[1], co.k[2], slope, stream});
+      pass(r0 * P, rows * P, P, co.k);
       continue;
     }
-    for (int64_t row = r0; row < r0 + rows; ++row) {
-      const int64_t o = row * P + off;
-      cl({x + o, r ? r + o : nullptr, y + o, len, len, co.k[0], co.k[1], co.k[2], slope, stream});
-    }
+    for (int64_t row = r0; row < r0 + rows; ++row) pass(row * P + off, len, len, co.k);
   }
+}
+
+// The forward's flat walk: y = act((x - center) * sc + sh [+ r]) with coef(c) -> FwdCoef.
+template <class S, class Coef>
+inline void fwd_flat_walk(const S* x, const S* r, S* y, int64_t N, const FlatPlan& fp,
+                          void (*cl)(const FwdFlat<S>&), compute_t<S> slope, bool stream, char* scratch, Coef&& coef) {
+  using Cp = compute_t<S>;
+  flat_walk<Cp, 3>(
+      N, fp, scratch,
+      [&](int64_t c, Cp* v) {
+        const FwdCoef<Cp> k = coef(c);
+        v[0] = k.center;
+        v[1] = k.sc;
+        v[2] = k.sh;
+      },
+      [&](int64_t o, int64_t n, int64_t period, Cp* const* k) {
+        cl({x + o, r ? r + o : nullptr, y + o, n, period, k[0], k[1], k[2], slope, stream});
+      });
 }
 
 template <class S>
@@ -1278,7 +1291,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     // (16x512x5x5 on one thread: 102 us, against 33 for the statistics and 25 for the flat walk).
     const FlatPlan fp = FlatPlan::make<S>(N, C, L);
     const bool flat_stream = can_stream(a.y, bytes, ex.stream_min_bytes);
-    const int64_t per_thread = fp.bytes_per_thread<Cp>();
+    const int64_t per_thread = fp.bytes_per_thread<Cp>(3);
     Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
                                        Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
     double* part = carve.take<double>(2 * C * pl.nb);
@@ -1291,7 +1304,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
       nc_unit_stats(a.x, pl, C, part, mom);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
-      flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, flat_stream, scratch, [&](int64_t c) { return coef[c]; });
+      fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, flat_stream, scratch, [&](int64_t c) { return coef[c]; });
       if (flat_stream) stream_fence();
     }
     return;
@@ -1462,11 +1475,11 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
     const FlatPlan fp = FlatPlan::make<S>(N, C, L);
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, fp.units());
     char* const scratch =
-        static_cast<char*>(ex.workspace->reserve(static_cast<size_t>(nt * fp.bytes_per_thread<Cp>())));
+        static_cast<char*>(ex.workspace->reserve(static_cast<size_t>(nt * fp.bytes_per_thread<Cp>(3))));
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
-      flat_walk(a.x, a.residual, a.y, N, fp, fn.cl, slope, stream, scratch,
-                [&](int64_t c) { return fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps); });
+      fwd_flat_walk(a.x, a.residual, a.y, N, fp, fn.cl, slope, stream, scratch,
+                    [&](int64_t c) { return fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps); });
       if (stream) stream_fence();
     }
     return;
@@ -1541,7 +1554,10 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     }
   };
 
-  if (a.phase == Phase::full && channels_balance(C, nt)) {
+  // Short runs (NCHW 5x5, 7x7): the sums by (channel, block) units, then dx in the flat walk with each channel's
+  // coefficients, as the training forward does.
+  const bool flat = su.elementwise && L < kFlatMaxRun && C * L <= kFlatMaxPeriod;
+  if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
     // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
     const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
@@ -1590,9 +1606,14 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     return;
   }
 
-  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<BwdCoef<Cp>>(C)));
+  const FlatPlan fp = FlatPlan::make<S>(N, C, L);
+  const int64_t per_thread = flat ? fp.bytes_per_thread<Cp>(4) : 0;
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<BwdCoef<Cp>>(C) +
+                                     nt * per_thread));
   double* part = carve.take<double>(2 * C * pl.nb);
   BwdCoef<Cp>* coef = carve.take<BwdCoef<Cp>>(C);
+  char* scratch = carve.take<char>(nt * per_thread);
+  const bool flat_stream = flat && can_stream(a.dx, bytes, ex.stream_min_bytes);
   if (!su.sums) {
     for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, 0.0, 0.0);
   }
@@ -1614,7 +1635,27 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
     }
-    if (su.elementwise) {
+    if (flat) {
+      flat_walk<Cp, 4>(
+          N, fp, scratch,
+          [&](int64_t c, Cp* v) {
+            v[0] = coef[c].center;
+            v[1] = coef[c].a;
+            v[2] = coef[c].b;
+            v[3] = coef[c].d;
+          },
+          [&](int64_t o, int64_t n, int64_t period, Cp* const* k) {
+            const BwdFlat<S> f{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
+                               n,        period,      k[0],        k[1],     k[2],
+                               k[3],     su.slope,    su.inv_slope, flat_stream};
+            if (su.scale_only) {
+              su.fn.scale_flat_cl(f);
+            } else {
+              su.fn.flat_cl(f);
+            }
+          });
+      if (flat_stream) stream_fence();
+    } else if (su.elementwise) {
       for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
         const int64_t o = r * L;
         const BwdBlock<S> blk{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
