@@ -77,12 +77,7 @@ def params(rng, c, dtype):
     return (rng.uniform(0.5, 1.5, c).astype(dtype), rng.uniform(-0.5, 0.5, c).astype(dtype))
 
 
-@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_train_and_backward_match_autograd(simd, rng, layout, dtype, activation, with_residual):
-    shape, axis, memory = layout
+def check_train_and_backward(rng, shape, axis, memory, dtype, activation, with_residual):
     x = make_input(rng, shape, memory, dtype)
     c = x.shape[axis]
     gamma, beta = params(rng, c, dtype)
@@ -109,33 +104,21 @@ def test_train_and_backward_match_autograd(simd, rng, layout, dtype, activation,
         assert out[3].shape == x.shape
 
 
+@pytest.mark.parametrize("layout", LAYOUTS, ids=layout_id)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_train_and_backward_match_autograd(simd, rng, layout, dtype, activation, with_residual):
+    shape, axis, memory = layout
+    check_train_and_backward(rng, shape, axis, memory, dtype, activation, with_residual)
+
+
 # (20, 300, 7, 7): NCHW training and backward of short runs write y and dx as one flat period of 14700 positions,
 # walked in blocks of 1024 (the last one partial) with this batch's coefficients.
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_train_and_backward_of_a_long_flat_period_match_autograd(simd, rng, activation, with_residual):
-    shape, axis, dtype = (20, 300, 7, 7), 1, np.float32
-    x = make_input(rng, shape, "c", dtype)
-    gamma, beta = params(rng, shape[1], dtype)
-    residual = rng.standard_normal(shape).astype(dtype) if with_residual else None
-    dy = rng.standard_normal(shape).astype(dtype)
-    y, mean, var = fastbn.batch_norm_train(
-        x, gamma, beta, axis=axis, activation=activation, negative_slope=SLOPE, residual=residual
-    )
-    ry, rmean, rvar, rdx, rdg, rdb, rdr = reference(x, gamma, beta, residual, dy, activation, axis=axis)
-    close(y, ry, dtype)
-    close(mean, rmean, dtype)
-    close(var, rvar, dtype)
-    out = fastbn.batch_norm_backward(
-        dy, x, mean, var, gamma, axis=axis, activation=activation, negative_slope=SLOPE, y=y, beta=beta,
-        return_dresidual=with_residual,
-    )  # fmt: skip
-    n = x.size / shape[1]
-    close(out[0], rdx, dtype)
-    close(out[1], rdg, dtype, scale=n)
-    close(out[2], rdb, dtype, scale=n)
-    if with_residual:
-        close(out[3], rdr, dtype)
+    check_train_and_backward(rng, (20, 300, 7, 7), 1, "c", np.float32, activation, with_residual)
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
