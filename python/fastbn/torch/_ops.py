@@ -410,32 +410,35 @@ class EagerInfer(torch.autograd.Function):
 _RUNNING = {torch.float32: 0, torch.float64: 1}
 
 
-def running_args(running_mean, running_var, x, count: int, momentum: float):
-    """The trailing arguments of _core.ptr_train that make the training call update float32/float64 CPU
-    running statistics itself (one call instead of two: inside a model each call from Python costs 5-20 us
-    with cold caches), or None where the caller updates them (update_running_stats)."""
+def _running_code(running_mean, running_var, count: int):
+    """_RUNNING's code of buffers fastbn's C++ can update in place (float32/float64, the same dtype, contiguous,
+    count > 1), else None."""
     rc = _RUNNING.get(running_mean.dtype)
     if (
         rc is None
         or running_var.dtype != running_mean.dtype
-        or not (x.is_cpu and running_mean.is_cpu and running_var.is_cpu)
         or not (running_mean.is_contiguous() and running_var.is_contiguous())
         or count < 2
     ):
         return None
-    return running_mean.data_ptr(), running_var.data_ptr(), rc, float(momentum)
+    return rc
+
+
+def running_args(running_mean, running_var, x, count: int, momentum: float):
+    """The trailing arguments of _core.ptr_train that make the training call update float32/float64 CPU
+    running statistics itself (one call instead of two: inside a model each call from Python costs 5-20 us
+    with cold caches), or None where the caller updates them (update_running_stats)."""
+    if not (x.is_cpu and running_mean.is_cpu and running_var.is_cpu):
+        return None
+    rc = _running_code(running_mean, running_var, count)
+    return None if rc is None else (running_mean.data_ptr(), running_var.data_ptr(), rc, float(momentum))
 
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:
     """In place, in one C++ call (on CUDA one kernel on the current stream), for float32/float64 buffers
     (False: the caller does it with torch ops)."""
-    rc = _RUNNING.get(running_mean.dtype)
-    if (
-        rc is None
-        or running_var.dtype != running_mean.dtype
-        or not (running_mean.is_contiguous() and running_var.is_contiguous())
-        or count < 2
-    ):
+    rc = _running_code(running_mean, running_var, count)
+    if rc is None:
         return False
     if running_mean.is_cuda:
         if not (
