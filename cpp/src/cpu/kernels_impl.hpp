@@ -1285,31 +1285,6 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
-  if (L < kFlatMaxRun && C * L <= kFlatMaxPeriod) {
-    // Short runs (NCHW 5x5, 7x7): the statistics by (channel, block) units, then the flat walk of inference with
-    // this batch's coefficients, instead of N * C runs of a few vectors, each with a head and a tail
-    // (16x512x5x5 on one thread: 102 us, against 33 for the statistics and 25 for the flat walk).
-    const FlatPlan fp = FlatPlan::make<S>(N, C, L);
-    const bool flat_stream = can_stream(a.y, bytes, ex.stream_min_bytes);
-    const int64_t per_thread = fp.bytes_per_thread<Cp>(3);
-    Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
-                                       Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
-    double* part = carve.take<double>(2 * C * pl.nb);
-    Moments* mom = carve.take<Moments>(C);
-    FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
-    char* scratch = carve.take<char>(nt * per_thread);
-    void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      nc_unit_stats(a.x, pl, C, part, mom);
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
-      fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, flat_stream, scratch, [&](int64_t c) { return coef[c]; });
-      if (flat_stream) stream_fence();
-    }
-    return;
-  }
-
   auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
@@ -1365,8 +1340,41 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   }
 }
 
+// Short runs (NCHW 5x5, 7x7): the statistics by (channel, block) units, then the flat walk of inference with this
+// batch's coefficients, instead of N * C runs of a few vectors, each with a head and a tail (16x512x5x5 on one
+// thread: 102 us, against 33 for the statistics and 25 for the flat walk). The walk takes the activation at run
+// time, so this driver is not a template on it.
+template <class S>
+void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, C = a.channels, L = a.inner;
+  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
+  const NcPlan pl = NcPlan::make<S>(N, C, L);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
+  const FlatPlan fp = FlatPlan::make<S>(N, C, L);
+  const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
+  const Cp slope = static_cast<Cp>(a.epi.slope);
+  const int64_t per_thread = fp.bytes_per_thread<Cp>(3);
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
+                                     Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
+  double* part = carve.take<double>(2 * C * pl.nb);
+  Moments* mom = carve.take<Moments>(C);
+  FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
+  char* scratch = carve.take<char>(nt * per_thread);
+  void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    nc_unit_stats(a.x, pl, C, part, mom);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
+    fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, stream, scratch, [&](int64_t c) { return coef[c]; });
+    if (stream) stream_fence();
+  }
+}
+
 template <class S>
 void train_nc(const TrainArgs<S>& a, const Exec& ex) {
+  if (a.inner < kFlatMaxRun && a.channels * a.inner <= kFlatMaxPeriod) return train_nc_flat(a, ex);
   switch (a.epi.act) {
     case Act::relu:
       return train_nc_act<S, Act::relu>(a, ex);
