@@ -123,9 +123,12 @@ inline bool can_stream(const S* out, int64_t bytes, int64_t min_bytes) {
 // times slower than ordinary stores (bfloat16 (256,256,14,14), 392-byte runs: 3.3 ms against 0.8 ms).
 constexpr int64_t kStreamMinRunBytes = 512;
 // nc runs shorter than kFlatMaxRun values with C * L <= kFlatMaxPeriod are normalized as one flat period of C * L
-// per-position coefficients, built block by block (kFlatBlock). Longer runs (10x10, 8x8) were slower flat than
-// run by run, measured on the EPYC VM.
-constexpr int64_t kFlatMaxRun = 64;
+// per-position coefficients, built block by block (kFlatBlock). 8x8 runs go flat too: run by run, a channel's N
+// runs of 256 bytes lie a power of two apart (C * L * 4 bytes, 16 KiB for C = 64) and fill 4 of L1's 64 sets,
+// so the statistics pass's lines are gone before the normalizing pass, and y's lines compete for the same sets
+// whenever y - x is a multiple of 4 KiB (32x64x8x8 training on one thread: 39-47 us aliased, 26 not, 25 flat
+// either way; backward 58 -> 44 us). Longer runs (11x11, 128) were slower flat, measured on the EPYC VM.
+constexpr int64_t kFlatMaxRun = 65;
 constexpr int64_t kFlatMaxPeriod = 16384;
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
 constexpr int64_t kFlatBlock = 1024;
