@@ -15,7 +15,7 @@ from conftest import ref_train
 @pytest.fixture
 def restore_threads():
     """Restores the thread count, and lets these small tensors run on many threads meanwhile (by default a
-    thread takes at least 3 MiB; see FASTBN_MIN_BYTES_PER_THREAD)."""
+    thread takes at least 256 KiB; see FASTBN_MIN_BYTES_PER_THREAD)."""
     before, min_bytes = fastbn.get_num_threads(), fastbn._core.min_bytes_per_thread()
     fastbn._core.set_min_bytes_per_thread(16 << 10)
     yield

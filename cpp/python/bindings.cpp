@@ -397,7 +397,6 @@ void ptr_train(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t
   const Code sc = c == Code::f64 ? Code::f64 : Code::f32;  // the batch statistics' type (param_t)
   const Code rc = running_mean ? code_arg(running) : sc;
   check_running_codes(rc, sc);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -416,7 +415,6 @@ void ptr_infer(int code, uintptr_t x, uintptr_t residual, uintptr_t y, uintptr_t
                bool f64_stats) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -438,7 +436,6 @@ void ptr_backward(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t me
                   int64_t channels, int64_t inner, double eps, bool batch_stats, int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -453,7 +450,6 @@ void ptr_backward(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintptr_t me
 void ptr_stats(int code, uintptr_t x, uintptr_t mean, uintptr_t m2, int64_t outer, int64_t channels, int64_t inner) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -466,7 +462,6 @@ void ptr_backward_reduce(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintp
                          int64_t channels, int64_t inner, double eps, int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);
@@ -483,7 +478,6 @@ void ptr_backward_apply(int code, uintptr_t dy, uintptr_t x, uintptr_t y, uintpt
                         int act, double slope) {
   const View v = view_of(outer, channels, inner);
   const Code c = code_arg(code);
-  const fastbn::detail::TorchCallScope torch_call;
   py::gil_scoped_release nogil;
   with_type(c, [&](auto t) {
     using T = decltype(t);

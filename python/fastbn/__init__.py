@@ -21,17 +21,21 @@ from typing import TypedDict as _TypedDict
 # holding a CPU meanwhile. fastbn's calls are short and often run where CPUs are shared (CI machines, laptops,
 # NumPy's OpenBLAS threads spinning for ~0.1 s after start-up): a spinning waiter then shares a CPU with the
 # thread that has the work, and each hand-off waits for a scheduler tick, which turned 0.02 ms calls into
-# 4-40 ms ones (issue 9; benchmarks/first_call.py). Passive waiting hands the CPU over at once. OpenMP reads
-# the policy once, when its runtime loads, which is while _core is imported unless PyTorch or another OpenMP
-# user loaded it first; so fastbn sets it for that moment only, and only if the user chose no policy.
+# 4-40 ms ones (issue 9; benchmarks/first_call.py). Not spinning at all costs a wake-up per call instead
+# (25-50 us there), which made a second thread a loss on tensors under ~3 MiB. So waiters spin for about as long
+# as a wake-up costs and then sleep: back-to-back calls find the second thread awake, and a waiter that shares a
+# CPU gives it up within ~50 us. OpenMP reads the setting once, when its runtime loads, which is while _core is
+# imported unless PyTorch or another OpenMP user loaded it first; so fastbn sets it for that moment only, and
+# only if the user chose no policy.
+_SPIN_COUNT = "2000"  # libgomp pause loops, ~46 us on the EPYC VM
 _DEFAULT_WAIT_POLICY = "OMP_WAIT_POLICY" not in _os.environ and "GOMP_SPINCOUNT" not in _os.environ
 if _DEFAULT_WAIT_POLICY:
-    _os.environ["OMP_WAIT_POLICY"] = "passive"
+    _os.environ["GOMP_SPINCOUNT"] = _SPIN_COUNT
 try:
     from . import _core
 finally:
     if _DEFAULT_WAIT_POLICY:  # the runtime has read it; programs started from this process are not fastbn's
-        del _os.environ["OMP_WAIT_POLICY"]
+        del _os.environ["GOMP_SPINCOUNT"]
 from . import cuda  # noqa: E402  (after _core, which must be the first to load OpenMP)
 from .batchnorm import BatchNorm  # noqa: E402
 from .functional import (  # noqa: E402

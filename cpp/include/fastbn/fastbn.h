@@ -240,9 +240,10 @@ FASTBN_API const char* fastbn_last_error_message(void);
  * After fork() the child runs the kernels on the calling thread only, because OpenMP's threads do not survive
  * fork (libgomp would wait for them forever): there fastbn_set_num_threads still checks and accepts n, and
  * fastbn_get_num_threads returns 1. A process that execs starts afresh and gets every thread again.
- * On machines whose CPUs are shared, run with OMP_WAIT_POLICY=passive (the Python package sets it while OpenMP
- * loads): OpenMP's default lets idle threads spin for milliseconds, and a spinning thread that shares a CPU with
- * the one doing the work stalls every call by a scheduler tick. */
+ * Run with GOMP_SPINCOUNT=2000 (the Python package sets it while OpenMP loads): libgomp's default lets idle
+ * threads spin for milliseconds, and a spinning thread that shares a CPU with the one doing the work stalls
+ * every call by a scheduler tick, while never spinning (OMP_WAIT_POLICY=passive) makes every multi-threaded
+ * call pay a wake-up. A second thread joins from 256 KiB of x per thread (FASTBN_MIN_BYTES_PER_THREAD). */
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 

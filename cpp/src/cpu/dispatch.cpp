@@ -52,22 +52,18 @@ int64_t core_cache_bytes() {
 
 namespace {
 
-// Whether FASTBN_MIN_BYTES_PER_THREAD (or set_min_bytes_per_thread) chose the value: then it holds for every
-// call, torch's included.
-std::atomic<bool> g_min_bytes_chosen{false};
-
-// OpenMP's idle threads wait passively under fastbn's Python package (see fastbn/__init__.py), so each parallel
-// region pays a wake-up: 25-50 us on the project's 2-vCPU VMs, about what one core needs to stream 2-3 MB.
+// OpenMP's idle threads spin for about as long as a wake-up costs, then sleep (GOMP_SPINCOUNT, set by fastbn's
+// Python package, see fastbn/__init__.py). Back-to-back calls, and calls inside a model whose framework keeps
+// the cores busy, find the second thread awake: it pays from 256 KiB per thread (a 32x64x8x8 backward on the
+// project's 2-vCPU VM: 44 -> 24 us). After an idle spell it must be woken (25-50 us there) and costs more than
+// it saves on calls under ~1 MiB; that is the price of the lower threshold.
 int64_t initial_min_bytes_per_thread() {
   if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    if (end && *end == '\0' && v >= 1) {
-      g_min_bytes_chosen.store(true);
-      return v;
-    }
+    if (end && *end == '\0' && v >= 1) return v;
   }
-  return int64_t{3} << 20;
+  return int64_t{256} << 10;
 }
 
 std::atomic<int64_t> g_min_bytes{initial_min_bytes_per_thread()};
@@ -104,9 +100,6 @@ int64_t initial_stream_min_bytes() {
   return half < lo ? lo : half > hi ? hi : half;
 }
 
-// The calling thread's value while a detail::TorchCallScope lives (0: none).
-thread_local int64_t t_scope_min_bytes = 0;
-
 }  // namespace
 
 int64_t min_bytes_per_thread() { return g_min_bytes.load(std::memory_order_relaxed); }
@@ -117,13 +110,11 @@ void set_min_bytes_per_thread(int64_t bytes) {
                                           std::to_string(bytes));
   }
   g_min_bytes.store(bytes, std::memory_order_relaxed);
-  g_min_bytes_chosen.store(true, std::memory_order_relaxed);
 }
 
 Exec exec_here() {
   static thread_local Workspace workspace;
-  const bool scoped = t_scope_min_bytes > 0 && !g_min_bytes_chosen.load(std::memory_order_relaxed);
-  return {get_num_threads(), &workspace, core_cache_bytes(), scoped ? t_scope_min_bytes : min_bytes_per_thread(),
+  return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes_per_thread(),
           stream_min_bytes()};
 }
 
@@ -132,11 +123,6 @@ int64_t stream_min_bytes() {
   return bytes;
 }
 
-int64_t swap_scope_min_bytes(int64_t bytes) {
-  const int64_t previous = t_scope_min_bytes;
-  t_scope_min_bytes = bytes;
-  return previous;
-}
 
 namespace {
 
@@ -257,9 +243,6 @@ std::string compiled_simd_list() { return Selection::compiled_list(); }
 namespace detail {
 void set_min_bytes_per_thread(int64_t bytes) { cpu::set_min_bytes_per_thread(bytes); }
 int64_t min_bytes_per_thread() { return cpu::min_bytes_per_thread(); }
-
-TorchCallScope::TorchCallScope() : previous_(cpu::swap_scope_min_bytes(kTorchMinBytesPerThread)) {}
-TorchCallScope::~TorchCallScope() { cpu::swap_scope_min_bytes(previous_); }
 
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 

@@ -41,11 +41,9 @@ struct Exec {
 
 // The per-core L2 size as the OS reports it (1 MiB when it does not).
 int64_t core_cache_bytes();
-// The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 3 MiB (see kernels_impl.hpp).
+// The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 256 KiB (see dispatch.cpp).
 int64_t min_bytes_per_thread();
 void set_min_bytes_per_thread(int64_t bytes);
-// Sets the calling thread's scoped value (detail::TorchCallScope; 0: none) and returns the previous one.
-int64_t swap_scope_min_bytes(int64_t bytes);
 // Outputs from this size on bypass the caches: FASTBN_STREAM_MIN_BYTES at load, else half the last-level cache
 // that the first core shares (4 to 64 MiB), see kernels_impl.hpp.
 int64_t stream_min_bytes();
