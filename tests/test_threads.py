@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -145,3 +146,30 @@ def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_th
     assert out.returncode == 0, out.stderr
     fastbn.set_num_threads(1)
     assert out.stdout.strip() == _digest(SHAPES)
+
+
+def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_while():
+    """While another process holds the CPU a second thread would use, its start delay (0.1 ms and more) makes
+    the default per-thread minimum give way to 3 MiB for 0.1 s; a chosen minimum always holds."""
+    core = fastbn._core
+    before = core.min_bytes_per_thread()
+    core.reset_min_bytes_per_thread()
+    core._forget_crowding()
+    try:
+        default = core.min_bytes_per_thread()
+        assert core.min_bytes_per_thread_now() == default
+        core._note_thread_start(900_000, 7)  # a first region with 7 threads: it created them
+        assert core.min_bytes_per_thread_now() == default
+        core._note_thread_start(40_000, 7)  # a sleeping thread's wake-up: not a crowded machine
+        assert core.min_bytes_per_thread_now() == default
+        core._note_thread_start(150_000, 7)
+        assert core.min_bytes_per_thread_now() == max(default, 3 << 20)
+        core.set_min_bytes_per_thread(default)  # chosen: it holds, crowded or not
+        assert core.min_bytes_per_thread_now() == default
+        core.reset_min_bytes_per_thread()
+        assert core.min_bytes_per_thread_now() == max(default, 3 << 20)
+        time.sleep(0.15)
+        assert core.min_bytes_per_thread_now() == default
+    finally:
+        core._forget_crowding()
+        core.set_min_bytes_per_thread(before)

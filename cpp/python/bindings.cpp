@@ -867,6 +867,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("inner"), py::arg("eps"), py::arg("act"), py::arg("slope"));
   m.def("set_min_bytes_per_thread", &fastbn::detail::set_min_bytes_per_thread, py::arg("bytes"));
   m.def("min_bytes_per_thread", &fastbn::detail::min_bytes_per_thread);
+  m.def("reset_min_bytes_per_thread", &fastbn::detail::reset_min_bytes_per_thread);
+  m.def("min_bytes_per_thread_now", &fastbn::detail::min_bytes_per_thread_now);
+  m.def("_note_thread_start", &fastbn::detail::note_thread_start, py::arg("delay_ns"), py::arg("threads"));
+  m.def("_forget_crowding", &fastbn::detail::forget_crowding);
   m.def("ptr_train", &ptr_train, py::arg("code"), py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("gamma"),
         py::arg("beta"), py::arg("mean"), py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
         py::arg("eps"), py::arg("act"), py::arg("slope"), py::arg("running_mean") = 0, py::arg("running_var") = 0,

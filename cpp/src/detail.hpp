@@ -18,6 +18,14 @@ FASTBN_API void stream_copy(const float* src, float* dst, int64_t count);
 // 256 KiB); tests lower it to run small tensors on many threads. set_ throws fastbn::Error for bytes < 1.
 FASTBN_API void set_min_bytes_per_thread(int64_t bytes);
 FASTBN_API int64_t min_bytes_per_thread();
+// Back to the default (FASTBN_MIN_BYTES_PER_THREAD at load, else 256 KiB), which gives way while crowded.
+FASTBN_API void reset_min_bytes_per_thread();
+// What the next kernel call on this thread uses: min_bytes_per_thread(), or 3 MiB while a second thread was
+// recently slow to start (see cpu/dispatch.cpp). note_thread_start reports such a start delay (tests);
+// forget_crowding forgets the last one.
+FASTBN_API int64_t min_bytes_per_thread_now();
+FASTBN_API void note_thread_start(int64_t delay_ns, int threads);
+FASTBN_API void forget_crowding();
 
 // dst = a + b, the same way: two streams in, one out (3S of traffic).
 FASTBN_API void stream_add(const float* a, const float* b, float* dst, int64_t count);

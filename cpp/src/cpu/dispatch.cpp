@@ -2,6 +2,7 @@
 // forces one. Also owns the per-thread workspace, the thread count and what a forked child may use.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -52,6 +53,10 @@ int64_t core_cache_bytes() {
 
 namespace {
 
+// Whether FASTBN_MIN_BYTES_PER_THREAD (or set_min_bytes_per_thread) chose the value: then it holds for every
+// call, crowded or not.
+std::atomic<bool> g_min_bytes_chosen{false};
+
 // OpenMP's idle threads spin for about as long as a wake-up costs, then sleep (GOMP_SPINCOUNT, set by fastbn's
 // Python package, see fastbn/__init__.py). Back-to-back calls, and calls inside a model whose framework keeps
 // the cores busy, find the second thread awake: it pays from 256 KiB per thread (a 32x64x8x8 backward on the
@@ -61,10 +66,26 @@ int64_t initial_min_bytes_per_thread() {
   if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
     char* end = nullptr;
     const long long v = std::strtoll(env, &end, 10);
-    if (end && *end == '\0' && v >= 1) return v;
+    if (end && *end == '\0' && v >= 1) {
+      g_min_bytes_chosen.store(true);
+      return v;
+    }
   }
   return int64_t{256} << 10;
 }
+
+// While another process holds the CPU a second thread would run on, that thread starts a region only when the
+// scheduler gives it a turn (0.1 ms and more, against ~1 us awake and 25-50 us asleep on the EPYC VM), and a
+// 1 MiB call took 0.145 ms on two threads against 0.042 on one. So a start delay of kCrowdedDelayNs or more
+// puts the previous default, 3 MiB per thread, back for kCrowdedHoldNs; the first call with two threads after
+// that measures again (one slow call per 0.1 s while the machine stays crowded).
+constexpr int64_t kCrowdedDelayNs = 100'000;
+constexpr int64_t kCrowdedHoldNs = 100'000'000;
+constexpr int64_t kCrowdedMinBytes = int64_t{3} << 20;
+std::atomic<int64_t> g_crowded_until{0};
+// The team size of the last region reported: a region with another size may have created its threads (a
+// fresh process, set_num_threads), which takes longer than any wait for a CPU, so its delay is not counted.
+std::atomic<int> g_last_team{0};
 
 std::atomic<int64_t> g_min_bytes{initial_min_bytes_per_thread()};
 
@@ -110,12 +131,38 @@ void set_min_bytes_per_thread(int64_t bytes) {
                                           std::to_string(bytes));
   }
   g_min_bytes.store(bytes, std::memory_order_relaxed);
+  g_min_bytes_chosen.store(true, std::memory_order_relaxed);
 }
+
+void reset_min_bytes_per_thread() {
+  g_min_bytes_chosen.store(false, std::memory_order_relaxed);
+  g_min_bytes.store(initial_min_bytes_per_thread(), std::memory_order_relaxed);
+}
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+void note_thread_start(int64_t delay_ns, int threads) {
+  if (g_last_team.exchange(threads, std::memory_order_relaxed) != threads) return;
+  if (delay_ns >= kCrowdedDelayNs) g_crowded_until.store(now_ns() + kCrowdedHoldNs, std::memory_order_relaxed);
+}
+
+bool crowded() {
+  const int64_t until = g_crowded_until.load(std::memory_order_relaxed);
+  return until != 0 && now_ns() < until;
+}
+
+void forget_crowding() { g_crowded_until.store(0, std::memory_order_relaxed); }
 
 Exec exec_here() {
   static thread_local Workspace workspace;
-  return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes_per_thread(),
-          stream_min_bytes()};
+  int64_t min_bytes = min_bytes_per_thread();
+  if (!g_min_bytes_chosen.load(std::memory_order_relaxed) && crowded()) {
+    min_bytes = std::max(min_bytes, kCrowdedMinBytes);
+  }
+  return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes, stream_min_bytes()};
 }
 
 int64_t stream_min_bytes() {
@@ -243,6 +290,10 @@ std::string compiled_simd_list() { return Selection::compiled_list(); }
 namespace detail {
 void set_min_bytes_per_thread(int64_t bytes) { cpu::set_min_bytes_per_thread(bytes); }
 int64_t min_bytes_per_thread() { return cpu::min_bytes_per_thread(); }
+void reset_min_bytes_per_thread() { cpu::reset_min_bytes_per_thread(); }
+int64_t min_bytes_per_thread_now() { return cpu::exec_here().min_bytes_per_thread; }
+void note_thread_start(int64_t delay_ns, int threads) { cpu::note_thread_start(delay_ns, threads); }
+void forget_crowding() { cpu::forget_crowding(); }
 
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 

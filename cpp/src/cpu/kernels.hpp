@@ -44,6 +44,15 @@ int64_t core_cache_bytes();
 // The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 256 KiB (see dispatch.cpp).
 int64_t min_bytes_per_thread();
 void set_min_bytes_per_thread(int64_t bytes);
+void reset_min_bytes_per_thread();
+// A monotonic clock in nanoseconds, and the report of a parallel region's second-thread start delay (see
+// dispatch.cpp: a delay of kCrowdedDelayNs or more raises min_bytes_per_thread to kCrowdedMinBytes for
+// kCrowdedHoldNs, unless the value was chosen; the first region of a team size does not count).
+int64_t now_ns();
+void note_thread_start(int64_t delay_ns, int threads);
+// Whether such a delay was seen within the last kCrowdedHoldNs; forget_crowding() forgets it (tests).
+bool crowded();
+void forget_crowding();
 // Outputs from this size on bypass the caches: FASTBN_STREAM_MIN_BYTES at load, else half the last-level cache
 // that the first core shares (4 to 64 MiB), see kernels_impl.hpp.
 int64_t stream_min_bytes();

@@ -73,6 +73,27 @@ inline int thread_id() {
 #endif
 }
 
+// Times how long thread 1 of a parallel region took to start, and reports it when the region is over
+// (note_thread_start: a second thread that waits for a CPU another process holds makes fastbn keep small calls
+// on one thread for a while). Declared before the region, started() first thing inside it.
+class StartProbe {
+ public:
+  explicit StartProbe(int threads) : t0_(threads > 1 ? now_ns() : 0), threads_(threads) {}
+  StartProbe(const StartProbe&) = delete;
+  StartProbe& operator=(const StartProbe&) = delete;
+  void started() {
+    if (t0_ != 0 && thread_id() == 1) delay_ = now_ns() - t0_;  // read after the region's closing barrier
+  }
+  ~StartProbe() {
+    if (delay_ > 0) note_thread_start(delay_, threads_);
+  }
+
+ private:
+  const int64_t t0_;
+  const int threads_;
+  int64_t delay_ = 0;
+};
+
 // This thread's share [begin, end) of n items, split evenly over the team that actually runs: OpenMP may give
 // fewer threads than asked for (OMP_THREAD_LIMIT, or a call from inside another parallel region).
 struct Share {
@@ -1299,8 +1320,10 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     // normalized (its values still in cache from its statistics pass), the same block of channel c + 1 is
     // read for its statistics. Reads from memory and streaming writes then run together, as in a copy, and
     // the cache holds about one channel.
+    StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+      probe.started();
       const Share mine = my_share(C);
       auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
         const NcPlan::Block bl = pl.block(b);
@@ -1331,8 +1354,10 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   double* part = carve.take<double>(2 * C * pl.nb);
   Moments* mom = carve.take<Moments>(C);
   FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     nc_unit_stats(a.x, pl, C, part, mom);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
@@ -1365,8 +1390,10 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
   char* scratch = carve.take<char>(nt * per_thread);
   void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     nc_unit_stats(a.x, pl, C, part, mom);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
@@ -1405,8 +1432,10 @@ void train_cl(const TrainArgs<S>& a, const Exec& ex) {
   const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
   ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
 
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     cl_stats(a.x, R, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, st.mom[c]));
@@ -1443,8 +1472,12 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
     Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt)));
     const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
+    StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
-    cl_stats(a.x, N, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom);
+    {
+      probe.started();
+      cl_stats(a.x, N, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom);
+    }
     for (int64_t c = 0; c < C; ++c) {
       a.mean[c] = st.mom[c].mean;
       a.m2[c] = st.mom[c].m2;
@@ -1456,8 +1489,12 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C)));
   double* part = carve.take<double>(2 * C * pl.nb);
   Moments* mom = carve.take<Moments>(C);
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
-  nc_unit_stats(a.x, pl, C, part, mom);
+  {
+    probe.started();
+    nc_unit_stats(a.x, pl, C, part, mom);
+  }
   for (int64_t c = 0; c < C; ++c) {
     a.mean[c] = mom[c].mean;
     a.m2[c] = mom[c].m2;
@@ -1487,8 +1524,10 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, fp.units());
     char* const scratch =
         static_cast<char*>(ex.workspace->reserve(static_cast<size_t>(nt * fp.bytes_per_thread<Cp>(3))));
+    StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+      probe.started();
       fwd_flat_walk(a.x, a.residual, a.y, N, fp, fn.cl, slope, stream, scratch,
                     [&](int64_t c) { return fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps); });
       if (stream) stream_fence();
@@ -1502,8 +1541,10 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   co.extend(P, 3);
 
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, N * C);
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
       const FwdCoef<Cp> k{co.k[0][c], co.k[1][c], co.k[2][c]};
       fn.nc({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, k, slope, stream});
@@ -1573,8 +1614,10 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     // dx pass needs next, and the plain order is faster.
     const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
     const bool pipelined = 2 * arrays * N * L * static_cast<int64_t>(sizeof(S)) <= ex.cache_bytes;
+    StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
+      probe.started();
       const Share mine = my_share(C);
       if (su.scale_only) {
         // Frozen statistics: dx needs no sums, so each block's sums and dx are done together (one pass).
@@ -1628,8 +1671,10 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   if (!su.sums) {
     for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, 0.0, 0.0);
   }
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     if (su.sums) {
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < C * pl.nb; ++u) {
@@ -1718,8 +1763,10 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
     }
   };
 
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
     if (su.sums) {
 #pragma omp for schedule(static)
       for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
@@ -1780,8 +1827,10 @@ void yardstick(float* dst, int64_t count, int arrays, const Exec& ex, F&& f) {
   [[maybe_unused]] const int nt = pick_threads(ex, arrays * bytes, units);
   const bool stream = can_stream(dst, bytes, kStreamMinBytes);
   Uniform<float, 1> k{};
+  StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
+    probe.started();
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; ++u) {
       const int64_t i = u * kUnit;
