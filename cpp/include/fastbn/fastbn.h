@@ -244,7 +244,7 @@ FASTBN_API const char* fastbn_last_error_message(void);
  * threads spin for milliseconds, and a spinning thread that shares a CPU with the one doing the work stalls
  * every call by a scheduler tick, while never spinning (OMP_WAIT_POLICY=passive) makes every multi-threaded
  * call pay a wake-up. A second thread joins from 256 KiB of x per thread (FASTBN_MIN_BYTES_PER_THREAD), or
- * from 3 MiB for 0.1 s after a second thread took 0.1 ms or more to start (a crowded machine). */
+ * from 3 MiB for 10 ms after a second thread took 0.1 ms or more to start (a crowded machine). */
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 

@@ -75,12 +75,14 @@ int64_t initial_min_bytes_per_thread() {
 }
 
 // While another process holds the CPU a second thread would run on, that thread starts a region only when the
-// scheduler gives it a turn (0.1 ms and more, against ~1 us awake and 25-50 us asleep on the EPYC VM), and a
-// 1 MiB call took 0.145 ms on two threads against 0.042 on one. So a start delay of kCrowdedDelayNs or more
-// puts the previous default, 3 MiB per thread, back for kCrowdedHoldNs; the first call with two threads after
-// that measures again (one slow call per 0.1 s while the machine stays crowded).
+// scheduler gives it a turn (0.1 ms and more, against ~0.2 us spinning and 25-50 us after a short sleep on the
+// EPYC VM; after 10 ms idle a wake-up took 0.1 ms too), and a 1 MiB call took 0.145 ms on two threads against
+// 0.042 on one. So a start delay of kCrowdedDelayNs or more puts the previous default, 3 MiB per thread, back
+// for kCrowdedHoldNs; the first call with two threads after that measures again: while the machine stays
+// crowded, one slow call per 10 ms (~1% of the time of back-to-back calls); after a passing hiccup, 10 ms of
+// calls on one thread (with a 0.1 s hold, one hiccup in a benchmark's calibration kept all its samples there).
 constexpr int64_t kCrowdedDelayNs = 100'000;
-constexpr int64_t kCrowdedHoldNs = 100'000'000;
+constexpr int64_t kCrowdedHoldNs = 10'000'000;
 constexpr int64_t kCrowdedMinBytes = int64_t{3} << 20;
 std::atomic<int64_t> g_crowded_until{0};
 // The team size of the last region reported: a region with another size may have created its threads (a
