@@ -49,6 +49,7 @@ SHAPES = [
     ((400, 512), 1),  # 4 equal chunks of a small tensor
     ((16, 24, 5, 5), 1),  # short runs: training walks a flat period
     ((8, 300, 7, 7), 1),  # a flat period of 15 blocks
+    ((32, 64, 8, 8), 1),  # runs of 64 values: the longest that go flat
 ]
 
 
