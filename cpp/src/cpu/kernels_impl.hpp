@@ -571,10 +571,12 @@ inline void span(S* out, int64_t n, bool stream, K& k, F&& f) {
 // Forward elementwise: y = act((x - center) * sc + sh [+ r])
 
 template <class S, Act A, class K>
-inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k, compute_t<S> slope) {
+inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k, compute_t<S> slope,
+                     const S* pf = nullptr) {
   using V = Vec<compute_t<S>>;
   const typename V::reg sl = V::set1(slope);
   span(y, n, stream, k, [&](int64_t i, auto m) {
+    if (pf) __builtin_prefetch(pf + i, 0, 2);
     typename V::reg z = V::fmadd(V::sub(ld(x + i, m), k.get(0)), k.get(1), k.get(2));
     if (r) z = V::add(z, ld(r + i, m));
     return ActOps<compute_t<S>, A>::fwd(z, sl);
@@ -591,6 +593,7 @@ struct FwdBlock {
   FwdCoef<compute_t<S>> k;
   compute_t<S> slope;
   bool stream;
+  const S* pf = nullptr;  // a block of the same geometry to prefetch meanwhile (the next statistics pass's)
 };
 
 template <class S, Act A>
@@ -599,7 +602,7 @@ void fwd_block_nc(const FwdBlock<S>& b) {
   Uniform<C, 3> k{{Vec<C>::set1(b.k.center), Vec<C>::set1(b.k.sc), Vec<C>::set1(b.k.sh)}};
   for (int64_t o = 0; o < b.rows; ++o) {
     const int64_t q = o * b.stride;
-    fwd_span<S, A>(b.x + q, b.r ? b.r + q : nullptr, b.y + q, b.len, b.stream, k, b.slope);
+    fwd_span<S, A>(b.x + q, b.r ? b.r + q : nullptr, b.y + q, b.len, b.stream, k, b.slope, b.pf ? b.pf + q : nullptr);
   }
 }
 
@@ -1309,10 +1312,16 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
-  auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) {
+  // While a block of channel c is normalized, the same block of channel c + 1 (read next, for its statistics)
+  // is prefetched line by line: its reads from memory then overlap the streaming writes instead of following
+  // them (32x256x28x28 on 2 threads: 1.26 -> 0.98 ms, 0.76 -> 0.99 of a copy; 64x128x56x56: 1.07x). Only for
+  // tensors too big for the last-level cache (those whose output streams): from that cache the prefetches
+  // cost more than they hide (16x128x20x20: 2-4% slower).
+  auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, bool prefetch_next) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
-    fwd_block_nc<S, A>({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream});
+    const S* pf = prefetch_next && stream ? a.x + o + L : nullptr;
+    fwd_block_nc<S, A>({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream, pf});
   };
 
   if (channels_balance(C, nt)) {
@@ -1339,7 +1348,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
         const FwdCoef<Cp> k = train_finish(a, c, cur);
         Moments next;
         for (int64_t b = 0; b < pl.nb; ++b) {
-          apply_block(c, b, k);
+          apply_block(c, b, k, c + 1 < mine.end);
           if (c + 1 < mine.end) stats_block(c + 1, b, next);
         }
         cur = next;
