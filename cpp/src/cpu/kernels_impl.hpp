@@ -144,13 +144,21 @@ inline bool can_stream(const S* out, int64_t bytes, int64_t min_bytes) {
 // times slower than ordinary stores (bfloat16 (256,256,14,14), 392-byte runs: 3.3 ms against 0.8 ms).
 constexpr int64_t kStreamMinRunBytes = 512;
 // nc runs shorter than kFlatMaxRun values with C * L <= kFlatMaxPeriod are normalized as one flat period of C * L
-// per-position coefficients, built block by block (kFlatBlock). 8x8 runs go flat too: run by run, a channel's N
-// runs of 256 bytes lie a power of two apart (C * L * 4 bytes, 16 KiB for C = 64) and fill 4 of L1's 64 sets,
-// so the statistics pass's lines are gone before the normalizing pass, and y's lines compete for the same sets
-// whenever y - x is a multiple of 4 KiB (32x64x8x8 training on one thread: 39-47 us aliased, 26 not, 25 flat
-// either way; backward 58 -> 44 us). Longer runs (11x11, 128) were slower flat, measured on the EPYC VM.
-constexpr int64_t kFlatMaxRun = 65;
+// per-position coefficients, built block by block (kFlatBlock). Runs of kFlatMaxRun values (8x8) go flat in
+// training and backward when one thread does the work: run by run, a channel's N runs of 256 bytes lie a power
+// of two apart (C * L * 4 bytes, 16 KiB for C = 64) and fill 4 of L1's 64 sets, so the statistics pass's lines
+// are gone before the normalizing pass, and y's lines compete for the same sets whenever y - x is a multiple of
+// 4 KiB (32x64x8x8 training on one thread: 39-47 us aliased, 26 not, 25-29 flat either way; backward 56 -> 45
+// us; 64x64x8x8 98 -> 60 and 121 -> 81 us). On two threads flat was as fast or slower (16x128x8x8 training
+// 17.5 -> 23.4 us), and inference flat was slower on two threads (32x64x8x8: 10 -> 16 us) and no faster on
+// one, measured on the EPYC VM. Longer runs (11x11, 128) were slower flat.
+constexpr int64_t kFlatMaxRun = 64;
 constexpr int64_t kFlatMaxPeriod = 16384;
+
+// Whether the elementwise pass of training (or backward) over nc runs of L values takes the flat walk.
+inline bool flat_training(int64_t C, int64_t L, int threads) {
+  return C * L <= kFlatMaxPeriod && (L < kFlatMaxRun || (L == kFlatMaxRun && threads == 1));
+}
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
 constexpr int64_t kFlatBlock = 1024;
 
@@ -1413,7 +1421,9 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 
 template <class S>
 void train_nc(const TrainArgs<S>& a, const Exec& ex) {
-  if (a.inner < kFlatMaxRun && a.channels * a.inner <= kFlatMaxPeriod) return train_nc_flat(a, ex);
+  const int64_t bytes = a.outer * a.channels * a.inner * static_cast<int64_t>(sizeof(S));
+  const int nt = pick_threads(ex, bytes, a.channels * NcPlan::make<S>(a.outer, a.channels, a.inner).nb);
+  if (flat_training(a.channels, a.inner, nt)) return train_nc_flat(a, ex);
   switch (a.epi.act) {
     case Act::relu:
       return train_nc_act<S, Act::relu>(a, ex);
@@ -1518,7 +1528,7 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner;
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
-  // Short runs (NCHW 5x5, 8x8): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
+  // Short runs (NCHW 5x5, 7x7): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
   // whole tensor is one flat loop (as channels-last), instead of N * C runs of a few vectors, each with a head
   // and a tail.
   const bool flat = L == 1 || (L < kFlatMaxRun && C * L <= kFlatMaxPeriod);
@@ -1617,7 +1627,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
 
   // Short runs (NCHW 5x5, 7x7): the sums by (channel, block) units, then dx in the flat walk with each channel's
   // coefficients, as the training forward does.
-  const bool flat = su.elementwise && L < kFlatMaxRun && C * L <= kFlatMaxPeriod;
+  const bool flat = su.elementwise && flat_training(C, L, nt);
   if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
     // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
