@@ -60,8 +60,9 @@ std::atomic<bool> g_min_bytes_chosen{false};
 // OpenMP's idle threads spin for about as long as a wake-up costs, then sleep (GOMP_SPINCOUNT, set by fastbn's
 // Python package, see fastbn/__init__.py). Back-to-back calls, and calls inside a model whose framework keeps
 // the cores busy, find the second thread awake: it pays from 256 KiB per thread (a 32x64x8x8 backward on the
-// project's 2-vCPU VM: 44 -> 24 us). After an idle spell it must be woken (25-50 us there) and costs more than
-// it saves on calls under ~1 MiB; that is the price of the lower threshold.
+// project's 2-vCPU VM: 44 -> 24 us). After a short idle spell it must be woken (25-50 us there) and costs more
+// than it saves on calls under ~1 MiB, the price of the lower threshold; a longer wait (a long sleep, or a CPU
+// held by another process) makes the back-off below keep such calls on one thread.
 int64_t initial_min_bytes_per_thread() {
   if (const char* env = std::getenv("FASTBN_MIN_BYTES_PER_THREAD")) {
     char* end = nullptr;
@@ -171,7 +172,6 @@ int64_t stream_min_bytes() {
   static const int64_t bytes = initial_stream_min_bytes();
   return bytes;
 }
-
 
 namespace {
 

@@ -159,6 +159,7 @@ constexpr int64_t kFlatMaxPeriod = 16384;
 inline bool flat_training(int64_t C, int64_t L, int threads) {
   return C * L <= kFlatMaxPeriod && (L < kFlatMaxRun || (L == kFlatMaxRun && threads == 1));
 }
+
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
 constexpr int64_t kFlatBlock = 1024;
 
