@@ -143,25 +143,23 @@ inline bool can_stream(const S* out, int64_t bytes, int64_t min_bytes) {
 // ordinary stores anyway, and with short runs the lines they share with streamed ones make streaming several
 // times slower than ordinary stores (bfloat16 (256,256,14,14), 392-byte runs: 3.3 ms against 0.8 ms).
 constexpr int64_t kStreamMinRunBytes = 512;
-// nc runs shorter than kFlatMaxRun values with C * L <= kFlatMaxPeriod are normalized as one flat period of C * L
-// per-position coefficients, built block by block (kFlatBlock). Runs of kFlatMaxRun values (8x8) go flat in
-// training and backward when one thread does the work: run by run, a channel's N runs of 256 bytes lie a power
-// of two apart (C * L * 4 bytes, 16 KiB for C = 64) and fill 4 of L1's 64 sets, so the statistics pass's lines
-// are gone before the normalizing pass, and y's lines compete for the same sets whenever y - x is a multiple of
-// 4 KiB (32x64x8x8 training on one thread: 39-47 us aliased, 26 not, 25-29 flat either way; backward 56 -> 45
-// us; 64x64x8x8 98 -> 60 and 121 -> 81 us). On two threads flat was as fast or slower (16x128x8x8 training
-// 17.5 -> 23.4 us), and inference flat was slower on two threads (32x64x8x8: 10 -> 16 us) and no faster on
-// one, measured on the EPYC VM. Longer runs (11x11, 128) were slower flat.
+// nc runs of at most kFlatMaxRun values with C * L <= kFlatMaxPeriod (5x5 to 8x8 maps) are normalized as one flat
+// period of C * L per-position coefficients, built block by block (kFlatBlock), instead of N * C runs of a few
+// vectors, each with a head and a tail. For 8x8 maps this also avoids a cache conflict: run by run, a channel's
+// N runs of 256 bytes lie a power of two apart (C * L * 4 bytes, 16 KiB for C = 64) and fill 4 of L1's 64 sets,
+// so the statistics pass's lines are gone before the normalizing pass, and y's lines compete for the same sets
+// whenever y - x is a multiple of 4 KiB (32x64x8x8 training, one thread: 39-47 us aliased, 26 not, 25-29 flat
+// either way; two threads 24 -> 16 us, backward 31 -> 23 us). Longer runs (11x11, 128) were slower flat,
+// measured on the EPYC VM.
 constexpr int64_t kFlatMaxRun = 64;
 constexpr int64_t kFlatMaxPeriod = 16384;
 
-// Whether the elementwise pass of training (or backward) over nc runs of L values takes the flat walk.
-inline bool flat_training(int64_t C, int64_t L, int threads) {
-  return C * L <= kFlatMaxPeriod && (L < kFlatMaxRun || (L == kFlatMaxRun && threads == 1));
-}
+inline bool flat_nc(int64_t C, int64_t L) { return L <= kFlatMaxRun && C * L <= kFlatMaxPeriod; }
 
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
 constexpr int64_t kFlatBlock = 1024;
+// Rows of a flat walk per thread from which the threads split the rows rather than the blocks (flat_walk).
+constexpr int64_t kFlatRowsPerThread = 8;
 
 template <class S>
 inline bool can_stream_runs(const S* out, int64_t bytes, int64_t run, int64_t min_bytes) {
@@ -1261,9 +1259,7 @@ inline void flat_walk(int64_t N, const FlatPlan& fp, char* scratch, Coef&& coef,
   Carver mine(scratch + thread_id() * fp.bytes_per_thread<Cp>(K));
   ClCoef<Cp> co = ClCoef<Cp>::carve(mine, blk, K);
   int64_t have = -1;  // the block whose coefficients co holds
-#pragma omp for schedule(static)
-  for (int64_t u = 0; u < fp.units(); ++u) {
-    const int64_t bi = u / fp.groups, r0 = (u % fp.groups) * fp.rows_per_unit, rows = min64(fp.rows_per_unit, N - r0);
+  auto unit = [&](int64_t bi, int64_t r0, int64_t rows) {
     const int64_t off = bi * blk, len = min64(blk, P - off);
     if (bi != have) {
       for (int64_t c = off / L; c * L < off + len; ++c) {
@@ -1277,9 +1273,32 @@ inline void flat_walk(int64_t N, const FlatPlan& fp, char* scratch, Coef&& coef,
     }
     if (len == P) {  // whole periods: the group in one call
       pass(r0 * P, rows * P, P, co.k);
-      continue;
+      return;
     }
     for (int64_t row = r0; row < r0 + rows; ++row) pass(row * P + off, len, len, co.k);
+  };
+#if defined(_OPENMP)
+  const int64_t team = omp_get_num_threads();
+#else
+  const int64_t team = 1;
+#endif
+  if (team > 1 && N >= kFlatRowsPerThread * team) {
+    // Enough rows: each thread walks its own range of them, block by block, and builds every block's
+    // coefficients itself. Split by blocks instead, the threads wrote the same lines wherever a period does
+    // not end on one (5x5: 6400-byte rows) and read each row in pieces (128x64x5x5 inference: 24 us on one
+    // thread, 32 on two).
+    const Share rows = my_share(N);
+    for (int64_t bi = 0; bi < fp.nblk; ++bi) {
+      for (int64_t r0 = rows.begin; r0 < rows.end; r0 += fp.rows_per_unit) {
+        unit(bi, r0, min64(fp.rows_per_unit, rows.end - r0));
+      }
+    }
+    return;
+  }
+#pragma omp for schedule(static)
+  for (int64_t u = 0; u < fp.units(); ++u) {
+    const int64_t bi = u / fp.groups, r0 = (u % fp.groups) * fp.rows_per_unit;
+    unit(bi, r0, min64(fp.rows_per_unit, N - r0));
   }
 }
 
@@ -1386,7 +1405,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   }
 }
 
-// Short runs (NCHW 5x5, 7x7): the statistics by (channel, block) units, then the flat walk of inference with this
+// Short runs (NCHW 5x5 to 8x8): the statistics by (channel, block) units, then the flat walk of inference with this
 // batch's coefficients, instead of N * C runs of a few vectors, each with a head and a tail (16x512x5x5 on one
 // thread: 102 us, against 33 for the statistics and 25 for the flat walk). The walk takes the activation at run
 // time, so this driver is not a template on it.
@@ -1422,9 +1441,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 
 template <class S>
 void train_nc(const TrainArgs<S>& a, const Exec& ex) {
-  const int64_t bytes = a.outer * a.channels * a.inner * static_cast<int64_t>(sizeof(S));
-  const int nt = pick_threads(ex, bytes, a.channels * NcPlan::make<S>(a.outer, a.channels, a.inner).nb);
-  if (flat_training(a.channels, a.inner, nt)) return train_nc_flat(a, ex);
+  if (flat_nc(a.channels, a.inner)) return train_nc_flat(a, ex);
   switch (a.epi.act) {
     case Act::relu:
       return train_nc_act<S, Act::relu>(a, ex);
@@ -1529,10 +1546,10 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner;
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
-  // Short runs (NCHW 5x5, 7x7): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
+  // Short runs (NCHW 5x5 to 8x8): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
   // whole tensor is one flat loop (as channels-last), instead of N * C runs of a few vectors, each with a head
   // and a tail.
-  const bool flat = L == 1 || (L < kFlatMaxRun && C * L <= kFlatMaxPeriod);
+  const bool flat = L == 1 || flat_nc(C, L);
   const int64_t P = flat ? C * L : C;  // entries of the coefficient arrays
   const bool stream = flat ? can_stream(a.y, bytes, ex.stream_min_bytes)
                           : can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
@@ -1626,9 +1643,9 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     }
   };
 
-  // Short runs (NCHW 5x5, 7x7): the sums by (channel, block) units, then dx in the flat walk with each channel's
+  // Short runs (NCHW 5x5 to 8x8): the sums by (channel, block) units, then dx in the flat walk with each channel's
   // coefficients, as the training forward does.
-  const bool flat = su.elementwise && flat_training(C, L, nt);
+  const bool flat = su.elementwise && flat_nc(C, L);
   if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
     // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
