@@ -2,7 +2,7 @@
 PyTorch (native, and oneDNN through ``to_mkldnn``), TensorFlow (oneDNN), JAX (XLA) and ONNX Runtime (inference).
 
     pip install '.[peers]'        # torch==2.13.0, jax[cpu], tensorflow-cpu, onnxruntime, onnx
-    python benchmarks/peers.py [--threads 2] [--repeat 11] [--json benchmarks/results/peers.json]
+    python benchmarks/peers.py [--threads 2] [--repeat 11] [--rounds 3] [--json benchmarks/results/peers.json]
 
 Every peer times the same cases (float32): training forward (batch statistics), inference (given statistics)
 and backward (dx, dgamma, dbeta from dy), in NCHW and channels-last memory where the peer has that layout.
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -262,11 +263,25 @@ def worker(peer: str, threads: int, repeat: int) -> dict:
     return out
 
 
+def median_run(runs: list) -> dict:
+    """One worker result whose every time is the median over the runs that have it."""
+    out = {"version": runs[0]["version"], "rounds": len(runs), "results": {}}
+    for case in runs[0]["results"]:
+        for ps in runs[0]["results"][case]:
+            vals = [r["results"].get(case, {}).get(ps) for r in runs]
+            vals = [v for v in vals if v is not None]
+            out["results"].setdefault(case, {})[ps] = statistics.median(vals) if vals else None
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="threads for every peer (default 2)")
     p.add_argument("--repeat", type=int, default=11, help="samples per case (default 11)")
     p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated (default {','.join(PEERS)})")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run every peer's process this many times, the peers in a rotating order each round, and "
+                        "report each cell's median over the rounds (default 1)")  # fmt: skip
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -275,19 +290,25 @@ def main(argv=None) -> int:
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")  # fmt: skip
-    results = {}
-    for peer in args.peers.split(","):
-        r = subprocess.run([sys.executable, __file__, "--worker", peer, "--threads", str(args.threads), "--repeat",
-                            str(args.repeat)], capture_output=True, text=True, env=env)  # fmt: skip
-        if r.returncode != 0:
-            print(f"{peer}: not run ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})",
-                  file=sys.stderr)  # fmt: skip
-            continue
-        results[peer] = json.loads(r.stdout.strip().splitlines()[-1])
-        print(f"{peer} {results[peer]['version']}: done", file=sys.stderr)
+    # This machine's bandwidth drifts from minute to minute, and each peer runs in a process of its own, at its
+    # own time: with several rounds (the order rotating) every peer samples the drift alike.
+    peers = args.peers.split(",")
+    runs = {}
+    for k in range(args.rounds):
+        for peer in peers[k % len(peers) :] + peers[: k % len(peers)]:
+            r = subprocess.run([sys.executable, __file__, "--worker", peer, "--threads", str(args.threads),
+                                "--repeat", str(args.repeat)], capture_output=True, text=True, env=env)  # fmt: skip
+            if r.returncode != 0:
+                print(f"{peer}: not run ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})",
+                      file=sys.stderr)  # fmt: skip
+                continue
+            runs.setdefault(peer, []).append(json.loads(r.stdout.strip().splitlines()[-1]))
+            print(f"{peer} {runs[peer][-1]['version']}: round {k + 1} done", file=sys.stderr)
+    results = {peer: median_run(runs[peer]) for peer in peers if peer in runs}
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"{cpu}, {args.threads} threads, float32, medians of {args.repeat} samples (ms); fresh outputs for "
-          f"every peer, fastbn-out writes into out=; speed-up: fastest other peer / fastbn (fresh)")  # fmt: skip
+    rounds = f", median over {args.rounds} rounds of processes" if args.rounds > 1 else ""
+    print(f"{cpu}, {args.threads} threads, float32, medians of {args.repeat} samples (ms){rounds}; fresh outputs "
+          f"for every peer, fastbn-out writes into out=; speed-up: fastest other peer / fastbn (fresh)")  # fmt: skip
     names = list(results)
     print(f"{'case':22s} {'pass':8s} " + " ".join(f"{n[:12]:>12s}" for n in names) + f" {'speed-up':>9s}")
     table = []
