@@ -92,7 +92,9 @@ def _param(p: torch.Tensor | None, x: torch.Tensor, channels: int, name: str) ->
         return None
     if p.numel() != channels or p.dim() != 1:
         raise ValueError(f"fastbn: {name} must have shape ({channels},), got {tuple(p.shape)}")
-    want = param_dtype(x.dtype)
+    want = torch.float64 if x.dtype is torch.float64 else torch.float32
+    if p.dtype is want:  # the common case, tested first: this runs several times per call
+        return p if p.is_contiguous() else p.contiguous()
     if p.dtype != want:
         if x.dtype in (torch.float32, torch.float64) or p.dtype not in (torch.float32, x.dtype):
             raise RuntimeError(
@@ -144,6 +146,8 @@ def _cuda_stream(x: torch.Tensor) -> int:
 
 def _channel_pair(x: torch.Tensor, channels: int):
     pd = param_dtype(x.dtype)
+    if x.is_cpu:  # torch.empty costs about half of new_empty(dtype=), twice per call
+        return torch.empty(channels, dtype=pd), torch.empty(channels, dtype=pd)
     return x.new_empty((channels,), dtype=pd), x.new_empty((channels,), dtype=pd)
 
 
@@ -308,6 +312,11 @@ torch.library.register_autograd("fastbn::batch_norm_backward", _no_double_backwa
 # Autograd of the forwards
 
 
+def _as(grad: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """grad in param's dtype (a half-precision parameter gets its float32 gradient narrowed)."""
+    return grad if grad.dtype is param.dtype else grad.to(param.dtype)
+
+
 def _grads(ctx, dy, batch_stats: bool, backward=batch_norm_backward):
     x, y, mean, var, weight, bias = ctx.saved_tensors
     need = ctx.needs_input_grad
@@ -315,8 +324,8 @@ def _grads(ctx, dy, batch_stats: bool, backward=batch_norm_backward):
         dy, x, y if ctx.activation else None, mean, var, weight, bias, ctx.eps, batch_stats, ctx.activation,
         ctx.negative_slope, ctx.has_residual and need[ctx.residual_index],
     )  # fmt: skip
-    dw = dgamma.to(weight.dtype) if weight is not None and need[ctx.weight_index] else None
-    db = dbeta.to(bias.dtype) if bias is not None and need[ctx.weight_index + 1] else None
+    dw = _as(dgamma, weight) if weight is not None and need[ctx.weight_index] else None
+    db = _as(dbeta, bias) if bias is not None and need[ctx.weight_index + 1] else None
     dr = dres if ctx.has_residual and need[ctx.residual_index] else None
     return dx, dw, db, dr
 
