@@ -2,7 +2,7 @@
 ``convert(model, fuse=True)``, NCHW and channels-last, eager and under torch.compile.
 
     python benchmarks/resnet.py [--batch 16] [--size 160] [--threads 2] [--repeat 7] [--compile] [--layers]
-                                [--json results.json]
+                                [--device cpu|cuda] [--json results.json]
 
 A training step is forward, cross-entropy and backward; eval is a forward under no_grad. The variants run
 interleaved sample by sample in one process (in a rotating order), and the table reports, per variant, the
@@ -42,9 +42,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def timed(f) -> float:
+    sync()
     t = time.perf_counter()
     f()
+    sync()
     return time.perf_counter() - t
 
 
@@ -78,8 +88,8 @@ def models(channels_last: bool):
     conv.load_state_dict(stock.state_dict())
     fused.load_state_dict(stock.state_dict())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {"stock": stock.to(memory_format=fmt), "fastbn": conv.to(memory_format=fmt),
-            "fastbn fused": fused.to(memory_format=fmt)}  # fmt: skip
+    return {"stock": stock.to(DEVICE, memory_format=fmt), "fastbn": conv.to(DEVICE, memory_format=fmt),
+            "fastbn fused": fused.to(DEVICE, memory_format=fmt)}  # fmt: skip
 
 
 def step_fns(ms: dict, x, target) -> tuple[dict, dict]:
@@ -104,8 +114,8 @@ def step_fns(ms: dict, x, target) -> tuple[dict, dict]:
 
 def end_to_end(args, channels_last: bool) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=fmt)
-    target = torch.randint(0, 1000, (args.batch,))
+    x = torch.randn(args.batch, 3, args.size, args.size, device=DEVICE).contiguous(memory_format=fmt)
+    target = torch.randint(0, 1000, (args.batch,), device=DEVICE)
     ms = models(channels_last)
     train, evaluate = step_fns(ms, x, target)
     res = {"train": summarize(interleave(train, args.repeat), "stock"),
@@ -138,9 +148,9 @@ def layers(args) -> list:
     for shape in LAYER_SHAPES:
         for cl in (False, True):
             fmt = torch.channels_last if cl else torch.contiguous_format
-            x = torch.randn(shape).contiguous(memory_format=fmt).requires_grad_()
-            dy = torch.randn(shape).contiguous(memory_format=fmt)
-            mods = {"torch": torch.nn.BatchNorm2d(shape[1]), "fastbn": ft.BatchNorm2d(shape[1])}
+            x = torch.randn(shape, device=DEVICE).contiguous(memory_format=fmt).requires_grad_()
+            dy = torch.randn(shape, device=DEVICE).contiguous(memory_format=fmt)
+            mods = {"torch": torch.nn.BatchNorm2d(shape[1]).to(DEVICE), "fastbn": ft.BatchNorm2d(shape[1]).to(DEVICE)}
 
             def train(m, x=x, dy=dy):
                 def f():
@@ -173,13 +183,18 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of stock and converted")
     p.add_argument("--layers", action="store_true", help="also time the batch-norm layer alone on the bench shapes")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet-18 timings")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the models and tensors live")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     fastbn.set_num_threads(args.threads)
     info = {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
             "fastbn": fastbn.__version__, "simd": fastbn.get_simd(), "batch": args.batch, "size": args.size,
             "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    if DEVICE.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(DEVICE).replace(" ", "_")
     print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     out = {"info": info}
     if not args.no_e2e:
