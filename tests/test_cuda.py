@@ -261,6 +261,87 @@ def test_fastbn_torch_modules_on_the_gpu_match_torch_in_float64(channels_last):
     torch.testing.assert_close(ours(x), stock(x), rtol=1e-9, atol=1e-9)
 
 
+def test_operators_on_cuda_tensors_pass_opcheck():
+    """torch.library.opcheck (schema, fake kernel, autograd registration) with CUDA tensors."""
+    torch = pytest.importorskip("torch")
+    import fastbn.torch  # noqa: F401  (registers the operators)
+
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    d, dev = torch.float64, "cuda"
+    x = torch.randn(4, 3, 5, 5, dtype=d, device=dev, generator=gen, requires_grad=True)
+    w = torch.rand(3, dtype=d, device=dev, generator=gen, requires_grad=True)
+    b = torch.rand(3, dtype=d, device=dev, generator=gen, requires_grad=True)
+    m = torch.randn(3, dtype=d, device=dev, generator=gen)
+    v = torch.rand(3, dtype=d, device=dev, generator=gen) + 0.5
+    ops = torch.ops.fastbn
+    xd, wd, bd = x.detach(), w.detach(), b.detach()
+    cases = [
+        (ops.batch_norm_train, (x, w, b, None, 1e-5, 0, 0.01)),
+        (ops.batch_norm_train, (x.detach().to(memory_format=torch.channels_last).requires_grad_(), w, b, None,
+                                1e-5, 0, 0.01)),
+        (ops.batch_norm_infer, (x, m, v, w, b, None, 1e-5, 0, 0.01)),
+        (ops.batch_norm_backward, (torch.randn_like(xd), xd, None, m, v, wd, bd, 1e-5, True, 0, 0.01, False)),
+        (ops.batch_norm_backward, (torch.randn_like(xd), xd, None, m, v, wd, bd, 1e-5, False, 0, 0.01, False)),
+    ]  # fmt: skip
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_operators_refuse_what_the_cuda_kernels_do_not_take():
+    """Called directly, the operators raise instead of reading a bfloat16 storage as float32 or dropping an
+    epilogue (fastbn.torch.batch_norm sends those calls to PyTorch's batch norm)."""
+    torch = pytest.importorskip("torch")
+    import fastbn.torch as fbt
+
+    ops = torch.ops.fastbn
+    x = torch.randn(4, 3, 5, 5, device="cuda")
+    m, v = torch.zeros(3, device="cuda"), torch.ones(3, device="cuda")
+    with pytest.raises(TypeError, match="float32 or float64, got torch.bfloat16"):
+        ops.batch_norm_train(x.bfloat16(), None, None, None, 1e-5, 0, 0.01)
+    with pytest.raises(NotImplementedError, match="CPU tensors only"):
+        ops.batch_norm_train(x, None, None, None, 1e-5, 1, 0.01)
+    with pytest.raises(NotImplementedError, match="CPU tensors only"):
+        ops.batch_norm_infer(x, m, v, None, None, x, 1e-5, 0, 0.01)
+    # The functional API takes both, through PyTorch's batch norm.
+    y = fbt.batch_norm(x.bfloat16(), None, None, training=True)
+    want = torch.nn.functional.batch_norm(x.bfloat16(), None, None, training=True)
+    torch.testing.assert_close(y, want)
+    y = fbt.batch_norm(x, m, v, activation="relu", residual=x)
+    want = torch.relu(torch.nn.functional.batch_norm(x, m, v) + x)
+    torch.testing.assert_close(y, want)
+
+
+def test_torch_compile_fullgraph_on_the_gpu_matches_eager_stock():
+    """A converted conv -> batch norm -> ReLU net on the GPU under torch.compile(fullgraph=True): two training
+    steps (loss, gradients, running statistics) against the stock model in eager mode."""
+    torch = pytest.importorskip("torch")
+    import fastbn.torch as fbt
+
+    def net():
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(8),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(8, 4, 3, padding=1, bias=False),
+            torch.nn.BatchNorm2d(4),
+        ).cuda()
+
+    torch.manual_seed(0)
+    stock = net()
+    ours = fbt.convert(net())
+    ours.load_state_dict(stock.state_dict())
+    compiled = torch.compile(ours, fullgraph=True)
+    x = torch.randn(4, 3, 8, 8, device="cuda")
+    for _ in range(2):
+        la, lb = compiled(x).square().sum(), stock(x).square().sum()
+        la.backward()
+        lb.backward()
+        torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours[0].weight.grad, stock[0].weight.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours[1].running_var, stock[1].running_var, rtol=1e-5, atol=1e-6)
+    assert int(ours[4].num_batches_tracked) == 2
+
+
 # ------------------------------------------------------------------------------------------------------------
 # CuPy arrays in, CuPy arrays out
 

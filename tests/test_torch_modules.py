@@ -144,6 +144,19 @@ def test_opcheck_every_operator():
         torch.library.opcheck(op, args)
 
 
+def test_operators_called_directly_refuse_a_dtype_their_kernels_do_not_take():
+    ops = torch.ops.fastbn
+    x = torch.ones(4, 3, 5, dtype=torch.int32)
+    m, v = torch.zeros(3), torch.ones(3)
+    for call in (
+        lambda: ops.batch_norm_train(x, None, None, None, 1e-5, 0, 0.01),
+        lambda: ops.batch_norm_infer(x, m, v, None, None, None, 1e-5, 0, 0.01),
+        lambda: ops.batch_norm_backward(x, x, None, m, v, None, None, 1e-5, True, 0, 0.01, False),
+    ):
+        with pytest.raises(TypeError, match="float32, float64, bfloat16 or float16, got torch.int32"):
+            call()
+
+
 def test_double_backward_raises_a_clear_error():
     x = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     bn = ft.BatchNorm1d(3, dtype=torch.float64)

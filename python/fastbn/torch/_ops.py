@@ -42,6 +42,25 @@ def supported(x: torch.Tensor, fused: bool = False) -> bool:
     return False
 
 
+def _require(x: torch.Tensor, fused: bool) -> None:
+    """A clear error where an operator is called directly (``torch.ops.fastbn.*``) with a tensor its kernels do
+    not take, instead of a kernel that reads the storage as another dtype or drops the epilogue."""
+    if supported(x, fused):
+        return
+    if x.is_cuda:
+        if not _CUDA_BUILT:
+            raise RuntimeError("fastbn: this build has no CUDA kernels (build_info()['cuda'] is False)")
+        if x.dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"fastbn: CUDA tensors must be float32 or float64, got {x.dtype}")
+        raise NotImplementedError(
+            "fastbn: the fused epilogues (activation, residual) run on CPU tensors only; "
+            "fastbn.torch.batch_norm sends fused calls on CUDA tensors to PyTorch's batch norm"
+        )
+    if x.is_cpu:
+        raise TypeError(f"fastbn: CPU tensors must be float32, float64, bfloat16 or float16, got {x.dtype}")
+    raise TypeError(f"fastbn: the operators take CPU or CUDA tensors, got one on {x.device}")
+
+
 # The kernels take any dense layout and their outputs keep it: Inductor may hand the ops whatever layout it
 # chose for the neighbouring convolutions (it runs CPU convolutions channels-last) instead of copying into the
 # layout seen while tracing and back.
@@ -157,6 +176,7 @@ def _channel_pair(x: torch.Tensor, channels: int):
 
 def train_impl(x, weight, bias, residual, eps, activation, negative_slope, running=None):
     """running: None, or running_args(...) for a CPU call that updates the running statistics itself."""
+    _require(x, activation != 0 or residual is not None)
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
@@ -201,6 +221,7 @@ def _(x, weight, bias, residual, eps, activation, negative_slope):
 
 
 def infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope):
+    _require(x, activation != 0 or residual is not None)
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     m, v = _param(mean, x, c, "running_mean"), _param(var, x, c, "running_var")
@@ -249,6 +270,7 @@ def backward_impl(
 ):
     """(dx, dgamma, dbeta, dresidual); an unwanted dresidual is an empty tensor (the operator's schema), or None
     with placeholder=False (eager: one allocation less)."""
+    _require(x, activation != 0 or want_dresidual)
     x, perm, outer, c, inner = layout(x)
     dy = _like(dy, x, perm, "grad_output")
     y = _like(y, x, perm, "output")
