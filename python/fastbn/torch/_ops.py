@@ -44,7 +44,8 @@ def supported(x: torch.Tensor, fused: bool = False) -> bool:
 
 def _require(x: torch.Tensor, fused: bool) -> None:
     """A clear error where an operator is called directly (``torch.ops.fastbn.*``) with a tensor its kernels do
-    not take, instead of a kernel that reads the storage as another dtype or drops the epilogue."""
+    not take, instead of a kernel that reads the storage as another dtype or drops the epilogue. (The eager
+    path has checked ``supported`` already and calls the implementations below the operators.)"""
     if supported(x, fused):
         return
     if x.is_cuda:
@@ -176,7 +177,6 @@ def _channel_pair(x: torch.Tensor, channels: int):
 
 def train_impl(x, weight, bias, residual, eps, activation, negative_slope, running=None):
     """running: None, or running_args(...) for a CPU call that updates the running statistics itself."""
-    _require(x, activation != 0 or residual is not None)
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     w, b = _param(weight, x, c, "weight"), _param(bias, x, c, "bias")
@@ -206,6 +206,7 @@ def batch_norm_train(
     negative_slope: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y = act(weight * xhat + bias + residual) with the batch statistics; returns (y, mean, biased var)."""
+    _require(x, activation != 0 or residual is not None)
     return train_impl(x, weight, bias, residual, eps, activation, negative_slope)
 
 
@@ -221,7 +222,6 @@ def _(x, weight, bias, residual, eps, activation, negative_slope):
 
 
 def infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope):
-    _require(x, activation != 0 or residual is not None)
     x, perm, outer, c, inner = layout(x)
     residual = _like(residual, x, perm, "residual")
     m, v = _param(mean, x, c, "running_mean"), _param(var, x, c, "running_var")
@@ -253,6 +253,7 @@ def batch_norm_infer(
     negative_slope: float,
 ) -> torch.Tensor:
     """y = act(weight * (x - mean) / sqrt(var + eps) + bias + residual) with given statistics."""
+    _require(x, activation != 0 or residual is not None)
     return infer_impl(x, mean, var, weight, bias, residual, eps, activation, negative_slope)
 
 
@@ -270,7 +271,6 @@ def backward_impl(
 ):
     """(dx, dgamma, dbeta, dresidual); an unwanted dresidual is an empty tensor (the operator's schema), or None
     with placeholder=False (eager: one allocation less)."""
-    _require(x, activation != 0 or want_dresidual)
     x, perm, outer, c, inner = layout(x)
     dy = _like(dy, x, perm, "grad_output")
     y = _like(y, x, perm, "output")
@@ -310,6 +310,7 @@ def batch_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dresidual); dresidual is empty unless wanted, the parameter gradients are of the
     parameter dtype (float32 for half-precision inputs)."""
+    _require(x, activation != 0 or want_dresidual)
     return backward_impl(
         dy, x, y, mean, var, weight, bias, eps, batch_stats, activation, negative_slope, want_dresidual
     )
