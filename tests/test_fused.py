@@ -126,8 +126,20 @@ def test_train_and_backward_of_a_long_flat_period_match_autograd(simd, rng, acti
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("with_residual", [False, True])
 # (20, 300, 7, 7): NCHW inference of short runs as one flat period of 14700 positions, walked in blocks of
-# 1024 (the last one partial) over groups of rows.
-@pytest.mark.parametrize("shape,axis", [((6, 5, 7, 9), 1), ((50, 37), 1), ((6, 7, 9, 5), -1), ((20, 300, 7, 7), 1)])
+# 1024 (the last one partial) over groups of rows. (6, 5, 10, 10), (4, 6, 13, 11), (2, 700, 5, 5): runs of 100,
+# 143 and 25 values walked as one flat range, the channel changing inside a vector at every lane offset.
+@pytest.mark.parametrize(
+    "shape,axis",
+    [
+        ((6, 5, 7, 9), 1),
+        ((50, 37), 1),
+        ((6, 7, 9, 5), -1),
+        ((20, 300, 7, 7), 1),
+        ((6, 5, 10, 10), 1),
+        ((4, 6, 13, 11), 1),
+        ((2, 700, 5, 5), 1),
+    ],
+)
 def test_infer_and_frozen_backward_match_autograd(simd, rng, activation, with_residual, shape, axis):
     dtype = np.float32
     x = make_input(rng, shape, "c", dtype)

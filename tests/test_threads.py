@@ -50,6 +50,8 @@ SHAPES = [
     ((16, 24, 5, 5), 1),  # short runs: training walks a flat period
     ((8, 300, 7, 7), 1),  # a flat period of 15 blocks
     ((32, 64, 8, 8), 1),  # runs of 64 values: the longest that go flat
+    ((16, 64, 14, 14), 1),  # inference: runs of 196 values as one flat range, cut at lines of y
+    ((8, 700, 5, 5), 1),  # ... and runs of 25 whose period is too long for the flat walk
 ]
 
 
