@@ -5,6 +5,7 @@ tests/test_torch_sync.py."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -93,4 +94,7 @@ for kind in ("even", "uneven", "empty"):
 bad_input()
 dist.barrier()
 print(f"rank {rank}: ok", flush=True)
-dist.destroy_process_group()
+# Every check has passed and been reported. Tearing gloo down from here (destroy_process_group, or the interpreter's
+# exit) sometimes aborts one rank with "terminate called without an active exception" when its peer has already
+# gone (seen once in CI: rank 0 printed ok, then died with SIGABRT), so the worker leaves without the teardown.
+os._exit(0)
