@@ -112,10 +112,8 @@ def _param(p: torch.Tensor | None, x: torch.Tensor, channels: int, name: str) ->
         return None
     if p.numel() != channels or p.dim() != 1:
         raise ValueError(f"fastbn: {name} must have shape ({channels},), got {tuple(p.shape)}")
-    want = torch.float64 if x.dtype is torch.float64 else torch.float32
-    if p.dtype is want:  # the common case, tested first: this runs several times per call
-        return p if p.is_contiguous() else p.contiguous()
-    if p.dtype != want:
+    want = param_dtype(x.dtype)
+    if p.dtype is not want:
         if x.dtype in (torch.float32, torch.float64) or p.dtype not in (torch.float32, x.dtype):
             raise RuntimeError(
                 f"fastbn: {name} has dtype {p.dtype}, but an input of dtype {x.dtype} needs {want} parameters"
