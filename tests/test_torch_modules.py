@@ -73,6 +73,39 @@ def test_modules_match_torch_over_train_and_eval_steps(dim, shape, dtype, kw, ch
     assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
+class _Scaled(torch.nn.Module):
+    def forward(self, w):
+        return 2.0 * w + 0.25
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_parametrized_weights_and_functional_call_act_like_torch(training):
+    # The modules read their parameters and buffers from nn.Module's tables; a parametrization (which replaces
+    # the parameter by a property) and torch.func.functional_call (which swaps the tensors in) must still count.
+    ours, ref = pair(2, torch.float64)
+    for m in (ours, ref):
+        torch.nn.utils.parametrize.register_parametrization(m, "weight", _Scaled())
+        m.train(training)
+    x = torch.randn(4, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-11, atol=1e-11)
+    ya.sum().backward()
+    yb.sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-10)
+    original = ref.parametrizations.weight.original
+    torch.testing.assert_close(ours.parametrizations.weight.original.grad, original.grad, rtol=1e-10, atol=1e-10)
+    swap = {
+        "bias": torch.full((6,), 3.0, dtype=torch.float64),
+        "running_mean": torch.full((6,), 0.5, dtype=torch.float64),
+    }
+    za = torch.func.functional_call(ours, swap, (x,))
+    zb = torch.func.functional_call(ref, swap, (x,))
+    torch.testing.assert_close(za, zb, rtol=1e-11, atol=1e-11)
+    for name, b in ref.named_buffers():
+        torch.testing.assert_close(dict(ours.named_buffers())[name], b, rtol=1e-11, atol=1e-11)
+
+
 def test_functional_matches_torch_including_running_stat_updates():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(8, 4, 6, dtype=torch.float64, generator=gen)

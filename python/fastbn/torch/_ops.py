@@ -30,7 +30,7 @@ _CUDA_BUILT = bool(_core.build_info()["cuda"])  # whether this build has the CUD
 
 
 def param_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    return torch.float64 if dtype is torch.float64 else torch.float32  # (dtypes are singletons)
 
 
 def supported(x: torch.Tensor, fused: bool = False) -> bool:

@@ -33,9 +33,19 @@ def _check(input, running_mean, running_var, weight, bias, training: bool) -> No
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
     elif running_mean is None or running_var is None:
         raise RuntimeError("running_mean must be defined in evaluation mode")
-    for name, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
-        if t is not None and t.numel() != c:
-            raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
+    # (one test per tensor, spelled out: a loop over a tuple of (name, tensor) pairs costs ~0.3 us a call)
+    if running_mean is not None and running_mean.numel() != c:
+        _wrong_size("running_mean", running_mean, c)
+    if running_var is not None and running_var.numel() != c:
+        _wrong_size("running_var", running_var, c)
+    if weight is not None and weight.numel() != c:
+        _wrong_size("weight", weight, c)
+    if bias is not None and bias.numel() != c:
+        _wrong_size("bias", bias, c)
+
+
+def _wrong_size(name: str, t: torch.Tensor, c: int):
+    raise RuntimeError(f"{name} should contain {c} elements not {t.numel()}")
 
 
 def batch_norm(
