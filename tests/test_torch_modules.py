@@ -106,6 +106,26 @@ def test_parametrized_weights_and_functional_call_act_like_torch(training):
         torch.testing.assert_close(dict(ours.named_buffers())[name], b, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_a_training_step_bumps_the_version_of_every_buffer_it_changes(momentum):
+    # The running statistics and num_batches_tracked are changed in place by the kernel call itself; autograd
+    # must still see it: a graph that saved one of them raises instead of silently using the new values. (torch
+    # bumps num_batches_tracked's version, not the running statistics'.)
+    ours, ref = pair(2, torch.float32, momentum=momentum)
+    x = torch.randn(4, 6, 5, 7)
+    before = {name: b._version for name, b in ours.named_buffers()}
+    tracked = ref.num_batches_tracked._version
+    ours.train()(x.clone().requires_grad_())
+    ref.train()(x.clone().requires_grad_())
+    assert {name: b._version > before[name] for name, b in ours.named_buffers()} == dict.fromkeys(before, True)
+    assert ref.num_batches_tracked._version > tracked
+    for name in ("running_mean", "num_batches_tracked"):
+        saved = torch.ones((), requires_grad=True) * getattr(ours, name)
+        ours(x)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            saved.sum().backward()
+
+
 def test_functional_matches_torch_including_running_stat_updates():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(8, 4, 6, dtype=torch.float64, generator=gen)

@@ -126,6 +126,7 @@ def ptr_train(
     running_var: int = 0,
     running: int = 0,
     momentum: float = 0.0,
+    tracked: int = 0,
 ) -> None: ...
 def ptr_infer(
     code: int,

@@ -388,6 +388,18 @@ torch.library.register_autograd("fastbn::batch_norm_infer", _backward_infer, set
 # torch.compile and torch.export see the custom operators above (fastbn.torch.functional picks).
 
 
+_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
+
+
+def apply(fn, *args):
+    """fn.apply(*args) for the Eager* Functions below, without torch.autograd.Function.apply's Python around
+    the C++ one (binding default arguments, a pytree pass over the arguments for functorch's dead wrappers),
+    ~35 us of a layer's call inside a model; under functorch transforms, the usual way."""
+    if torch._C._are_functorch_transforms_active():
+        return fn.apply(*args)
+    return _FUNCTION_APPLY.__get__(None, fn)(*args)
+
+
 class _NoDoubleBackward(torch.autograd.Function):
     """Identity on the gradients a backward returns under create_graph=True, made to depend on the tensors the
     gradients really depend on (dy, x): differentiating them raises instead of silently giving zero."""
@@ -454,14 +466,20 @@ def _running_code(running_mean, running_var, count: int):
     return rc
 
 
-def running_args(running_mean, running_var, x, count: int, momentum: float):
+def running_args(running_mean, running_var, x, count: int, momentum: float, tracked=None):
     """The trailing arguments of _core.ptr_train that make the training call update float32/float64 CPU
     running statistics itself (one call instead of two: inside a model each call from Python costs 5-20 us
-    with cold caches), or None where the caller updates them (update_running_stats)."""
+    with cold caches) and count the batch in ``tracked`` (a module's num_batches_tracked: the last argument is
+    0 where the caller has to), or None where the caller updates them (update_running_stats)."""
     if not (x.is_cpu and running_mean.is_cpu and running_var.is_cpu):
         return None
     rc = _running_code(running_mean, running_var, count)
-    return None if rc is None else (running_mean.data_ptr(), running_var.data_ptr(), rc, float(momentum))
+    if rc is None:
+        return None
+    counter = 0
+    if tracked is not None and tracked.dtype is torch.int64 and tracked.is_cpu and tracked.numel() == 1:
+        counter = tracked.data_ptr()
+    return running_mean.data_ptr(), running_var.data_ptr(), rc, float(momentum), counter
 
 
 def update_running_stats(running_mean, running_var, mean, var, count: int, momentum: float) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .._layout import check_activation
-from .functional import batch_norm
+from .functional import _batch_norm
 
 __all__ = [
     "BatchNorm1d",
@@ -19,39 +19,31 @@ __all__ = [
 ]
 
 
-_MISSING = object()
-
-
-def _member(module: torch.nn.Module, table: dict, name: str):
-    """``module.<name>`` for a parameter or buffer, read from its table: nn.Module.__getattr__ costs ~0.4 us an
-    attribute, ~2 us a call. A name the table lacks (a parametrization, a property) takes the usual way."""
-    value = table.get(name, _MISSING)
-    return getattr(module, name) if value is _MISSING else value
-
-
 class _FastBatchNorm:
     """The forward of torch.nn.modules.batchnorm._BatchNorm, on fastbn.torch.batch_norm. num_batches_tracked
     counts a batch once its call has succeeded, so a failed call changes no state (torch counts it anyway)."""
 
-    def _bn(self, input, residual=None, activation=None, negative_slope=0.01):
+    def _bn(self, input, residual=None, act=0, slope=0.01):
+        """act, slope: a checked activation (check_activation)."""
         self._check_input_dim(input)
-        params, buffers = self._parameters, self._buffers
-        running_mean, running_var = _member(self, buffers, "running_mean"), _member(self, buffers, "running_var")
-        tracked = _member(self, buffers, "num_batches_tracked")
-        count = self.training and self.track_running_stats and tracked is not None
+        try:  # nn.Module.__getattr__ costs ~0.4 us an attribute back to back, far more inside a model
+            params, buffers = self._parameters, self._buffers
+            weight, bias, tracked = params["weight"], params["bias"], buffers["num_batches_tracked"]
+            running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+        except KeyError:  # a parametrization or a property has taken one's place
+            weight, bias, tracked = self.weight, self.bias, self.num_batches_tracked
+            running_mean, running_var = self.running_mean, self.running_var
+        training = self.training
+        count = training and self.track_running_stats and tracked is not None
         factor = 0.0 if self.momentum is None else self.momentum
         if count and self.momentum is None:  # cumulative average, over the batches counting this one
             factor = 1.0 / (float(tracked) + 1.0)
-        use_batch = self.training or (running_mean is None and running_var is None)
-        keep = not self.training or self.track_running_stats
-        y = batch_norm(
-            input, running_mean if keep else None, running_var if keep else None, _member(self, params, "weight"),
-            _member(self, params, "bias"), use_batch, factor, self.eps, activation=activation,
-            negative_slope=negative_slope, residual=residual,
+        keep = not training or self.track_running_stats
+        return _batch_norm(
+            input, running_mean if keep else None, running_var if keep else None, weight, bias,
+            training or (running_mean is None and running_var is None), factor, self.eps, act, slope, residual,
+            tracked if count else None,
         )  # fmt: skip
-        if count:  # counted once the call has succeeded: a failed call changes no state
-            tracked.add_(1)
-        return y
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._bn(input)
@@ -82,7 +74,7 @@ class _BatchNormAct(_FastBatchNorm):
         self.negative_slope = float(negative_slope)
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
-        return self._bn(input, residual, self.activation, self.negative_slope)
+        return self._bn(input, residual, *check_activation(self.activation, self.negative_slope))
 
     def extra_repr(self) -> str:
         slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""

@@ -95,14 +95,13 @@ class SyncBatchNorm(_FastBatchNorm, torch.nn.SyncBatchNorm):
                  activation: str | None = None, negative_slope: float = 0.01) -> None:  # fmt: skip
         super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype)
         self._act = check_activation(activation, negative_slope)
-        self._activation = activation
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         use_batch = self.training or not self.track_running_stats
         group = self.process_group or (dist.group.WORLD if dist.is_available() and dist.is_initialized() else None)
         if input.device.type != "cpu" or _group_size(group) == 1 or not use_batch:
             if input.device.type == "cpu":  # one process, or running statistics: fastbn's single-process path
-                return self._bn(input, None, self._activation, self._act[1])
+                return self._bn(input, None, *self._act)
             if self._act[0]:
                 raise NotImplementedError("fastbn: a fused activation in SyncBatchNorm runs on CPU process groups")
             return torch.nn.SyncBatchNorm.forward(self, input)
