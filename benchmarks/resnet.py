@@ -6,7 +6,10 @@
 
 A training step is forward, cross-entropy and backward; eval is a forward under no_grad. The variants run
 interleaved sample by sample in one process (in a rotating order), and the table reports, per variant, the
-median time and the median of the per-sample ratios stock / variant (> 1: faster than stock). --compile also
+median time, the median of the per-sample ratios stock / variant (> 1: faster than stock) and the median of
+the process's minor page faults per step (on CPU, tensors that glibc's malloc hands back to the kernel and maps
+afresh; ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment keeps them
+mapped: the settings are printed with the results). --compile also
 times torch.compile of the stock and the converted models (compile time reported apart), --layers the batch-norm
 layer alone against torch.nn.BatchNorm2d on the bench shapes (forward + backward, train and eval).
 """
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -50,16 +54,23 @@ def sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-def timed(f) -> float:
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def timed(f) -> tuple[float, int]:
+    """(seconds, minor page faults of the process) of one call."""
     sync()
+    faults = minor_faults()
     t = time.perf_counter()
     f()
     sync()
-    return time.perf_counter() - t
+    t = time.perf_counter() - t
+    return t, minor_faults() - faults
 
 
 def interleave(fns: dict, repeat: int, warmup: int = 2) -> dict:
-    """{name: [seconds per sample]}, the functions run in a rotating order each round."""
+    """{name: [(seconds, page faults) per sample]}, the functions run in a rotating order each round."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -74,9 +85,11 @@ def interleave(fns: dict, repeat: int, warmup: int = 2) -> dict:
 
 def summarize(samples: dict, base: str) -> dict:
     rows = {}
-    for name, ts in samples.items():
-        ratios = [b / t for b, t in zip(samples[base], ts)]
-        rows[name] = {"median_ms": 1e3 * statistics.median(ts), "ratio": statistics.median(ratios)}
+    for name, got in samples.items():
+        ts = [t for t, _ in got]
+        ratios = [b / t for (b, _), t in zip(samples[base], ts)]
+        rows[name] = {"median_ms": 1e3 * statistics.median(ts), "ratio": statistics.median(ratios),
+                      "page_faults": statistics.median(f for _, f in got)}  # fmt: skip
     return rows
 
 
@@ -195,6 +208,7 @@ def main(argv=None) -> int:
             "repeat": args.repeat, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     if DEVICE.type == "cuda":
         info["device"] = torch.cuda.get_device_name(DEVICE).replace(" ", "_")
+    info.update((k, v) for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))  # glibc's allocator
     print(" ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     out = {"info": info}
     if not args.no_e2e:
@@ -207,7 +221,8 @@ def main(argv=None) -> int:
                     print(f"{key:13s} compile seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in rows.items()))
                     continue
                 for name, r in rows.items():
-                    print(f"{key:13s} {mode:15s} {name:22s} {r['median_ms']:9.1f} ms  x{r['ratio']:.3f}", flush=True)
+                    print(f"{key:13s} {mode:15s} {name:22s} {r['median_ms']:9.1f} ms  x{r['ratio']:.3f}  "
+                          f"{r['page_faults']:7.0f} page faults", flush=True)  # fmt: skip
     if args.layers:
         out["layers"] = layers(args)
         print(f"{'shape':16s} {'memory':6s} {'mode':14s} {'torch ms':>9s} {'fastbn ms':>9s} {'speed-up':>8s}")

@@ -107,16 +107,23 @@ def resnet_table(d: dict) -> str:
         f"<!-- {i['date']}, {i['cpu']} ({i['cores']} cores, {i['threads']} threads), PyTorch {i['torch']}, fastbn "
         f"{i['fastbn']} ({i['simd']}), batch {i['batch']} at {i['size']}², {i['repeat']} repeats -->",
         "| memory | step | stock ms | converted | converted, fused | stock compiled ms | converted compiled | "
-        "converted fused compiled |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "converted fused compiled | page faults per step: stock · converted · fused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def cell(r: dict, key: str, fmt: str) -> str:
+        return format(r[key], fmt) if key in r else "–"
+
     for mem in ("NCHW", "channels_last"):
         for mode in ("train", "eval"):
-            e, c = d[mem][mode], d[mem][mode + " compiled"]
+            e, c = d[mem][mode], d[mem].get(mode + " compiled", {})
+            none = {"median_ms": float("nan"), "ratio": float("nan")}
+            cs, cc, cf = (c.get(k, none) for k in ("stock compiled", "fastbn compiled", "fastbn fused compiled"))
+            faults = " · ".join(cell(e[k], "page_faults", ".0f") for k in ("stock", "fastbn", "fastbn fused"))
             out.append(
                 f"| {mem} | {mode} | {e['stock']['median_ms']:.1f} | {e['fastbn']['ratio']:.3f}× | "
-                f"{e['fastbn fused']['ratio']:.3f}× | {c['stock compiled']['median_ms']:.1f} | "
-                f"{c['fastbn compiled']['ratio']:.3f}× | {c['fastbn fused compiled']['ratio']:.3f}× |"
+                f"{e['fastbn fused']['ratio']:.3f}× | {cs['median_ms']:.1f} | {cc['ratio']:.3f}× | "
+                f"{cf['ratio']:.3f}× | {faults} |"
             )
     out += [
         "",
