@@ -6,9 +6,11 @@ PyTorch (native, and oneDNN through ``to_mkldnn``), TensorFlow (oneDNN), JAX (XL
 
 Every peer times the same cases (float32): training forward (batch statistics), inference (given statistics)
 and backward (dx, dgamma, dbeta from dy), in NCHW and channels-last memory where the peer has that layout.
-Outputs are fresh each call for every peer; fastbn is also timed writing into ``out=`` buffers. The table gives
-medians in ms and, per case, fastbn's speed-up over the fastest peer. A peer that is not installed, or that has
-no such operation, is a dash.
+Outputs are fresh each call for every peer, as a model allocates them (a large fresh output is a fresh mapping
+whose pages fault in: most of PyTorch's time on the large cases); fastbn and PyTorch ("torch-out", the aten
+``.out`` overloads) are also timed writing into preallocated outputs, their kernels alone. The table gives
+medians in ms and, per case, fastbn's speed-up over the fastest peer, torch-out included. A peer that is not
+installed, or that has no such operation, is a dash.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ CASES = [
     ((32, 64, 8, 8), "nhwc"), ((64, 256), "nc"),
 ]  # fmt: skip
 PASSES = ("train", "infer", "backward")
-PEERS = ("fastbn", "fastbn-out", "torch", "torch-onednn", "tensorflow", "jax", "onnxruntime")
+PEERS = ("fastbn", "fastbn-out", "torch", "torch-out", "torch-onednn", "tensorflow", "jax", "onnxruntime")
 EPS = 1e-5
 
 
@@ -95,20 +97,30 @@ def _torch_tensors(shape, layout):
     return xt, dyt, torch.from_numpy(g), torch.from_numpy(b)
 
 
-def peer_torch(shape, layout):
+def peer_torch(shape, layout, out: bool = False):
+    """PyTorch's native batch norm; out=True: into preallocated outputs (the aten ``.out`` overloads), its
+    kernels without the page faults of a fresh output."""
     import torch
 
     xt, dyt, w, b = _torch_tensors(shape, layout)
     c = w.shape[0]
     rm, rv = torch.zeros(c), torch.ones(c)
-    _, sm, si = torch.ops.aten.native_batch_norm(xt, w, b, rm, rv, True, 0.1, EPS)
+    nbn, nbn_bwd = torch.ops.aten.native_batch_norm, torch.ops.aten.native_batch_norm_backward
+    _, sm, si = nbn(xt, w, b, rm, rv, True, 0.1, EPS)
+    mask = [True, True, True]
+    if out:
+        y, dx = torch.empty_like(xt), torch.empty_like(xt)
+        m2, s2, dw, db, none = (torch.empty(c) for _ in range(5))
+        return {
+            "train": lambda: nbn.out(xt, w, b, rm, rv, True, 0.1, EPS, out=y, save_mean=m2, save_invstd=s2),
+            "infer": lambda: nbn.out(xt, w, b, rm, rv, False, 0.1, EPS, out=y, save_mean=none, save_invstd=none),
+            "backward": lambda: nbn_bwd.out(dyt, xt, w, rm, rv, sm, si, True, EPS, mask, out0=dx, out1=dw, out2=db),
+        }
     fb = torch.nn.functional.batch_norm
     return {
         "train": lambda: fb(xt, rm, rv, w, b, training=True, momentum=0.1, eps=EPS),
         "infer": lambda: fb(xt, rm, rv, w, b, training=False, eps=EPS),
-        "backward": lambda: torch.ops.aten.native_batch_norm_backward(
-            dyt, xt, w, rm, rv, sm, si, True, EPS, [True, True, True]
-        ),  # fmt: skip
+        "backward": lambda: nbn_bwd(dyt, xt, w, rm, rv, sm, si, True, EPS, mask),
     }
 
 
@@ -232,7 +244,9 @@ def worker(peer: str, threads: int, repeat: int) -> dict:
         import torch
 
         torch.set_num_threads(threads)
-        make = peer_torch if peer == "torch" else peer_torch_onednn
+        make = {"torch": peer_torch, "torch-out": lambda s, lay: peer_torch(s, lay, out=True)}.get(
+            peer, peer_torch_onednn
+        )
     elif peer == "tensorflow":
         import tensorflow as tf
 
@@ -245,7 +259,7 @@ def worker(peer: str, threads: int, repeat: int) -> dict:
         make = peer_onnxruntime
     import importlib.metadata as md
 
-    dist = {"fastbn": "fastbn", "fastbn-out": "fastbn", "torch": "torch", "torch-onednn": "torch",
+    dist = {"fastbn": "fastbn", "fastbn-out": "fastbn", "torch": "torch", "torch-out": "torch", "torch-onednn": "torch",
             "tensorflow": "tensorflow-cpu", "jax": "jax", "onnxruntime": "onnxruntime"}[peer]  # fmt: skip
     try:
         version = md.version(dist)
@@ -308,7 +322,8 @@ def main(argv=None) -> int:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     rounds = f", median over {args.rounds} rounds of processes" if args.rounds > 1 else ""
     print(f"{cpu}, {args.threads} threads, float32, medians of {args.repeat} samples (ms){rounds}; fresh outputs "
-          f"for every peer, fastbn-out writes into out=; speed-up: fastest other peer / fastbn (fresh)")  # fmt: skip
+          f"for every peer, fastbn-out and torch-out write into out=; speed-up: fastest other peer / fastbn "
+          f"(fresh)")  # fmt: skip
     names = list(results)
     print(f"{'case':22s} {'pass':8s} " + " ".join(f"{n[:12]:>12s}" for n in names) + f" {'speed-up':>9s}")
     table = []

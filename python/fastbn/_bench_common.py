@@ -35,7 +35,8 @@ class Result:
     mbytes: float  # S, the size of x in MB
     fastbn_ms: float  # with out= buffers (steady state)
     fresh_ms: float  # a new output every call, as PyTorch does
-    torch_ms: float | None = None
+    torch_ms: float | None = None  # a new output every call (torch.nn.functional.batch_norm, ...)
+    torch_out_ms: float | None = None  # into preallocated outputs (torch.ops.aten.native_batch_norm.out, ...)
     numpy_ms: float | None = None
     gbs: float = 0.0  # least traffic of any layout (TRAFFIC) / fastbn_ms
     roofline: float = 0.0  # gbs / copy bandwidth of a large buffer
@@ -46,6 +47,7 @@ class Result:
     in_cache: bool = False  # the working set fits in the last-level cache: the fraction is an in-cache one
     speedup: float | None = None  # torch_ms / fastbn_ms
     fresh_speedup: float | None = None  # torch_ms / fresh_ms
+    out_speedup: float | None = None  # torch_out_ms / fastbn_ms: both into preallocated outputs
     vs_float32: float | None = None  # fastbn_ms / the same case's float32 fastbn_ms (half precision)
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -139,8 +141,8 @@ def _fmt(v, spec=".2f", none="-"):
 
 def format_table(report: dict, copy_bytes: int) -> str:
     rows = report["results"]
-    head = ["shape", "layout", "pass", "dtype", "thr", "fastbn ms", "fresh ms", "torch ms", "numpy ms", "speed-up",
-            "fresh x", "GB/s", "roofline", "floor", "of floor", "vs f32"]  # fmt: skip
+    head = ["shape", "layout", "pass", "dtype", "thr", "fastbn ms", "fresh ms", "torch ms", "torch out ms",
+            "numpy ms", "speed-up", "fresh x", "out= x", "GB/s", "roofline", "floor", "of floor", "vs f32"]  # fmt: skip
     lines = [head]
     for r in rows:
         lines.append(
@@ -153,9 +155,11 @@ def format_table(report: dict, copy_bytes: int) -> str:
                 _fmt(r["fastbn_ms"], ".3f"),
                 _fmt(r["fresh_ms"], ".3f"),
                 _fmt(r["torch_ms"], ".3f"),
+                _fmt(r.get("torch_out_ms"), ".3f"),
                 _fmt(r["numpy_ms"], ".1f"),
                 _fmt(r["speedup"], ".1f") + ("x" if r["speedup"] else ""),
                 _fmt(r["fresh_speedup"], ".1f") + ("x" if r["fresh_speedup"] else ""),
+                _fmt(r.get("out_speedup"), ".2f") + ("x" if r.get("out_speedup") else ""),
                 _fmt(r["gbs"], ".1f"),
                 _fmt(r["roofline"], ".2f"),
                 f"{r['floor']}S" if r.get("floor") else "-",

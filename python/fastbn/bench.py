@@ -263,6 +263,9 @@ def _torch_tensors(torch, x, axis, *others):
 
 
 def _torch_fns(torch, x, axis, gamma, beta, dy, eps=1e-5):
+    """PyTorch's passes: (fresh, out): with a new output every call, as a model runs them (a large fresh output
+    is a fresh mapping whose pages fault in), and into preallocated outputs (the aten ``.out`` overloads),
+    which times the kernels alone."""
     xt, dyt = _torch_tensors(torch, x, axis, dy)
     w, b = torch.from_numpy(gamma), torch.from_numpy(beta)
     c = gamma.shape[0]
@@ -270,13 +273,23 @@ def _torch_fns(torch, x, axis, gamma, beta, dy, eps=1e-5):
     rv = torch.ones(c, dtype=w.dtype)
     _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(xt, w, b, rm, rv, True, 0.1, eps)
     fb = torch.nn.functional.batch_norm
-    return {
+    nbn, nbn_bwd = torch.ops.aten.native_batch_norm, torch.ops.aten.native_batch_norm_backward
+    y, dx = torch.empty_like(xt), torch.empty_like(xt)
+    sm, si, dw, db, none = (torch.empty(c, dtype=w.dtype) for _ in range(5))
+    mask = [True, True, True]
+    fresh = {
         "train": lambda: fb(xt, rm, rv, w, b, training=True, momentum=0.1, eps=eps),
         "infer": lambda: fb(xt, rm, rv, w, b, training=False, eps=eps),
-        "backward": lambda: torch.ops.aten.native_batch_norm_backward(
-            dyt, xt, w, rm, rv, save_mean, save_invstd, True, eps, [True, True, True]
+        "backward": lambda: nbn_bwd(dyt, xt, w, rm, rv, save_mean, save_invstd, True, eps, mask),
+    }
+    out = {
+        "train": lambda: nbn.out(xt, w, b, rm, rv, True, 0.1, eps, out=y, save_mean=sm, save_invstd=si),
+        "infer": lambda: nbn.out(xt, w, b, rm, rv, False, 0.1, eps, out=y, save_mean=none, save_invstd=none),
+        "backward": lambda: nbn_bwd.out(
+            dyt, xt, w, rm, rv, save_mean, save_invstd, True, eps, mask, out0=dx, out1=dw, out2=db
         ),
     }
+    return fresh, out
 
 
 def _fastbn_fns(x, axis, gamma, beta, dy, eps=1e-5):
@@ -420,7 +433,7 @@ def run_cpu(args, torch) -> dict:
             beta = rng.standard_normal(c).astype(pdt)
             steady, fresh = _fastbn_fns(x, axis, gamma, beta, dy)
             yard = _yardsticks(x)
-            tfns = _torch_fns(torch, x, axis, gamma, beta, dy) if torch is not None else {}
+            tfns, tout = _torch_fns(torch, x, axis, gamma, beta, dy) if torch is not None else ({}, {})
             half = dt.itemsize == 2
             nfns = _numpy_fns(x, axis, gamma, beta, dy) if not args.no_numpy and not half else {}
             for t in threads:
@@ -431,7 +444,7 @@ def run_cpu(args, torch) -> dict:
                     bar.set_postfix_str(f"{'x'.join(map(str, shape))} {layout} {pass_} {dtype} {t}T")
                     fns = {"fastbn": steady[pass_], "fresh": fresh[pass_], **yard}
                     if pass_ in tfns:
-                        fns["torch"] = tfns[pass_]
+                        fns["torch"], fns["torch out"] = tfns[pass_], tout[pass_]
                     smp = time_samples(fns, args.repeat, args.warmup)
                     ms = {k: float(np.median(v)) for k, v in smp.items()}
                     if pass_ in nfns:  # slow: fewer samples, timed on its own
@@ -447,6 +460,7 @@ def run_cpu(args, torch) -> dict:
                         fastbn_ms=ms["fastbn"],
                         fresh_ms=ms["fresh"],
                         torch_ms=ms.get("torch"),
+                        torch_out_ms=ms.get("torch out"),
                         numpy_ms=ms.get("numpy"),
                         floor=floor,
                         floor_fraction=paired(smp, YARDSTICK_OF_FLOOR[floor], "fastbn"),
@@ -459,6 +473,7 @@ def run_cpu(args, torch) -> dict:
                     if r.torch_ms is not None:
                         r.speedup = r.torch_ms / r.fastbn_ms
                         r.fresh_speedup = r.torch_ms / r.fresh_ms
+                        r.out_speedup = paired(smp, ("torch out",), "fastbn")
                     results.append(r)
                     bar.update(1)
         if getattr(args, "fused", False):
