@@ -2,7 +2,7 @@
 ``convert(model, fuse=True)``, NCHW and channels-last, eager and under torch.compile.
 
     python benchmarks/resnet.py [--batch 16] [--size 160] [--threads 2] [--repeat 7] [--compile] [--layers]
-                                [--device cpu|cuda] [--json results.json]
+                                [--no-bn] [--device cpu|cuda] [--json results.json]
 
 A training step is forward, cross-entropy and backward; eval is a forward under no_grad. The variants run
 interleaved sample by sample in one process (in a rotating order), and the table reports, per variant, the
@@ -11,7 +11,8 @@ the process's minor page faults per step (on CPU, tensors that glibc's malloc ha
 afresh; ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=68719476736`` in the environment keeps them
 mapped: the settings are printed with the results). --compile also
 times torch.compile of the stock and the converted models (compile time reported apart), --layers the batch-norm
-layer alone against torch.nn.BatchNorm2d on the bench shapes (forward + backward, train and eval).
+layer alone against torch.nn.BatchNorm2d on the bench shapes (forward + backward, train and eval), --no-bn the
+model with its batch norms removed (eager): the ratio no batch norm can beat.
 """
 
 from __future__ import annotations
@@ -93,7 +94,17 @@ def summarize(samples: dict, base: str) -> dict:
     return rows
 
 
-def models(channels_last: bool):
+def without_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with every batch norm replaced by an identity: the step's time when batch norm costs nothing,
+    the bound of what any batch norm can win (the values drift without normalization, the work does not)."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm):
+                setattr(module, name, torch.nn.Identity())
+    return model
+
+
+def models(channels_last: bool, no_bn: bool = False):
     torch.manual_seed(0)
     stock = ResNet18()
     conv = ft.convert(ResNet18())
@@ -101,8 +112,10 @@ def models(channels_last: bool):
     conv.load_state_dict(stock.state_dict())
     fused.load_state_dict(stock.state_dict())
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return {"stock": stock.to(DEVICE, memory_format=fmt), "fastbn": conv.to(DEVICE, memory_format=fmt),
-            "fastbn fused": fused.to(DEVICE, memory_format=fmt)}  # fmt: skip
+    out = {"stock": stock, "fastbn": conv, "fastbn fused": fused}
+    if no_bn:
+        out["no batch norm"] = without_batch_norm(ResNet18())
+    return {k: m.to(DEVICE, memory_format=fmt) for k, m in out.items()}
 
 
 def step_fns(ms: dict, x, target) -> tuple[dict, dict]:
@@ -129,7 +142,7 @@ def end_to_end(args, channels_last: bool) -> dict:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(args.batch, 3, args.size, args.size, device=DEVICE).contiguous(memory_format=fmt)
     target = torch.randint(0, 1000, (args.batch,), device=DEVICE)
-    ms = models(channels_last)
+    ms = models(channels_last, args.no_bn)
     train, evaluate = step_fns(ms, x, target)
     res = {"train": summarize(interleave(train, args.repeat), "stock"),
            "eval": summarize(interleave(evaluate, args.repeat), "stock")}  # fmt: skip
@@ -196,6 +209,8 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="also time torch.compile of stock and converted")
     p.add_argument("--layers", action="store_true", help="also time the batch-norm layer alone on the bench shapes")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet-18 timings")
+    p.add_argument("--no-bn", action="store_true",
+                   help="also time the model without batch norm: the bound of any batch norm's gain")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the models and tensors live")
     p.add_argument("--json", help="write the results to this file")
     args = p.parse_args(argv)

@@ -31,6 +31,10 @@ def _head(d: dict) -> str:
     )
 
 
+def _opt(v, spec: str, suffix: str = "") -> str:
+    return "–" if v is None else format(v, spec) + suffix
+
+
 def main_table(d: dict, threads: int = 2) -> str:
     rows = [r for r in d["results"] if r["threads"] == threads and r["dtype"] == "float32"]
     one = {
@@ -38,9 +42,9 @@ def main_table(d: dict, threads: int = 2) -> str:
     }
     out = [
         f"<!-- {_head(d)} -->",
-        "| shape | memory | pass | fastbn ms | PyTorch ms | speed-up | speed-up, fresh output | GB/s | floor | "
-        "of floor | 1→2 threads |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| shape | memory | pass | fastbn ms | PyTorch ms | speed-up | speed-up, fresh output | PyTorch out= ms | "
+        "speed-up vs out= | GB/s | floor | of floor | 1→2 threads |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         o = one.get((r["shape"], r["layout"], r["pass_"]))
@@ -48,7 +52,8 @@ def main_table(d: dict, threads: int = 2) -> str:
         scale = f"{o['fastbn_ms'] / r['fastbn_ms']:.2f}×" if o else "-"
         out.append(
             f"| {_shape(r['shape'])} | {_layout(r['layout'])} | {r['pass_']} | {r['fastbn_ms']:.3f} | "
-            f"{r['torch_ms']:.3f} | {r['speedup']:.1f}× | {r['fresh_speedup']:.1f}× | {r['gbs']:.1f} | "
+            f"{r['torch_ms']:.3f} | {r['speedup']:.1f}× | {r['fresh_speedup']:.1f}× | "
+            f"{_opt(r.get('torch_out_ms'), '.3f')} | {_opt(r.get('out_speedup'), '.2f', '×')} | {r['gbs']:.1f} | "
             f"{r['floor']}S | {frac} | {scale} |"
         )
     f64 = [r for r in d["results"] if r["threads"] == threads and r["dtype"] == "float64"]
@@ -106,9 +111,9 @@ def resnet_table(d: dict) -> str:
     out = [
         f"<!-- {i['date']}, {i['cpu']} ({i['cores']} cores, {i['threads']} threads), PyTorch {i['torch']}, fastbn "
         f"{i['fastbn']} ({i['simd']}), batch {i['batch']} at {i['size']}², {i['repeat']} repeats -->",
-        "| memory | step | stock ms | converted | converted, fused | stock compiled ms | converted compiled | "
-        "converted fused compiled | page faults per step: stock · converted · fused |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| memory | step | stock ms | converted | converted, fused | no batch norm (bound) | stock compiled ms | "
+        "converted compiled | converted fused compiled | page faults per step: stock · converted · fused |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(r: dict, key: str, fmt: str) -> str:
@@ -120,9 +125,10 @@ def resnet_table(d: dict) -> str:
             none = {"median_ms": float("nan"), "ratio": float("nan")}
             cs, cc, cf = (c.get(k, none) for k in ("stock compiled", "fastbn compiled", "fastbn fused compiled"))
             faults = " · ".join(cell(e[k], "page_faults", ".0f") for k in ("stock", "fastbn", "fastbn fused"))
+            bound = f"{e['no batch norm']['ratio']:.3f}×" if "no batch norm" in e else "–"
             out.append(
                 f"| {mem} | {mode} | {e['stock']['median_ms']:.1f} | {e['fastbn']['ratio']:.3f}× | "
-                f"{e['fastbn fused']['ratio']:.3f}× | {cs['median_ms']:.1f} | {cc['ratio']:.3f}× | "
+                f"{e['fastbn fused']['ratio']:.3f}× | {bound} | {cs['median_ms']:.1f} | {cc['ratio']:.3f}× | "
                 f"{cf['ratio']:.3f}× | {faults} |"
             )
     out += [
