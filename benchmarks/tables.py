@@ -122,21 +122,26 @@ def resnet_table(d: dict) -> str:
     for mem in ("NCHW", "channels_last"):
         for mode in ("train", "eval"):
             e, c = d[mem][mode], d[mem].get(mode + " compiled", {})
-            none = {"median_ms": float("nan"), "ratio": float("nan")}
-            cs, cc, cf = (c.get(k, none) for k in ("stock compiled", "fastbn compiled", "fastbn fused compiled"))
             faults = " · ".join(cell(e[k], "page_faults", ".0f") for k in ("stock", "fastbn", "fastbn fused"))
             bound = f"{e['no batch norm']['ratio']:.3f}×" if "no batch norm" in e else "–"
+            compiled = " | ".join(
+                _opt(c.get(k, {}).get(key), spec, suffix)
+                for k, key, spec, suffix in (("stock compiled", "median_ms", ".1f", ""),
+                                             ("fastbn compiled", "ratio", ".3f", "×"),
+                                             ("fastbn fused compiled", "ratio", ".3f", "×"))
+            )  # fmt: skip
             out.append(
                 f"| {mem} | {mode} | {e['stock']['median_ms']:.1f} | {e['fastbn']['ratio']:.3f}× | "
-                f"{e['fastbn fused']['ratio']:.3f}× | {bound} | {cs['median_ms']:.1f} | {cc['ratio']:.3f}× | "
-                f"{cf['ratio']:.3f}× | {faults} |"
+                f"{e['fastbn fused']['ratio']:.3f}× | {bound} | {compiled} | {faults} |"
             )
+    if not d.get("layers"):
+        return "\n".join(out)
     out += [
         "",
         "| layer shape | memory | mode | torch.nn.BatchNorm2d ms | fastbn.torch ms | speed-up |",
         "|---|---|---|---:|---:|---:|",
     ]
-    for r in d.get("layers", []):
+    for r in d["layers"]:
         out.append(
             f"| {_shape(r['shape'])} | {r['memory']} | {r['mode']} | {r['torch_ms']:.3f} | {r['fastbn_ms']:.3f} | "
             f"{r['speedup']:.2f}× |"
