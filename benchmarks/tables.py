@@ -116,13 +116,10 @@ def resnet_table(d: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
-    def cell(r: dict, key: str, fmt: str) -> str:
-        return format(r[key], fmt) if key in r else "–"
-
     for mem in ("NCHW", "channels_last"):
         for mode in ("train", "eval"):
             e, c = d[mem][mode], d[mem].get(mode + " compiled", {})
-            faults = " · ".join(cell(e[k], "page_faults", ".0f") for k in ("stock", "fastbn", "fastbn fused"))
+            faults = " · ".join(_opt(e[k].get("page_faults"), ".0f") for k in ("stock", "fastbn", "fastbn fused"))
             bound = f"{e['no batch norm']['ratio']:.3f}×" if "no batch norm" in e else "–"
             compiled = " | ".join(
                 _opt(c.get(k, {}).get(key), spec, suffix)
