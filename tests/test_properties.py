@@ -2,10 +2,11 @@
 
 Hypothesis draws shapes (2-D to 5-D), the channel axis, the memory layout (C order, Fortran, channels-last, any
 other permutation, strided and reversed slices), float32 or float64 and, per channel, the distribution, the spread
-s and the offset of the mean (up to 1e5 s); each test runs once per SIMD path this CPU supports. Five families:
+s and the offset of the mean (up to 1e5 s); each test runs once per SIMD path this CPU supports. Six families:
 small tensors of every shape and layout; long runs (2^15 to 2^20 values in one channel, as NCHW runs and as
-channels-last rows); extreme magnitudes; constant channels beside others, short and long, tiny to huge; the layer
-over several training steps and then in eval mode. Issue 9's reproducers follow as plain tests.
+channels-last rows); extreme magnitudes; constant channels beside others, short and long, tiny to huge; ordered
+values (sorted, or a spike first: the statistics' careful path); the layer over several training steps and then
+in eval mode. Issue 9's reproducers follow as plain tests.
 
 The contract
 ------------
@@ -262,6 +263,11 @@ class Spread:
 
 
 SPREADS = ("normal", "uniform", "ternary")
+# Ordered values: a channel whose first values lie far from its mean. The statistics take a block's shift from its
+# first vector and fall back to two passes when that shift is off by more than the spread: sorted values (every
+# block starts at its smallest or largest value) and a spike (the first 16 values 1000 s out, which with a
+# shift taken there would lose ~100 times rho in a channel of one block) take that path.
+ORDERED = ("sorted", "spike")
 
 
 def decades(lo: float, hi: float):
@@ -294,8 +300,15 @@ def fill(rng, shape, axis, spread_list, dtype) -> np.ndarray:
             z = sp.offset * s + s * rng.standard_normal(n)
         elif sp.kind == "uniform":
             z = sp.offset * s + s * rng.uniform(-math.sqrt(3), math.sqrt(3), n)
-        else:
+        elif sp.kind == "ternary":
             z = sp.offset * s + s * rng.integers(-1, 2, n)
+        elif sp.kind == "sorted":
+            z = np.sort(sp.offset * s + s * rng.standard_normal(n))
+            if rng.integers(2):
+                z = z[::-1]
+        else:  # spike
+            z = sp.offset * s + s * rng.standard_normal(n)
+            z[:16] += 1000 * s * rng.choice([-1.0, 1.0])
         moved[c] = z.reshape(moved.shape[1:])
     return out
 
@@ -535,6 +548,27 @@ def test_backward_extreme_magnitudes(path, p, batch_stats):
 @examples(60)
 @given(p=problems(st.one_of(small_shapes(), long_shapes()), ranges=CONSTANTS, need_constant=True))
 def test_train_constant_channels(path, p):
+    run_train(path, p)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Family 4b: ordered values (see ORDERED), short and long, |mean|/s up to 1e5
+
+
+@st.composite
+def block_shapes(draw):
+    """(shape, axis, layout): NCHW-like runs with 2^12 to 2^13 values per channel, so that a channel is about
+    one block of the statistics (32 KiB) and an error in its first block is not diluted by the others."""
+    c = draw(st.integers(1, 4))
+    inner = 2 ** draw(st.integers(4, 12))
+    n = draw(st.integers(2**12, 2**13))
+    return (max(1, n // inner), c, inner), 1, "c"
+
+
+@each_path
+@examples(40)
+@given(p=problems(st.one_of(small_shapes(), block_shapes(), long_shapes()), kinds=ORDERED))
+def test_train_ordered_values(path, p):
     run_train(path, p)
 
 

@@ -21,11 +21,12 @@
 // count. Kernel sources are compiled with -ffp-contract=off, and heads and tails of loops go through the same
 // (masked) vector code as their bodies, so every element of a pass rounds alike.
 //
-// Statistics: each in-cache block is read twice. The first pass gives a shift k, its first value plus the mean
-// deviation from it (exact for a constant block); the second sums x - k and (x - k)^2. Every sum is kept in
-// float (or double) lanes for at most kRound vectors and then moved into double lanes, so no float partial sum
-// ever spans more than a few dozen values, however long a run is; blocks are merged in double with Chan's
-// formula. A block whose squares overflow float is summed again in double, scaled. Normalization computes
+// Statistics: sums of x - k and (x - k)^2 per in-cache block, with a shift k near the block's mean: for nc blocks
+// the mean of the block's first vector when that proves close enough (block_moments), else the mean of a first
+// pass; for channels-last tiles the mean of a first pass (or the first row where that overflows). Every sum is
+// kept in float (or double) lanes for at most kRound vectors and then moved into double lanes, so no float
+// partial sum ever spans more than a few dozen values, however long a run is; blocks are merged in double with
+// Chan's formula. A block whose squares overflow float is summed again in double, scaled. Normalization computes
 // (x - hi) * scale + (beta - lo * scale) with mean = hi + lo, so large means do not cancel.
 #include <algorithm>
 #include <cmath>
@@ -754,6 +755,14 @@ inline void bwd_elem(const S* dy, const S* x, const S* y, int64_t i, M m, typena
   }
 }
 
+// Prefetches into L2 the line at i of each input of the backward.
+template <class S, Act A, bool kFromY>
+inline void prefetch_inputs(const S* dy, const S* x, const S* y, int64_t i) {
+  __builtin_prefetch(dy + i, 0, 2);
+  if constexpr (A != Act::none || kFromY) __builtin_prefetch(y + i, 0, 2);
+  if constexpr (!kFromY) __builtin_prefetch(x + i, 0, 2);
+}
+
 template <class S>
 struct BwdSums {
   const S* dy;
@@ -761,6 +770,7 @@ struct BwdSums {
   const S* y;
   int64_t stride, rows, len;
   compute_t<S> center, slope, inv_slope;
+  int64_t pf = 0;  // where the next block to read starts, from this one (0: prefetch nothing)
 };
 
 // Sdz and Su over a block of runs of one channel.
@@ -773,6 +783,7 @@ void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
   walk<V, 2>(
       b.rows, b.len, b.stride,
       [&](int j, int64_t o, auto m) {
+        if (b.pf) prefetch_inputs<S, A, kFromY>(b.dy, b.x, b.y, o + b.pf);
         typename V::reg dz, u;
         bwd_elem<S, A, kFromY>(b.dy, b.x, b.y, o, m, center, sl, isl, dz, u);
         dz = keep<V>(m, dz, V::zero());
@@ -790,7 +801,7 @@ void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
 
 template <class S, Act A, bool kFromY, bool kScaleOnly, class K>
 inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_t n, bool stream, K& k,
-                     compute_t<S> slope, compute_t<S> inv_slope) {
+                     compute_t<S> slope, compute_t<S> inv_slope, int64_t pf = 0) {
   using C = compute_t<S>;
   using V = Vec<C>;
   const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
@@ -799,6 +810,7 @@ inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_
   const bool stream_dres =
       stream && dres && (reinterpret_cast<uintptr_t>(dres) - reinterpret_cast<uintptr_t>(dx)) % kVecBytes == 0;
   span(dx, n, stream, k, [&](int64_t i, auto m) {
+    if (pf) prefetch_inputs<S, A, kFromY>(dy, x, y, i + pf);
     typename V::reg dz, u;
     if constexpr (kScaleOnly) {
       dz = ld(dy + i, m);
@@ -827,6 +839,7 @@ struct BwdBlock {
   BwdCoef<compute_t<S>> k;
   compute_t<S> slope, inv_slope;
   bool stream;
+  int64_t pf = 0;  // where a block of the same geometry to prefetch meanwhile starts, from this one
 };
 
 template <class S, Act A, bool kFromY, bool kScaleOnly>
@@ -837,7 +850,7 @@ void bwd_block_nc(const BwdBlock<S>& b) {
   for (int64_t o = 0; o < b.rows; ++o) {
     const int64_t q = o * b.stride;
     bwd_span<S, A, kFromY, kScaleOnly>(b.dy + q, b.x ? b.x + q : nullptr, b.y ? b.y + q : nullptr, b.dx + q,
-                                        b.dres ? b.dres + q : nullptr, b.len, b.stream, k, b.slope, b.inv_slope);
+                                        b.dres ? b.dres + q : nullptr, b.len, b.stream, k, b.slope, b.inv_slope, b.pf);
   }
 }
 
@@ -985,31 +998,18 @@ inline void moments_scaled(const S* p, int64_t stride, int64_t rows, int64_t len
   m2 = std::scalbn(std::fmax(q - s * s / n, 0.0), 2 * e);
 }
 
-// Mean and M2 of `rows` runs of `len` values (run r at p + r * stride). Pass 1 finds a shift k near the mean
-// from bounded sums of the values (within kRound float roundings of |x|, about 2e-6 relative: for |mean|/std
-// up to 1e5 that is within 0.2 std, which costs pass 2 nothing measurable); pass 2 sums the deviations from k
-// and their squares. Both run four independent chains, so that they go at the cache's speed rather than the
-// adds' latency, and pass 1 adds straight from memory (a subtraction there measurably slows the pass that
-// brings the block in from DRAM). A constant channel still comes out exact: its deviations are all the same
-// d = c - k (exact, as k is close to c), so s = n d and sq = n d^2 are exact, s / n = d, k + d = c and the fma
-// below gives m2 = 0.
+// Sums of the deviations from k of `rows` runs of `len` values, and of their squares, in four independent
+// chains (so that the pass goes at the cache's speed rather than the adds' latency).
 template <class S>
-inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2) {
-  using C = compute_t<S>;
-  using V = Vec<C>;
-  const double n = static_cast<double>(rows * len);
-  Bounded<V, 4> s1;
-  walk<V, 4>(
-      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, ld(p + o, m)); },  // ld zeroes a tail's lanes
-      [&] { s1.flush(); });
-  const double kd = s1.total() / n;
-  // Overflowed (or inf/NaN in the block): shift by the first value instead.
-  const C k = std::fabs(kd) <= static_cast<double>(std::numeric_limits<C>::max()) ? static_cast<C>(kd) : load1(p);
+inline void shifted_sums(const S* p, int64_t stride, int64_t rows, int64_t len, compute_t<S> k, double& s,
+                         double& sq, int64_t pf = 0) {
+  using V = Vec<compute_t<S>>;
   const typename V::reg kv = V::set1(k);
   Bounded<V, 4> a, q;
   walk<V, 4>(
       rows, len, stride,
       [&](int j, int64_t o, auto m) {
+        if (pf) __builtin_prefetch(p + o + pf, 0, 2);
         const typename V::reg d = keep<V>(m, V::sub(ld(p + o, m), kv), V::zero());
         a.add(j, d);
         q.fma(j, d, d);
@@ -1018,15 +1018,60 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
         a.flush();
         q.flush();
       });
-  const double s = a.total(), sq = q.total();
-  if (!std::isfinite(sq) && std::isfinite(s + static_cast<double>(k))) {
-    moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
-    return;
-  }
+  s = a.total();
+  sq = q.total();
+}
+
+// Mean and M2 from the shifted sums of n values (see block_moments); false where the block's squares overflowed
+// float although the values are finite (the caller sums it again, scaled).
+inline bool moments_from_sums(double n, double k, double s, double sq, double& mean, double& m2) {
+  if (!std::isfinite(sq) && std::isfinite(s + k)) return false;
   const double d = s / n;
-  mean = static_cast<double>(k) + d;
+  mean = k + d;
   m2 = std::fma(-s, d, sq);
   if (m2 < 0) m2 = 0;  // rounding; NaN passes through
+  return true;
+}
+
+// Mean and M2 of `rows` runs of `len` values (run r at p + r * stride), in one pass where it can; pf != 0
+// prefetches the block at p + pf meanwhile (the next one this thread reads).
+// The sums of x - k and (x - k)^2 lose precision with the ratio sq / m2 = 1 + d^2 / var, d = mean - k, so k should
+// lie near the mean. The fast path takes k from the block's first vector and sums once, which accepts the result
+// when sq <= 2 m2 (|d| <= std: at most twice the rounding of a perfect shift). Otherwise (a first vector far out,
+// as in sorted data; an overflow; inf or NaN) the block, now in cache, takes the careful path: pass 1 finds k
+// from bounded sums of the values (within kRound float roundings of |x|, about 2e-6 relative: for |mean|/std up
+// to 1e5 that is within 0.2 std), pass 2 sums the deviations from it. Always taking both passes cost a third more
+// work per value and left memory idle during the second: statistics alone, paired on the EPYC VM, 2 threads,
+// were 1.5x slower on tensors in the last-level cache (32x256x28x28, 16x128x20x20), 1.02-1.12x on larger ones.
+// A constant block still comes out exact: its deviations are all the same d = c - k (exact, as k is c or close
+// to it), so s = n d and sq = n d^2 are exact, s / n = d, k + d = c and the fma gives m2 = 0.
+template <class S>
+inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2,
+                          int64_t pf = 0) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  const double n = static_cast<double>(rows * len);
+  {
+    const int64_t w = min64(len, V::width);
+    double f = 0;
+    for (int64_t i = 0; i < w; ++i) f += static_cast<double>(load1(p + i));
+    const C k = static_cast<C>(f / static_cast<double>(w));
+    double s, sq;
+    shifted_sums(p, stride, rows, len, k, s, sq, pf);
+    if (std::isfinite(k) && sq <= 2 * std::fma(-s, s / n, sq) && moments_from_sums(n, k, s, sq, mean, m2)) return;
+  }
+  Bounded<V, 4> s1;
+  walk<V, 4>(
+      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, ld(p + o, m)); },  // ld zeroes a tail's lanes
+      [&] { s1.flush(); });
+  const double kd = s1.total() / n;
+  // Overflowed (or inf/NaN in the block): shift by the first value instead.
+  const C k = std::fabs(kd) <= static_cast<double>(std::numeric_limits<C>::max()) ? static_cast<C>(kd) : load1(p);
+  double s, sq;
+  shifted_sums(p, stride, rows, len, k, s, sq);
+  if (!moments_from_sums(n, static_cast<double>(k), s, sq, mean, m2)) {
+    moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
+  }
 }
 
 // Channels-last tile statistics, for the channels [c0, c0 + G * W) (the last group possibly m < W lanes) of
@@ -1168,6 +1213,12 @@ struct NcPlan {
     const int64_t r0 = rb * rpb, i0 = piece * plen;
     return {r0 * stride + i0, min64(rpb, N - r0), min64(plen, L - i0)};
   }
+  // Offset of unit u = (channel u / nb, block u % nb) from the tensor's first value.
+  int64_t unit_offset(int64_t u) const { return (u / nb) * L + block(u % nb).offset; }
+  // From unit u to unit u + 1 (0 for the last of `units`): where a statistics pass prefetches the next block.
+  int64_t to_next(int64_t u, int64_t units = -1) const {
+    return u + 1 == units ? 0 : unit_offset(u + 1) - unit_offset(u);
+  }
 };
 
 // Channels-last geometry: tiles of rows (the in-cache unit) grouped into chunks (the parallel unit).
@@ -1199,12 +1250,12 @@ inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
 // Per-channel moments of an nc tensor over (channel, block) units shared out over the team: call inside a
 // parallel region; `part` holds 2 doubles per unit; on return (after a barrier) out[c] is the channel's merge.
 template <class S>
-inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part, Moments* out) {
+inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part, Moments* out, bool prefetch) {
 #pragma omp for schedule(static)
   for (int64_t u = 0; u < C * pl.nb; ++u) {
-    const int64_t c = u / pl.nb;
     const NcPlan::Block bl = pl.block(u % pl.nb);
-    block_moments(x + c * pl.L + bl.offset, pl.stride, bl.rows, bl.len, part[2 * u], part[2 * u + 1]);
+    block_moments(x + pl.unit_offset(u), pl.stride, bl.rows, bl.len, part[2 * u], part[2 * u + 1],
+                  prefetch ? pl.to_next(u, C * pl.nb) : 0);
   }
 #pragma omp for schedule(static)
   for (int64_t c = 0; c < C; ++c) {
@@ -1420,7 +1471,9 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   const Cp slope = static_cast<Cp>(a.epi.slope);
   // While a block of channel c is normalized, the same block of channel c + 1 (read next, for its statistics)
   // is prefetched line by line: its reads from memory then overlap the streaming writes instead of following
-  // them (32x256x28x28 on 2 threads: 1.26 -> 0.98 ms, 0.76 -> 0.99 of a copy; 64x128x56x56: 1.07x). Only for
+  // them (32x256x28x28 on 2 threads: 1.26 -> 0.98 ms, 0.76 -> 0.99 of a copy; 64x128x56x56: 1.07x). The
+  // statistics pass prefetches the block after its own, so that reads are in flight in both halves of the
+  // loop (paired, 2 threads: 64x128x56x56 1.03x, 256x256x14x14 1.11x, NCL 128x64x1024 1.06x). Only for
   // tensors too big for the last-level cache (those whose output streams): from that cache the prefetches
   // cost more than they hide (16x128x20x20: 2-4% slower).
   auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, bool prefetch_next) {
@@ -1443,7 +1496,8 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
       auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
         const NcPlan::Block bl = pl.block(b);
         double mb, qb;
-        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mb, qb);
+        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mb, qb,
+                      stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0);
         merge(m, static_cast<double>(bl.rows * bl.len), mb, qb);
       };
       Moments cur;
@@ -1473,7 +1527,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    nc_unit_stats(a.x, pl, C, part, mom);
+    nc_unit_stats(a.x, pl, C, part, mom, stream);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
@@ -1509,7 +1563,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    nc_unit_stats(a.x, pl, C, part, mom);
+    nc_unit_stats(a.x, pl, C, part, mom, stream);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
     fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, stream, scratch, [&](int64_t c) { return coef[c]; });
@@ -1608,7 +1662,7 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    nc_unit_stats(a.x, pl, C, part, mom);
+    nc_unit_stats(a.x, pl, C, part, mom, bytes >= ex.stream_min_bytes);
   }
   for (int64_t c = 0; c < C; ++c) {
     a.mean[c] = mom[c].mean;
@@ -1734,15 +1788,18 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     const int64_t o = c * L + bl.offset;
     const Cp center = static_cast<Cp>(bwd_channel(a, c).center);
     double g, h;
-    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len, center, su.slope, su.inv_slope}, g, h);
+    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len, center, su.slope, su.inv_slope,
+                   stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0},
+                  g, h);
     sdz += g;
     sum_u += h;
   };
-  auto dx_block = [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) {
+  auto dx_block = [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, bool prefetch_next = false) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
     const BwdBlock<S> blk{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
-                          stride, bl.rows, bl.len, k, su.slope, su.inv_slope, stream};
+                          stride, bl.rows, bl.len, k, su.slope, su.inv_slope, stream,
+                          prefetch_next && stream ? L : 0};
     if (su.scale_only) {
       su.fn.scale_block_nc(blk);
     } else {
@@ -1785,7 +1842,9 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         }
       } else {
         // Pipelined over channels as in train_nc: the dx of channel c block by block together with the sums
-        // of channel c + 1.
+        // of channel c + 1, each prefetching what is read next (tensors beyond the last-level cache; paired,
+        // 2 threads, against no prefetches: 32x256x28x28 1.10x, 256x256x14x14 1.04x; the sums' prefetch alone
+        // gives the unpipelined 64x128x56x56 1.09x and NCL 128x64x1024 1.05x).
         double sdz = 0, sum_u = 0;
         if (mine.begin < mine.end) {
           for (int64_t b = 0; b < pl.nb; ++b) sums_block(mine.begin, b, sdz, sum_u);
@@ -1794,7 +1853,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);
           sdz = sum_u = 0;
           for (int64_t b = 0; b < pl.nb; ++b) {
-            dx_block(c, b, k);
+            dx_block(c, b, k, c + 1 < mine.end);
             if (c + 1 < mine.end) sums_block(c + 1, b, sdz, sum_u);
           }
         }
