@@ -60,6 +60,10 @@ constexpr int64_t kStreamMinBytes = 4 << 20;
 // Vectors an accumulator takes before its float lanes are moved into double lanes: a float partial sum spans
 // at most this many values per lane, so its relative error stays below ~kRound * 2^-24 for any run length.
 constexpr int kRound = 32;
+// Rows whose mean is a channels-last tile's first guess at its shift (moments_group_cl_once): the guess is off by
+// about std / 4, and more than std (which sends the group to the careful path) in ~1e-4 of channels.
+constexpr int kShiftRows = 16;
+
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -1134,6 +1138,64 @@ inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t
   }
 }
 
+// The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
+// the sums are kept when every lane's |mean - k| <= std; false otherwise (s1 and s2 then hold partial sums).
+// Paired against always two passes on the EPYC VM, 2 threads: statistics of 25088x256 (in the last-level
+// cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
+template <class S, int G, class M>
+inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* s1,
+                                  double* s2) {
+  using Cp = compute_t<S>;
+  using V = Vec<Cp>;
+  constexpr int W = V::width;
+  int h = 1;
+  while (2 * h <= kShiftRows && 2 * h <= rows) h *= 2;
+  const typename V::reg inv_h = V::set1(Cp(1) / static_cast<Cp>(h));
+  typename V::reg k0[G], u[G], q[G];
+  typename V::reg fin = V::zero();
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    // A pairwise sum, so that a constant channel's partial sums (c times a power of two) are exact and k == c.
+    typename V::reg t[kShiftRows];
+    for (int i = 0; i < h; ++i) t[i] = ld(x + i * C + g * W, m);
+    for (int w = h / 2; w >= 1; w /= 2) {
+      for (int i = 0; i < w; ++i) t[i] = V::add(t[i], t[i + w]);
+    }
+    k0[g] = V::mul(t[0], inv_h);
+    V::store(k + g * W, k0[g]);
+    fin = V::add(fin, V::sub(k0[g], k0[g]));  // 0, or NaN where some k is inf or NaN
+    u[g] = q[g] = V::zero();
+  }
+  alignas(64) Cp f[W];
+  V::store(f, fin);
+  for (int i = 0; i < W; ++i) {
+    if (!(f[i] == 0)) return false;
+  }
+  int cnt = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const typename V::reg d = V::sub(ld(p + g * W, m), k0[g]);
+      u[g] = V::add(u[g], d);
+      q[g] = V::fmadd(d, d, q[g]);
+    }
+    if (++cnt == kRound || r + 1 == rows) {
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        V::add_to(s1 + g * W, u[g]);
+        V::add_to(s2 + g * W, q[g]);
+        u[g] = q[g] = V::zero();
+      }
+      cnt = 0;
+    }
+  }
+  const double two_n = 2 / static_cast<double>(rows);
+  bool ok = true;
+  for (int i = 0; i < G * W; ++i) ok &= two_n * s1[i] * s1[i] <= s2[i];  // false for NaN and inf
+  return ok;
+}
+
 template <class S>
 inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k, double* d1, double* s1,
                             double* s2) {
@@ -1145,7 +1207,11 @@ inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k
 #endif
   for (int64_t c = 0; c < round_up(C, 16); ++c) d1[c] = s1[c] = s2[c] = 0;  // the last group writes whole vectors
   for_column_groups<kG, W>(C, [&](auto g, int64_t c, auto m) {
-    moments_group_cl<S, decltype(g)::value>(x + c, rows, C, m, k + c, d1 + c, s1 + c, s2 + c);
+    constexpr int G = decltype(g)::value;
+    // Tiles of a few rows (small tensors cut into 4 chunks) gain nothing: the guess would read most of them.
+    if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x + c, rows, C, m, k + c, s1 + c, s2 + c)) return;
+    for (int i = 0; i < G * W; ++i) s1[c + i] = s2[c + i] = 0;
+    moments_group_cl<S, G>(x + c, rows, C, m, k + c, d1 + c, s1 + c, s2 + c);
   });
 }
 
