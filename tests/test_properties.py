@@ -306,8 +306,8 @@ def fill(rng, shape, axis, spread_list, dtype) -> np.ndarray:
             z = np.sort(sp.offset * s + s * rng.standard_normal(n))
             if rng.integers(2):
                 z = z[::-1]
-        else:  # spike
-            z = sp.offset * s + s * rng.standard_normal(n)
+        else:  # spike: three levels (whose roundings add up), the first 16 values far out
+            z = sp.offset * s + s * rng.integers(-1, 2, n)
             z[:16] += 1000 * s * rng.choice([-1.0, 1.0])
         moved[c] = z.reshape(moved.shape[1:])
     return out
@@ -573,6 +573,26 @@ def block_shapes(draw):
 @given(p=problems(st.one_of(small_shapes(), block_shapes(), long_shapes()), kinds=ORDERED))
 def test_train_ordered_values(path, p):
     run_train(path, p)
+
+
+# Every shape the statistics cut differently, with a spike first in each channel: NCHW maps of 4x4 to 8x8 (column
+# sums per position: a shift per channel), a channel of one 32 KiB block, channels-last rows of a quarter of the
+# tensor (a tile), and long runs. A shift taken from the spike loses ~100 times rho in these channels.
+SPIKE_SHAPES = [((64, 3, 8, 8), 1), ((256, 2, 4, 4), 1), ((40, 5, 7, 7), 1), ((2, 2, 4096), 1), ((6000, 3), 1)]
+
+
+@each_path
+@pytest.mark.parametrize(
+    "shape, axis", SPIKE_SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_train_spike_first(path, shape, axis, dtype):
+    rng = np.random.default_rng(7)
+    spreads = [Spread("spike", 0.0, off) for off in (0.0, 1e3, -50.0, 1.0, 7.0)[: shape[axis]]]
+    x = fill(rng, shape, axis, spreads, dtype)
+    with simd(path):
+        y, mean, var = fastbn.batch_norm_train(x, None, None, axis=axis)
+    check_train(x, None, None, axis, 1e-5, y, mean, var)
 
 
 # ------------------------------------------------------------------------------------------------------------
