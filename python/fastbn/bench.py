@@ -38,7 +38,7 @@ from ._bench_common import (
     time_samples,
 )
 
-DEFAULT_SHAPES = ["64x128x56x56", "256x256x14x14", "8192x1024", "32x64x8x8", "64x256"]
+DEFAULT_SHAPES = ["64x128x56x56", "256x256x14x14", "8192x1024", "128x64x1024", "32x64x8x8", "16x512x5x5", "64x256"]
 DTYPES = ["float32", "float64"]
 ALL_DTYPES = ["float32", "float64", "bfloat16", "float16"]
 DEFAULT_REPEAT = 11
