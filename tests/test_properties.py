@@ -265,8 +265,8 @@ class Spread:
 SPREADS = ("normal", "uniform", "ternary")
 # Ordered values: a channel whose first values lie far from its mean. The statistics take a block's shift from its
 # first vector and fall back to two passes when that shift is off by more than the spread: sorted values (every
-# block starts at its smallest or largest value) and a spike (the first 16 values 1000 s out, which with a
-# shift taken there would lose ~100 times rho in a channel of one block) take that path.
+# block starts at its smallest or largest value) and a spike (the first 16 values 1000 s out: a shift taken
+# there breaks the contract's bound in a channel of one block, by up to 1.7x when the fallback is disabled).
 ORDERED = ("sorted", "spike")
 
 
@@ -575,9 +575,9 @@ def test_train_ordered_values(path, p):
     run_train(path, p)
 
 
-# Every shape the statistics cut differently, with a spike first in each channel: NCHW maps of 4x4 to 8x8 (column
-# sums per position: a shift per channel), a channel of one 32 KiB block, channels-last rows of a quarter of the
-# tensor (a tile), and long runs. A shift taken from the spike loses ~100 times rho in these channels.
+# Every way the statistics cut a tensor, with a spike first in each channel: NCHW maps of 4x4 to 8x8 (column sums
+# per position: a shift per channel), a channel of one 32 KiB block, and channels-last rows of a quarter of the
+# tensor (a tile). Each fails when its fast path accepts a shift taken from the spike.
 SPIKE_SHAPES = [((64, 3, 8, 8), 1), ((256, 2, 4, 4), 1), ((40, 5, 7, 7), 1), ((2, 2, 4096), 1), ((6000, 3), 1)]
 
 

@@ -1040,6 +1040,20 @@ inline bool moments_from_sums(double n, double k, double s, double sq, double& m
   return true;
 }
 
+// The fast path's test (see block_moments): the sums with shift k give mean and M2 when |mean - k| <= std.
+inline bool moments_if_close(double n, double k, double s, double sq, double& mean, double& m2) {
+  return std::isfinite(k) && sq <= 2 * std::fma(-s, s / n, sq) && moments_from_sums(n, k, s, sq, mean, m2);
+}
+
+// The mean of the first min(len, width) values at p: a block's guess at its shift (exact for a constant block).
+template <class S>
+inline compute_t<S> first_vector_mean(const S* p, int64_t len) {
+  const int64_t w = min64(len, Vec<compute_t<S>>::width);
+  double f = 0;
+  for (int64_t i = 0; i < w; ++i) f += static_cast<double>(load1(p + i));
+  return static_cast<compute_t<S>>(f / static_cast<double>(w));  // a mean of values of compute_t<S>: in range
+}
+
 // Mean and M2 of `rows` runs of `len` values (run r at p + r * stride), in one pass where it can; pf != 0
 // prefetches the block at p + pf meanwhile (the next one this thread reads).
 // The sums of x - k and (x - k)^2 lose precision with the ratio sq / m2 = 1 + d^2 / var, d = mean - k, so k should
@@ -1059,13 +1073,10 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
   using V = Vec<C>;
   const double n = static_cast<double>(rows * len);
   {
-    const int64_t w = min64(len, V::width);
-    double f = 0;
-    for (int64_t i = 0; i < w; ++i) f += static_cast<double>(load1(p + i));
-    const C k = static_cast<C>(f / static_cast<double>(w));
+    const C k = first_vector_mean(p, len);
     double s, sq;
     shifted_sums(p, stride, rows, len, k, s, sq, pf);
-    if (std::isfinite(k) && sq <= 2 * std::fma(-s, s / n, sq) && moments_from_sums(n, k, s, sq, mean, m2)) return;
+    if (moments_if_close(n, k, s, sq, mean, m2)) return;
   }
   Bounded<V, 4> s1;
   walk<V, 4>(
@@ -1078,66 +1089,6 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
   shifted_sums(p, stride, rows, len, k, s, sq);
   if (!moments_from_sums(n, static_cast<double>(k), s, sq, mean, m2)) {
     moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
-  }
-}
-
-// Channels-last tile statistics, for the channels [c0, c0 + G * W) (the last group possibly m < W lanes) of
-// `rows` rows: per channel a shift k (first row + mean deviation) and, in double, s1 = sum(x - k) and
-// s2 = sum((x - k)^2). d1 is scratch (double, zeroed by the caller).
-template <class S, int G, class M>
-inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* d1, double* s1,
-                             double* s2) {
-  using Cp = compute_t<S>;
-  using V = Vec<Cp>;
-  constexpr int W = V::width;
-  typename V::reg a[G], k0[G], u[G], q[G];
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) {
-    k0[g] = ld(x + g * W, m);
-    a[g] = u[g] = q[g] = V::zero();
-  }
-  int cnt = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const S* p = x + r * C;
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], ld(p + g * W, m));
-    if (++cnt == kRound || r + 1 == rows) {
-#pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) {
-        V::add_to(d1 + g * W, a[g]);
-        a[g] = V::zero();
-      }
-      cnt = 0;
-    }
-  }
-  // The shift: the mean of pass 1 (see block_moments), or the first row where that overflowed.
-  const double inv = 1.0 / static_cast<double>(rows);
-  constexpr double kMax = static_cast<double>(std::numeric_limits<Cp>::max());
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) V::store(k + g * W, k0[g]);
-  for (int i = 0; i < G * W; ++i) {
-    const double kd = d1[i] * inv;
-    k[i] = std::fabs(kd) <= kMax ? static_cast<Cp>(kd) : k[i];
-  }
-#pragma GCC unroll 8
-  for (int g = 0; g < G; ++g) k0[g] = V::load(k + g * W);
-  for (int64_t r = 0; r < rows; ++r) {
-    const S* p = x + r * C;
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const typename V::reg d = V::sub(ld(p + g * W, m), k0[g]);
-      u[g] = V::add(u[g], d);
-      q[g] = V::fmadd(d, d, q[g]);
-    }
-    if (++cnt == kRound || r + 1 == rows) {
-#pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) {
-        V::add_to(s1 + g * W, u[g]);
-        V::add_to(s2 + g * W, q[g]);
-        u[g] = q[g] = V::zero();
-      }
-      cnt = 0;
-    }
   }
 }
 
@@ -1170,6 +1121,49 @@ inline void shifted_group_cl(const S* x, int64_t rows, int64_t stride, M m, cons
       cnt = 0;
     }
   }
+}
+
+// Channels-last tile statistics, for the channels [c0, c0 + G * W) (the last group possibly m < W lanes) of
+// `rows` rows: per channel a shift k (the mean of a first pass) and, in double, s1 = sum(x - k) and
+// s2 = sum((x - k)^2). d1 is scratch (double, zeroed by the caller).
+template <class S, int G, class M>
+inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* d1, double* s1,
+                             double* s2) {
+  using Cp = compute_t<S>;
+  using V = Vec<Cp>;
+  constexpr int W = V::width;
+  typename V::reg a[G], k0[G];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) {
+    k0[g] = ld(x + g * W, m);
+    a[g] = V::zero();
+  }
+  int cnt = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    const S* p = x + r * C;
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) a[g] = V::add(a[g], ld(p + g * W, m));
+    if (++cnt == kRound || r + 1 == rows) {
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        V::add_to(d1 + g * W, a[g]);
+        a[g] = V::zero();
+      }
+      cnt = 0;
+    }
+  }
+  // The shift: the mean of pass 1 (see block_moments), or the first row where that overflowed.
+  const double inv = 1.0 / static_cast<double>(rows);
+  constexpr double kMax = static_cast<double>(std::numeric_limits<Cp>::max());
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) V::store(k + g * W, k0[g]);
+  for (int i = 0; i < G * W; ++i) {
+    const double kd = d1[i] * inv;
+    k[i] = std::fabs(kd) <= kMax ? static_cast<Cp>(kd) : k[i];
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) k0[g] = V::load(k + g * W);
+  shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2);
 }
 
 // The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
@@ -1211,17 +1205,19 @@ inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, comp
   return ok;
 }
 
+// Vectors of columns a statistics pass over rows takes together (moments_group_cl: 4 registers each).
+#if defined(FASTBN_ISA_AVX512)
+constexpr int kStatsGroup = 8;  // 4 * 8 of the 32 vector registers
+#else
+constexpr int kStatsGroup = 3;
+#endif
+
 template <class S>
 inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k, double* d1, double* s1,
                             double* s2) {
   constexpr int W = Vec<compute_t<S>>::width;
-#if defined(FASTBN_ISA_AVX512)
-  constexpr int kG = 8;  // 4 * 8 of the 32 vector registers
-#else
-  constexpr int kG = 3;
-#endif
   for (int64_t c = 0; c < round_up(C, 16); ++c) d1[c] = s1[c] = s2[c] = 0;  // the last group writes whole vectors
-  for_column_groups<kG, W>(C, [&](auto g, int64_t c, auto m) {
+  for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m) {
     constexpr int G = decltype(g)::value;
     // Tiles of a few rows (small tensors cut into 4 chunks) gain nothing: the guess would read most of them.
     if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x + c, rows, C, m, k + c, s1 + c, s2 + c)) return;
@@ -1377,20 +1373,12 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
   double* s2 = cv.take<double>(Pv);
   Cp* k = cv.take<Cp>(Pv);
   for (int64_t c = mine.begin; c < mine.end; ++c) {
-    const int64_t w = min64(L, W);
-    double f = 0;
-    for (int64_t i = 0; i < w; ++i) f += static_cast<double>(load1(x + c * L + i));
-    std::fill(k + (c - mine.begin) * L, k + (c + 1 - mine.begin) * L, static_cast<Cp>(f / static_cast<double>(w)));
+    std::fill(k + (c - mine.begin) * L, k + (c + 1 - mine.begin) * L, first_vector_mean(x + c * L, L));
   }
   std::fill(k + np, k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
   std::fill(s1, s1 + round_up(np, 16), 0.0);
   std::fill(s2, s2 + round_up(np, 16), 0.0);
-#if defined(FASTBN_ISA_AVX512)
-  constexpr int kG = 8;
-#else
-  constexpr int kG = 3;
-#endif
-  for_column_groups<kG, W>(np, [&](auto g, int64_t c, auto m) {
+  for_column_groups<kStatsGroup, W>(np, [&](auto g, int64_t c, auto m) {
     constexpr int G = decltype(g)::value;
     typename V::reg k0[G];
 #pragma GCC unroll 8
@@ -1405,12 +1393,9 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
       s += s1[i];
       sq += s2[i];
     }
-    const double kc = static_cast<double>(k[i0]);
     Moments& o = out[c];
     o.n = n;
-    if (std::isfinite(kc) && sq <= 2 * std::fma(-s, s / n, sq) && moments_from_sums(n, kc, s, sq, o.mean, o.m2)) {
-      continue;
-    }
+    if (moments_if_close(n, static_cast<double>(k[i0]), s, sq, o.mean, o.m2)) continue;
     Moments m;
     for (int64_t b = 0; b < pl.nb; ++b) {
       const NcPlan::Block bl = pl.block(b);
