@@ -64,7 +64,6 @@ constexpr int kRound = 32;
 // about std / 4, and more than std (which sends the group to the careful path) in ~1e-4 of channels.
 constexpr int kShiftRows = 16;
 
-
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -1293,7 +1292,7 @@ struct NcPlan {
   // Offset of unit u = (channel u / nb, block u % nb) from the tensor's first value.
   int64_t unit_offset(int64_t u) const { return (u / nb) * L + block(u % nb).offset; }
   // From unit u to unit u + 1 (0 for the last of `units`): where a statistics pass prefetches the next block.
-  int64_t to_next(int64_t u, int64_t units = -1) const {
+  int64_t to_next(int64_t u, int64_t units) const {
     return u + 1 == units ? 0 : unit_offset(u + 1) - unit_offset(u);
   }
 };
@@ -1350,28 +1349,44 @@ inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part,
 // sample, summed down the N rows per position, with channel c's shift k_c (the mean of its first vector, as in
 // block_moments) at each of its positions; then each channel's L positions added in order. A channel whose shift
 // proves too far from its mean (see block_moments) takes the careful path block by block. Call inside a parallel
-// region; `scratch` holds flat_stats_bytes<S>(C, L) for each thread; on return (after a barrier) out[c] is set.
+// region; `scratch` holds ColumnScratch<S>::bytes(C, L) for each thread; on return (after a barrier) out[c] is set.
 // Run by run, each short run cost a head and a tail and each channel its block's merge: training forward, old
 // and new builds alternating on the EPYC VM, one thread: 16x512x5x5 72 -> 46 us, 32x128x7x7 47 -> 35, 32x64x8x8
 // 26 -> 22; two threads 16x512x5x5 41 -> 27 us.
+// A thread's scratch for column sums over the C * L positions of a row: two sums and a shift (or center) per
+// position, each array one vector longer than a row, since a thread's last vector is written whole.
 template <class S>
-inline int64_t flat_stats_bytes(int64_t C, int64_t L) {
-  const int64_t Pv = round_up(C * L, 16) + 16;  // a thread's last vector is written whole
-  return 2 * Carver::bytes<double>(Pv) + Carver::bytes<compute_t<S>>(Pv);
-}
+struct ColumnScratch {
+  double* s1;
+  double* s2;
+  compute_t<S>* k;
+  static int64_t padded(int64_t C, int64_t L) { return round_up(C * L, 16) + 16; }
+  static int64_t bytes(int64_t C, int64_t L) {
+    return 2 * Carver::bytes<double>(padded(C, L)) + Carver::bytes<compute_t<S>>(padded(C, L));
+  }
+  // This thread's part of `scratch`, which holds bytes(C, L) per thread.
+  static ColumnScratch mine(char* scratch, int64_t C, int64_t L) {
+    Carver cv(scratch + thread_id() * bytes(C, L));
+    ColumnScratch r;
+    r.s1 = cv.take<double>(padded(C, L));
+    r.s2 = cv.take<double>(padded(C, L));
+    r.k = cv.take<compute_t<S>>(padded(C, L));
+    return r;
+  }
+};
 
 template <class S>
 inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch, Moments* out) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
   constexpr int W = V::width;
-  const int64_t N = pl.N, L = pl.L, P = C * L, Pv = round_up(P, 16) + 16;
+  const int64_t N = pl.N, L = pl.L, P = C * L;
   const Share mine = my_share(C);
   const int64_t p0 = mine.begin * L, np = (mine.end - mine.begin) * L;
-  Carver cv(scratch + thread_id() * flat_stats_bytes<S>(C, L));
-  double* s1 = cv.take<double>(Pv);
-  double* s2 = cv.take<double>(Pv);
-  Cp* k = cv.take<Cp>(Pv);
+  const ColumnScratch<S> cs = ColumnScratch<S>::mine(scratch, C, L);
+  double* s1 = cs.s1;
+  double* s2 = cs.s2;
+  Cp* k = cs.k;
   for (int64_t c = mine.begin; c < mine.end; ++c) {
     std::fill(k + (c - mine.begin) * L, k + (c + 1 - mine.begin) * L, first_vector_mean(x + c * L, L));
   }
@@ -1690,7 +1705,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   const FlatPlan fp = FlatPlan::make<S>(N, C, L);
   const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
-  const int64_t per_thread = max64(fp.bytes_per_thread<Cp>(3), flat_stats_bytes<S>(C, L));
+  const int64_t per_thread = max64(fp.bytes_per_thread<Cp>(3), ColumnScratch<S>::bytes(C, L));
   Carver carve(ex.workspace->reserve(Carver::bytes<Moments>(C) + Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
   Moments* mom = carve.take<Moments>(C);
   FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
@@ -1793,11 +1808,12 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
   const NcPlan pl = NcPlan::make<S>(N, C, L);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool flat = flat_nc(C, L);  // as the training forward does, so that the bits agree
+  const int64_t per_thread = flat ? ColumnScratch<S>::bytes(C, L) : 0;
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
-                                     (flat ? nt * flat_stats_bytes<S>(C, L) : 0)));
+                                     nt * per_thread));
   double* part = carve.take<double>(2 * C * pl.nb);
   Moments* mom = carve.take<Moments>(C);
-  char* scratch = flat ? carve.take<char>(nt * flat_stats_bytes<S>(C, L)) : nullptr;
+  char* scratch = carve.take<char>(nt * per_thread);
   StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -2010,9 +2026,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const FlatPlan fp = FlatPlan::make<S>(N, C, L);
   const int64_t per_thread = flat ? fp.bytes_per_thread<Cp>(4) : 0;
   const bool flat_sums = su.sums && flat_nc(C, L);
-  // Per thread (the last vector of a thread's positions is written whole): centers and two sums per position.
-  const int64_t P = C * L, Pv = round_up(P, 16) + 16;
-  const int64_t pos_bytes = flat_sums ? 2 * Carver::bytes<double>(Pv) + Carver::bytes<Cp>(Pv) : 0;
+  const int64_t pos_bytes = flat_sums ? ColumnScratch<S>::bytes(C, L) : 0;
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<BwdCoef<Cp>>(C) +
                                      nt * per_thread + nt * pos_bytes));
   double* part = carve.take<double>(2 * C * pl.nb);
@@ -2034,10 +2048,10 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
       // 16x512x5x5 102 -> 66 us, 32x128x7x7 73 -> 59; two threads 55 -> 39 and 40 -> 33 (32x64x8x8 about even).
       const Share mine = my_share(C);
       const int64_t p0 = mine.begin * L, np = (mine.end - mine.begin) * L;
-      Carver pc(pos_scratch + thread_id() * pos_bytes);
-      double* g = pc.take<double>(Pv);
-      double* h = pc.take<double>(Pv);
-      Cp* center = pc.take<Cp>(Pv);
+      const ColumnScratch<S> cs = ColumnScratch<S>::mine(pos_scratch, C, L);
+      double* g = cs.s1;
+      double* h = cs.s2;
+      Cp* center = cs.k;
       if (np > 0) {
         for (int64_t c = mine.begin; c < mine.end; ++c) {
           std::fill(center + (c - mine.begin) * L, center + (c + 1 - mine.begin) * L,
@@ -2046,7 +2060,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         std::fill(center + np, center + round_up(np, 16), Cp(0));  // the last vector's spare lanes
         std::fill(g, g + round_up(np, 16), 0.0);
         std::fill(h, h + round_up(np, 16), 0.0);
-        su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, P, center, su.slope, su.inv_slope, g, h);
+        su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, C * L, center, su.slope, su.inv_slope, g, h);
       }
       for (int64_t c = mine.begin; c < mine.end; ++c) {
         double sdz = 0, sum_u = 0;
