@@ -39,6 +39,15 @@ def rng():
     return np.random.default_rng(1234)
 
 
+@pytest.fixture
+def streaming():
+    """Outputs from 1 MiB on are written with streaming stores for the test (the default threshold is half the
+    last-level cache, up to 64 MiB), so that the streaming paths run on any machine; restored afterwards."""
+    fastbn._core.set_stream_min_bytes(1 << 20)
+    yield 1 << 20
+    fastbn._core.reset_stream_min_bytes()
+
+
 # Layouts: (shape, axis, memory) where memory says how the input is laid out.
 #   "c": C-contiguous; "nhwc-view": an NCHW-shaped view of channels-last memory (axis=1, no copy needed);
 #   "strided": a non-contiguous slice (copied once internally); "fortran": Fortran order.

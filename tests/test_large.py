@@ -1,7 +1,7 @@
-"""Large tensors take paths small ones never do: streaming stores (outputs of 4 MB or more, written after a
-peeled head that aligns them), several threads (3 MiB of x per thread by default) and several blocks per
-channel. Every dtype, layout and SIMD path, with outputs off their allocation's alignment by one element,
-against the float64 reference."""
+"""Large tensors take paths small ones never do: streaming stores (outputs from half the last-level cache on by
+default, from 1 MiB here through the `streaming` fixture, written after a peeled head that aligns them), several
+threads and several blocks per channel. Every dtype, layout and SIMD path, with outputs off their allocation's
+alignment by one element, against the float64 reference."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def tol(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
-def test_large_misaligned_outputs_on_every_path(simd, rng, dtype, layout):
+def test_large_misaligned_outputs_on_every_path(simd, streaming, rng, dtype, layout):
     batch = 32 if np.dtype(dtype).itemsize == 2 else 16  # 2**21 or 2**22 values: 8 or 16 MB, two threads
     shape, axis = ((batch, 64, 32, 64), 1) if layout == "nchw" else ((batch, 32, 64, 64), -1)
     pd = np.float64 if dtype == np.float64 else np.float32
@@ -58,3 +58,4 @@ def test_large_misaligned_outputs_on_every_path(simd, rng, dtype, layout):
     from conftest import ref_infer
 
     np.testing.assert_allclose(yi.astype(np.float64), ref_infer(x64, mean, var, g, b, axis), rtol=t, atol=t)
+

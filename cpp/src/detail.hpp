@@ -26,6 +26,12 @@ FASTBN_API void reset_min_bytes_per_thread();
 FASTBN_API int64_t min_bytes_per_thread_now();
 FASTBN_API void note_thread_start(int64_t delay_ns, int threads);
 FASTBN_API void forget_crowding();
+// The output size from which kernels write with streaming stores (FASTBN_STREAM_MIN_BYTES at load, else half the
+// last-level cache, 4 to 64 MiB); tests lower it to take the streaming paths on small tensors on any machine.
+// set_ throws fastbn::Error for bytes < 1; reset_ goes back to the value at load.
+FASTBN_API void set_stream_min_bytes(int64_t bytes);
+FASTBN_API int64_t stream_min_bytes();
+FASTBN_API void reset_stream_min_bytes();
 
 // dst = a + b, the same way: two streams in, one out (3S of traffic).
 FASTBN_API void stream_add(const float* a, const float* b, float* dst, int64_t count);

@@ -168,10 +168,25 @@ Exec exec_here() {
   return {get_num_threads(), &workspace, core_cache_bytes(), min_bytes, stream_min_bytes()};
 }
 
+namespace {
+std::atomic<int64_t> g_stream_min{0};  // 0: the value at load
+}  // namespace
+
 int64_t stream_min_bytes() {
-  static const int64_t bytes = initial_stream_min_bytes();
-  return bytes;
+  static const int64_t at_load = initial_stream_min_bytes();
+  const int64_t set = g_stream_min.load(std::memory_order_relaxed);
+  return set > 0 ? set : at_load;
 }
+
+void set_stream_min_bytes(int64_t bytes) {
+  if (bytes < 1) {
+    throw Error(Status::bad_argument, "fastbn: the minimum streamed output must be >= 1 byte, got " +
+                                          std::to_string(bytes));
+  }
+  g_stream_min.store(bytes, std::memory_order_relaxed);
+}
+
+void reset_stream_min_bytes() { g_stream_min.store(0, std::memory_order_relaxed); }
 
 namespace {
 
@@ -296,6 +311,9 @@ void reset_min_bytes_per_thread() { cpu::reset_min_bytes_per_thread(); }
 int64_t min_bytes_per_thread_now() { return cpu::exec_here().min_bytes_per_thread; }
 void note_thread_start(int64_t delay_ns, int threads) { cpu::note_thread_start(delay_ns, threads); }
 void forget_crowding() { cpu::forget_crowding(); }
+void set_stream_min_bytes(int64_t bytes) { cpu::set_stream_min_bytes(bytes); }
+int64_t stream_min_bytes() { return cpu::stream_min_bytes(); }
+void reset_stream_min_bytes() { cpu::reset_stream_min_bytes(); }
 
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 

@@ -54,8 +54,10 @@ void note_thread_start(int64_t delay_ns, int threads);
 bool crowded();
 void forget_crowding();
 // Outputs from this size on bypass the caches: FASTBN_STREAM_MIN_BYTES at load, else half the last-level cache
-// that the first core shares (4 to 64 MiB), see kernels_impl.hpp.
+// that the first core shares (4 to 64 MiB), see kernels_impl.hpp; set_ (tests) overrides, reset_ restores.
 int64_t stream_min_bytes();
+void set_stream_min_bytes(int64_t bytes);
+void reset_stream_min_bytes();
 // An Exec for the calling thread (its own workspace), with the current settings.
 Exec exec_here();
 
