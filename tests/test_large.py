@@ -1,7 +1,8 @@
 """Large tensors take paths small ones never do: streaming stores (outputs from half the last-level cache on by
 default, from 1 MiB here through the `streaming` fixture, written after a peeled head that aligns them), several
 threads and several blocks per channel. Every dtype, layout and SIMD path, with outputs off their allocation's
-alignment by one element, against the float64 reference."""
+alignment by one element, against the float64 reference; and every offset of the arrays within a vector, against
+the aligned result bit for bit."""
 
 from __future__ import annotations
 
@@ -59,3 +60,52 @@ def test_large_misaligned_outputs_on_every_path(simd, streaming, rng, dtype, lay
 
     np.testing.assert_allclose(yi.astype(np.float64), ref_infer(x64, mean, var, g, b, axis), rtol=t, atol=t)
 
+
+def at_offset(a, k):
+    """A copy of a that starts k elements past a 64-byte boundary."""
+    n = a.size
+    raw = np.empty(n + 64, a.dtype)
+    start = (-raw.ctypes.data // a.itemsize) % (64 // a.itemsize) + k
+    out = raw[start : start + n].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(4096, 128), (64, 16, 16, 64)], ids=["2d", "nhwc"])
+def test_every_offset_within_a_vector_gives_the_same_bits(simd, streaming, rng, dtype, shape):
+    """Channels-last kernels place their per-channel coefficient arrays at the output's offset within a vector
+    (so that their loads stay aligned after a streaming head is peeled): the results must not depend on it.
+    Inputs and outputs are moved together to each offset (as NumPy's allocator leaves them, 16 bytes past a
+    line), and alone, across 64 and 128 channels (whole vectors) with a residual and an activation."""
+    axis = -1
+    x = (rng.standard_normal(shape, dtype=np.float32) * 2 + 1).astype(dtype)
+    r = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    c = shape[axis]
+    pd = np.float64 if dtype == np.float64 else np.float32
+    g = rng.uniform(0.5, 1.5, c).astype(pd)
+    b = rng.uniform(-0.5, 0.5, c).astype(pd)
+    fastbn.set_num_threads(2)
+
+    def run(kx, ky):
+        xs, rs, dys = at_offset(x, kx), at_offset(r, kx), at_offset(dy, kx)
+        y = at_offset(np.zeros_like(x), ky)
+        _, mean, var = fastbn.batch_norm_train(xs, g, b, axis=axis, out=y, activation="leaky_relu", residual=rs)
+        dx = at_offset(np.zeros_like(x), ky)
+        _, dg, db = fastbn.batch_norm_backward(
+            dys, xs, mean, var, g, axis=axis, out=dx, activation="leaky_relu", y=y, beta=b
+        )
+        yi = at_offset(np.zeros_like(x), ky)
+        fastbn.batch_norm_infer(xs, mean, var, g, b, axis=axis, out=yi, activation="leaky_relu", residual=rs)
+        return [np.asarray(a).copy() for a in (y, mean, var, dx, dg, db, yi)]
+
+    base = run(0, 0)
+    x64 = x.astype(np.float64)
+    z = ref_train(x64, g, b, axis)[0] + r.astype(np.float64)
+    t = tol(dtype)
+    np.testing.assert_allclose(base[0].astype(np.float64), np.where(z > 0, z, 0.01 * z), rtol=t, atol=t)
+    lanes = 64 // np.dtype(dtype).itemsize
+    for kx, ky in [(k, k) for k in range(1, lanes)] + [(0, lanes // 2), (lanes // 4, 0)]:
+        for name, want, got in zip(("y", "mean", "var", "dx", "dgamma", "dbeta", "y_infer"), base, run(kx, ky)):
+            assert np.array_equal(want.view(np.uint8), got.view(np.uint8)), f"{name}, offsets x {kx}, out {ky}"
