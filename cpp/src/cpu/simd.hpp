@@ -348,6 +348,41 @@ struct IO {
     return n > 0 ? *p : S(0);
 #endif
   }
+#if defined(FASTBN_ISA_AVX512)
+  // A whole vector that starts `phase` (1 to width - 1) elements past a vector boundary (p a multiple of sizeof(S)),
+  // read as the lanes it needs of the two aligned vectors it overlaps (masked loads: nothing outside its own
+  // elements is read) joined by one permute. A plain load there spans two cache lines, which costs a sum over
+  // memory about 15% of its time once memory is fast (2-D sums on the EPYC VM; see with_phase in
+  // kernels_impl.hpp). The masked loads are the aligned form (VMOVAPS): the unaligned form with lanes masked off
+  // streamed from memory at a third of the speed there (even at aligned addresses).
+  static constexpr bool kPhased = true;
+  struct Phase {
+    typename V::pmask tail, head;  // lanes [phase, width) of the first aligned vector, [0, phase) of the next
+    __m512i index;                 // lane i takes lane phase + i of the pair
+    int phase;
+  };
+  static inline Phase phase_lanes(int phase) {
+    if constexpr (sizeof(S) == 4) {
+      const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+      return {static_cast<typename V::pmask>(~V::first(phase)), V::first(phase),
+              _mm512_add_epi32(iota, _mm512_set1_epi32(phase)), phase};
+    } else {
+      const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+      return {static_cast<typename V::pmask>(~V::first(phase)), V::first(phase),
+              _mm512_add_epi64(iota, _mm512_set1_epi64(phase)), phase};
+    }
+  }
+  static inline reg load_phased(const S* p, const Phase& ph) {
+    const S* a = p - ph.phase;
+    if constexpr (sizeof(S) == 4) {
+      return _mm512_permutex2var_ps(_mm512_maskz_load_ps(ph.tail, a), ph.index, _mm512_maskz_load_ps(ph.head, a + 16));
+    } else {
+      return _mm512_permutex2var_pd(_mm512_maskz_load_pd(ph.tail, a), ph.index, _mm512_maskz_load_pd(ph.head, a + 8));
+    }
+  }
+#else
+  static constexpr bool kPhased = false;
+#endif
   // Through a buffer and plain stores: masked stores (and AVX2's microcoded VMASKMOVPS above all) cost several
   // times a vector's worth of plain ones on AMD Zen, once per run of a loop over short runs.
   static inline void store_first(S* p, reg v, int n) {
@@ -415,6 +450,7 @@ struct HalfIO {
   using reg = V::reg;
   static constexpr int width = V::width;
   static constexpr bool kBf16 = std::is_same<H, bfloat16>::value;
+  static constexpr bool kPhased = false;  // loads of half a line: see IO::load_phased
 
 #if defined(FASTBN_ISA_AVX512)
   using hreg = __m256i;
