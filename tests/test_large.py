@@ -74,8 +74,14 @@ def at_offset(a, k):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize(
     "shape, axis, spike",
-    [((4096, 128), -1, False), ((4096, 128), -1, True), ((64, 16, 16, 64), -1, False), ((64, 64, 8, 8), 1, False)],
-    ids=["2d", "2d-spike", "nhwc", "nchw-8x8"],
+    [
+        ((4096, 128), -1, False),
+        ((4096, 128), -1, True),
+        ((64, 16, 16, 64), -1, False),
+        ((64, 64, 8, 8), 1, False),
+        ((48, 64, 14, 14), 1, False),
+    ],
+    ids=["2d", "2d-spike", "nhwc", "nchw-8x8", "nchw-14x14"],
 )
 def test_every_offset_within_a_vector_gives_the_same_bits(simd, streaming, rng, dtype, shape, axis, spike):
     """Where arrays start off a vector boundary (NumPy leaves large ones 16 bytes past a line), the column passes

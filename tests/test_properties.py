@@ -577,8 +577,16 @@ def test_train_ordered_values(path, p):
 
 # Every way the statistics cut a tensor, with a spike first in each channel: NCHW maps of 4x4 to 8x8 (column sums
 # per position: a shift per channel), a channel of one 32 KiB block, and channels-last rows of a quarter of the
-# tensor (a tile). Each fails when its fast path accepts a shift taken from the spike.
-SPIKE_SHAPES = [((64, 3, 8, 8), 1), ((256, 2, 4, 4), 1), ((40, 5, 7, 7), 1), ((2, 2, 4096), 1), ((6000, 3), 1)]
+# tensor (a tile), and (with streaming on, from 1 MiB) blocks of 41 runs of 14x14 maps. Each fails when its fast
+# path accepts a shift taken from the spike.
+SPIKE_SHAPES = [
+    ((64, 3, 8, 8), 1),
+    ((256, 2, 4, 4), 1),
+    ((40, 5, 7, 7), 1),
+    ((2, 2, 4096), 1),
+    ((6000, 3), 1),
+    ((300, 5, 14, 14), 1),
+]
 
 
 @each_path
@@ -586,7 +594,7 @@ SPIKE_SHAPES = [((64, 3, 8, 8), 1), ((256, 2, 4, 4), 1), ((40, 5, 7, 7), 1), ((2
     "shape, axis", SPIKE_SHAPES, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None
 )
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_train_spike_first(path, shape, axis, dtype):
+def test_train_spike_first(path, streaming, shape, axis, dtype):
     rng = np.random.default_rng(7)
     spreads = [Spread("spike", 0.0, off) for off in (0.0, 1e3, -50.0, 1.0, 7.0)[: shape[axis]]]
     x = fill(rng, shape, axis, spreads, dtype)

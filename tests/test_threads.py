@@ -52,11 +52,12 @@ SHAPES = [
     ((32, 64, 8, 8), 1),  # runs of 64 values: the longest that go flat
     ((16, 64, 14, 14), 1),  # inference: runs of 196 values as one flat range, cut at lines of y
     ((8, 700, 5, 5), 1),  # ... and runs of 25 whose period is too long for the flat walk
+    ((40, 64, 14, 14), 1),  # (streaming on) the streaming pipeline over 784-byte runs; units on 3 and 7 threads
 ]
 
 
 @pytest.mark.parametrize("shape,axis", SHAPES)
-def test_same_bits_for_any_thread_count(simd, restore_threads, shape, axis):
+def test_same_bits_for_any_thread_count(simd, restore_threads, streaming, shape, axis):
     x = (np.random.default_rng(3).standard_normal(shape) * 2 + 5).astype(np.float32)
     fastbn.set_num_threads(1)
     expected = run_all(x, axis)
