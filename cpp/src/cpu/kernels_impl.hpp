@@ -276,10 +276,10 @@ inline int column_phase(int64_t stride, const S* a, const S* b = nullptr, const 
 // cache lines and S can read them aligned (IO<S>::kPhased). NumPy places large arrays 16 bytes past a 64-byte
 // line. On the EPYC VM, 2 threads, with memory running fast (a copy at ~100 GB/s; at ~60 GB/s they all tie),
 // against the same sums over aligned arrays: (200704, 128) backward sums 1.16x the time with plain loads, 1.00x
-// phased; 8192x1024 1.1-1.2x, 1.00x; (200704, 128) statistics 1.10x, 1.05x. The column passes use it only on
-// tensors beyond the last-level cache (those whose output streams): from the caches, two loads and a permute
-// cost more than one load across lines ((4096, 256) backward 1.2x slower; NCHW 14x14 runs 1.3x, so the nc walks
-// keep plain loads).
+// phased; 8192x1024 1.1-1.2x, 1.00x; (200704, 128) statistics 1.06-1.09x, 1.06-1.08x (no gain shown). The column
+// passes use it only on tensors beyond the last-level cache (those whose output streams): from the caches, two
+// loads and a permute cost more than one load across lines ((4096, 256) backward 1.2x slower; NCHW 14x14 runs
+// 1.3x, so the nc walks keep plain loads).
 template <class S, class M, class F>
 inline void with_phase(int phase, M m, F&& f) {
   if constexpr (IO<S>::kPhased && std::is_same<M, Full>::value) {
