@@ -660,6 +660,13 @@ inline void extend_channels(T* a, int64_t C, int64_t W) {
   for (int64_t j = C; j < C + W; ++j) a[j] = a[j % C];
 }
 
+// The output's offset within a vector where span() leaves its vectors aligned (0 when it does not stream): the
+// phase at which coefficient arrays read alongside are carved (ClCoef::carve).
+template <class S>
+inline int span_phase(const S* out, bool stream) {
+  return stream ? vector_phase<IO<S>::width>(out) : 0;
+}
+
 // Runs f(i, m) -> reg over [0, n) and writes each result to out (+ i), peeling a head to the vector alignment
 // that streaming stores need; k advances along. f also gets Full or the lanes of a head/tail. The body takes
 // two vectors per iteration.
@@ -1551,8 +1558,8 @@ template <class C>
 struct ClCoef {
   C* k[4];
   static int64_t bytes(int64_t channels, int n) { return n * Carver::bytes<C>(channels + 2 * Vec<C>::width); }
-  // The arrays start `phase` entries past a vector boundary: that of the output (vector_phase) where a streaming
-  // span peels the output's head to a vector boundary (span), so that when the period is a multiple of the width
+  // The arrays start `phase` entries past a vector boundary: that of the output where a streaming span peels the
+  // output's head to a vector boundary (span_phase), so that when the period is a multiple of the width
   // the coefficients' vectors start on one too. NumPy places large arrays 16 bytes past a 64-byte line: (200704,
   // 128) inference, 2 threads on the EPYC VM, took 2.78 ms with aligned arrays (every coefficient load spanning
   // two lines), 2.16 with the output's phase (2.1-2.3 for an aligned tensor).
@@ -1659,7 +1666,7 @@ inline void fwd_flat_walk(const S* x, const S* r, S* y, int64_t N, const FlatPla
                           void (*cl)(const FwdFlat<S>&), compute_t<S> slope, bool stream, char* scratch, Coef&& coef) {
   using Cp = compute_t<S>;
   flat_walk<Cp, 3>(
-      N, fp, scratch, stream ? vector_phase<Vec<Cp>::width>(y) : 0,
+      N, fp, scratch, span_phase(y, stream),
       [&](int64_t c, Cp* v) {
         const FwdCoef<Cp> k = coef(c);
         v[0] = k.center;
@@ -1819,7 +1826,7 @@ void train_cl(const TrainArgs<S>& a, const Exec& ex) {
 
   Carver carve(ex.workspace->reserve(ClStatsScratch<S>::bytes(plan, C, nt) + ClCoef<Cp>::bytes(C, 3)));
   const ClStatsScratch<S> st = ClStatsScratch<S>::carve(carve, plan, C, nt);
-  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3, stream ? vector_phase<Vec<Cp>::width>(a.y) : 0);
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3, span_phase(a.y, stream));
 
   StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -2158,7 +2165,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     }
     if (flat) {
       flat_walk<Cp, 4>(
-          N, fp, scratch, flat_stream ? vector_phase<Vec<Cp>::width>(a.dx) : 0,
+          N, fp, scratch, span_phase(a.dx, flat_stream),
           [&](int64_t c, Cp* v) {
             v[0] = coef[c].center;
             v[1] = coef[c].a;
@@ -2207,7 +2214,7 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
                                      Carver::bytes<Cp>(C + Vec<Cp>::width)));
   double* psdz = carve.take<double>(plan.nchunks * Cs);
   double* psu = carve.take<double>(plan.nchunks * Cs);
-  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 4, stream ? vector_phase<Vec<Cp>::width>(a.dx) : 0);
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 4, span_phase(a.dx, stream));
   Cp* center = carve.take<Cp>(C + Vec<Cp>::width);
   for (int64_t c = 0; c < C; ++c) center[c] = static_cast<Cp>(bwd_channel(a, c).center);
   extend_channels(center, C, Vec<Cp>::width);
