@@ -48,6 +48,15 @@ def streaming():
     fastbn._core.reset_stream_min_bytes()
 
 
+@pytest.fixture
+def small_core_cache():
+    """The kernels plan with a 64 KiB core cache for the test (the default is the L2 the system reports), so that
+    the paths of channels too big for a core's cache (threads sharing each channel) run on small tensors."""
+    fastbn._core.set_core_cache_bytes(64 << 10)
+    yield 64 << 10
+    fastbn._core.reset_core_cache_bytes()
+
+
 # Layouts: (shape, axis, memory) where memory says how the input is laid out.
 #   "c": C-contiguous; "nhwc-view": an NCHW-shaped view of channels-last memory (axis=1, no copy needed);
 #   "strided": a non-contiguous slice (copied once internally); "fortran": Fortran order.

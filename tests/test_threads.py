@@ -67,6 +67,63 @@ def test_same_bits_for_any_thread_count(simd, restore_threads, streaming, shape,
             np.testing.assert_array_equal(got, want)
 
 
+def run_fused(x):
+    """Training and backward with a residual and an activation, and the backward from y (in-place activated)."""
+    c = x.shape[1]
+    gamma = np.linspace(0.5, 1.5, c).astype(x.dtype)
+    beta = np.linspace(-1, 1, c).astype(x.dtype)
+    r = np.sin(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
+    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
+    y, mean, var = fastbn.batch_norm_train(x, gamma, beta, activation="relu", residual=r)
+    dx, dg, db, dr = fastbn.batch_norm_backward(
+        dy, x, mean, var, gamma, beta=beta, activation="relu", y=y, return_dresidual=True
+    )
+    y2, _, _ = fastbn.batch_norm_train(x, gamma, beta, activation="leaky_relu", negative_slope=0.1)
+    dx2, dg2, db2 = fastbn.batch_norm_backward(
+        dy, None, mean, var, gamma, beta=beta, activation="leaky_relu", negative_slope=0.1, y=y2
+    )
+    return [y, mean, var, dx, dg, db, dr, y2, dx2, dg2, db2]
+
+
+# Channels of 64 KiB to 125 KiB: with a 64 KiB core cache the threads share each channel (team pipelines) where
+# there are at least as many blocks as threads, and take whole channels or units elsewhere.
+TEAM_SHAPES = [(48, 8, 40, 40), (64, 6, 20, 20), (128, 4, 14, 14), (16, 4, 64, 64)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("shape", TEAM_SHAPES)
+def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, small_core_cache, shape, stream):
+    x = (np.random.default_rng(5).standard_normal(shape) * 2 + 5).astype(np.float32)
+    if stream:
+        fastbn._core.set_stream_min_bytes(1 << 16)  # and the prefetches of the pipelines
+    try:
+        fastbn.set_num_threads(1)
+        fastbn._core.reset_core_cache_bytes()
+        expected = run_all(x, 1) + run_fused(x)
+        fastbn._core.set_core_cache_bytes(small_core_cache)
+        for n in (1, 2, 3, 4, 7):
+            fastbn.set_num_threads(n)
+            for got, want in zip(run_all(x, 1) + run_fused(x), expected):
+                np.testing.assert_array_equal(got, want)
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    y_ref, mean_ref, var_ref = ref_train(x, np.linspace(0.5, 1.5, shape[1]), np.linspace(-1, 1, shape[1]))
+    np.testing.assert_allclose(expected[0], y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(expected[1], mean_ref, rtol=1e-6)
+    np.testing.assert_allclose(expected[2], var_ref, rtol=1e-5)
+
+
+def test_core_cache_setting_is_checked_and_restored():
+    before = fastbn._core.core_cache_bytes()
+    with pytest.raises(ValueError, match="core cache size must be >= 1 byte, got 0"):
+        fastbn._core.set_core_cache_bytes(0)
+    assert fastbn._core.core_cache_bytes() == before
+    fastbn._core.set_core_cache_bytes(12345)
+    assert fastbn._core.core_cache_bytes() == 12345
+    fastbn._core.reset_core_cache_bytes()
+    assert fastbn._core.core_cache_bytes() == before
+
+
 def test_concurrent_python_threads_get_the_same_answers():
     rng = np.random.default_rng(7)
     inputs = [(rng.standard_normal((32, 16, 12, 12)) + k).astype(np.float32) for k in range(4)]

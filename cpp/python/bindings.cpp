@@ -876,6 +876,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_stream_min_bytes", &fastbn::detail::set_stream_min_bytes, py::arg("bytes"));
   m.def("stream_min_bytes", &fastbn::detail::stream_min_bytes);
   m.def("reset_stream_min_bytes", &fastbn::detail::reset_stream_min_bytes);
+  m.def("set_core_cache_bytes", &fastbn::detail::set_core_cache_bytes, py::arg("bytes"));
+  m.def("core_cache_bytes", &fastbn::detail::core_cache_bytes);
+  m.def("reset_core_cache_bytes", &fastbn::detail::reset_core_cache_bytes);
   m.def("ptr_train", &ptr_train, py::arg("code"), py::arg("x"), py::arg("residual"), py::arg("y"), py::arg("gamma"),
         py::arg("beta"), py::arg("mean"), py::arg("var"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
         py::arg("eps"), py::arg("act"), py::arg("slope"), py::arg("running_mean") = 0, py::arg("running_var") = 0,

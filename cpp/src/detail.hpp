@@ -32,6 +32,12 @@ FASTBN_API void forget_crowding();
 FASTBN_API void set_stream_min_bytes(int64_t bytes);
 FASTBN_API int64_t stream_min_bytes();
 FASTBN_API void reset_stream_min_bytes();
+// The cache a core has to itself (L2), which the kernels plan what to keep in cache by; tests lower it to take the
+// paths of big channels (threads sharing each channel) on small tensors. set_ throws fastbn::Error for bytes < 1;
+// reset_ goes back to the size the system reports.
+FASTBN_API void set_core_cache_bytes(int64_t bytes);
+FASTBN_API int64_t core_cache_bytes();
+FASTBN_API void reset_core_cache_bytes();
 
 // dst = a + b, the same way: two streams in, one out (3S of traffic).
 FASTBN_API void stream_add(const float* a, const float* b, float* dst, int64_t count);

@@ -40,6 +40,10 @@ void* Workspace::reserve(size_t bytes) {
   return p;
 }
 
+namespace {
+std::atomic<int64_t> g_core_cache{0};  // 0: the size the system reports
+}  // namespace
+
 int64_t core_cache_bytes() {
   static const int64_t bytes = [] {
 #if defined(_SC_LEVEL2_CACHE_SIZE)
@@ -48,8 +52,18 @@ int64_t core_cache_bytes() {
 #endif
     return int64_t{1} << 20;
   }();
-  return bytes;
+  const int64_t set = g_core_cache.load(std::memory_order_relaxed);
+  return set > 0 ? set : bytes;
 }
+
+void set_core_cache_bytes(int64_t bytes) {
+  if (bytes < 1) {
+    throw Error(Status::bad_argument, "fastbn: the core cache size must be >= 1 byte, got " + std::to_string(bytes));
+  }
+  g_core_cache.store(bytes, std::memory_order_relaxed);
+}
+
+void reset_core_cache_bytes() { g_core_cache.store(0, std::memory_order_relaxed); }
 
 namespace {
 
@@ -314,6 +328,9 @@ void forget_crowding() { cpu::forget_crowding(); }
 void set_stream_min_bytes(int64_t bytes) { cpu::set_stream_min_bytes(bytes); }
 int64_t stream_min_bytes() { return cpu::stream_min_bytes(); }
 void reset_stream_min_bytes() { cpu::reset_stream_min_bytes(); }
+void set_core_cache_bytes(int64_t bytes) { cpu::set_core_cache_bytes(bytes); }
+int64_t core_cache_bytes() { return cpu::core_cache_bytes(); }
+void reset_core_cache_bytes() { cpu::reset_core_cache_bytes(); }
 
 void quiet_simd_warning() { cpu::g_quiet.store(true); }
 

@@ -39,8 +39,10 @@ struct Exec {
   int64_t stream_min_bytes;      // outputs at least this large are written with streaming stores
 };
 
-// The per-core L2 size as the OS reports it (1 MiB when it does not).
+// The per-core L2 size as the OS reports it (1 MiB when it does not); set_ (tests) overrides, reset_ restores.
 int64_t core_cache_bytes();
+void set_core_cache_bytes(int64_t bytes);
+void reset_core_cache_bytes();
 // The tuning of min_bytes_per_thread: FASTBN_MIN_BYTES_PER_THREAD at load, else 256 KiB (see dispatch.cpp).
 int64_t min_bytes_per_thread();
 void set_min_bytes_per_thread(int64_t bytes);

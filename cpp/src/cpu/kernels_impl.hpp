@@ -29,11 +29,14 @@
 // Chan's formula. A block whose squares overflow float is summed again in double, scaled. Normalization computes
 // (x - hi) * scale + (beta - lo * scale) with mean = hi + lo, so large means do not cancel.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <thread>
 #include <type_traits>
+#include <vector>
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -77,6 +80,15 @@ inline int thread_id() {
 #endif
 }
 
+// The number of threads in the current parallel region (1 outside one).
+inline int team_size() {
+#if defined(_OPENMP)
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Times how long thread 1 of a parallel region took to start, and reports it when the region is over
 // (note_thread_start: a second thread that waits for a CPU another process holds makes fastbn keep small calls
 // on one thread for a while). Declared before the region, started() first thing inside it.
@@ -105,11 +117,7 @@ struct Share {
 };
 
 inline Share my_share(int64_t n) {
-#if defined(_OPENMP)
-  const int64_t t = omp_get_thread_num(), k = omp_get_num_threads();
-#else
-  const int64_t t = 0, k = 1;
-#endif
+  const int64_t t = thread_id(), k = team_size();
   return {n * t / k, n * (t + 1) / k};
 }
 
@@ -508,9 +516,10 @@ inline BwdChannel bwd_channel(const BackwardArgs<S>& a, int64_t c) {
 }
 
 // Per-channel sums of a backward: Sdz = sum(dz), Su = sum(dz * u); finishes channel c: writes the parameter
-// gradients (full and reduce phases) or the sums (reduce phase), and returns the dx coefficients.
+// gradients (full and reduce phases) or the sums (reduce phase) unless !write, and returns the dx coefficients.
 template <class S>
-inline BwdCoef<compute_t<S>> finish_bwd(const BackwardArgs<S>& a, int64_t c, double sdz, double su) {
+inline BwdCoef<compute_t<S>> finish_bwd(const BackwardArgs<S>& a, int64_t c, double sdz, double su,
+                                        bool write = true) {
   using C = compute_t<S>;
   using P = param_t<S>;
   const BwdChannel ch = bwd_channel(a, c);
@@ -520,9 +529,9 @@ inline BwdCoef<compute_t<S>> finish_bwd(const BackwardArgs<S>& a, int64_t c, dou
     sxh = a.sum_dy_xhat[c];
   } else {
     sxh = ch.kappa * su + ch.lambda * sdz;
-    if (a.dgamma) a.dgamma[c] = static_cast<P>(sxh);
-    if (a.dbeta) a.dbeta[c] = static_cast<P>(sdz);
-    if (a.phase == Phase::reduce) {
+    if (a.dgamma && write) a.dgamma[c] = static_cast<P>(sxh);
+    if (a.dbeta && write) a.dbeta[c] = static_cast<P>(sdz);
+    if (a.phase == Phase::reduce && write) {
       a.sum_dy[c] = sdz;
       a.sum_dy_xhat[c] = sxh;
     }
@@ -1333,7 +1342,9 @@ inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int6
 // Geometry
 
 // nc blocks: a block is up to kBlockBytes of one channel: `rpb` whole runs, or (long runs) one of `ppr` pieces
-// of a run. Block b of a channel covers runs [r0, r0 + rows) and values [i0, i0 + len) of each.
+// of a run. Block b of a channel covers runs [r0, r0 + rows) and values [i0, i0 + len) of each. Runs are cut into
+// blocks of equal size, 1, 2 or a multiple of 4 of them, so that the threads of a team pipeline (TeamSync), which
+// share each channel's blocks, get even shares (256x256x14x14: 8 blocks of 32 runs, not 6 of 41 and one of 10).
 struct NcPlan {
   int64_t N, L, stride, rpb, ppr, plen, nb;
   template <class S>
@@ -1341,7 +1352,9 @@ struct NcPlan {
     const int64_t elems = kBlockBytes / static_cast<int64_t>(sizeof(S));
     NcPlan p{N, L, C * L, 1, 1, L, 0};
     if (L <= elems) {
-      p.rpb = max64(1, elems / L);
+      int64_t groups = ceil_div(N, max64(1, elems / L));
+      if (groups > 2) groups = round_up(groups, 4);
+      p.rpb = ceil_div(N, groups);
     } else {
       p.ppr = ceil_div(L, elems);
       p.plen = ceil_div(L, p.ppr);
@@ -1363,6 +1376,43 @@ struct NcPlan {
   int64_t to_next(int64_t u, int64_t units) const {
     return u + 1 == units ? 0 : unit_offset(u + 1) - unit_offset(u);
   }
+  // The same in a team pipeline, whose thread reads its blocks `mine` of channel c, then those of channel c + 1.
+  int64_t to_next_mine(int64_t c, int64_t b, int64_t C, int64_t begin, int64_t end) const {
+    if (b + 1 < end) return block(b + 1).offset - block(b).offset;
+    return c + 1 < C ? L + block(begin).offset - block(b).offset : 0;
+  }
+};
+
+// Pipelines over channels keep two channels in cache: the one being normalized (or its dx computed) and the next,
+// read for its statistics (sums). Where two channels of the arrays the second pass reads again take more than
+// half a core's cache, the threads share each channel instead of each taking whole channels: every thread takes
+// its share of each channel's blocks, posts the channel once its blocks' statistics are in, and finishes a
+// channel once all have posted (the blocks' results merged in block order, as one thread merges them, so the bits
+// do not change). The cache then holds 1 / threads of a channel. Paired in one process with a run-time switch on
+// the EPYC VM (1 MiB L2), 2 threads: backward 256x256x14x14 1.10-1.14x (0.55-0.59 -> 0.66-0.67 of the 3S stream
+// with builds alternating), 128x64x32x32 1.03-1.07x, 64x128x56x56 1.01-1.02x; training 64x128x56x56 1.04-1.06x,
+// NCL 128x64x1024 1.03-1.08x (within noise with builds alternating). Where two channels fit in half the cache it
+// lost: training 256x256x14x14 0.98-1.00x, backward 128x512x14x14 0.94x (a wait per channel, for nothing).
+inline bool team_pipeline(int nt, int64_t nb, int64_t channel_bytes, int64_t cache_bytes) {
+  return nt > 1 && nb >= nt && 2 * channel_bytes > cache_bytes / 2;
+}
+
+// The channels a team pipeline's threads have posted (see team_pipeline).
+class TeamSync {
+ public:
+  explicit TeamSync(int64_t channels) : posted_(static_cast<size_t>(channels)) {}
+  void post(int64_t c) { posted_[c].fetch_add(1, std::memory_order_release); }
+  // Waits until every thread of the team has posted channel c; yields the CPU once the wait is long (a thread
+  // that waits for a CPU another process holds).
+  void wait(int64_t c, int team) const {
+    for (int spin = 0; posted_[c].load(std::memory_order_acquire) < team; ++spin) {
+      if (spin >= kTeamSpins) std::this_thread::yield();
+    }
+  }
+
+ private:
+  static constexpr int kTeamSpins = 4096;
+  std::vector<std::atomic<int>> posted_;
 };
 
 // Channels-last geometry: tiles of rows (the in-cache unit) grouped into chunks (the parallel unit).
@@ -1635,11 +1685,7 @@ inline void flat_walk(int64_t N, const FlatPlan& fp, char* scratch, int phase, C
     }
     for (int64_t row = r0; row < r0 + rows; ++row) pass(row * P + off, len, len, co.k);
   };
-#if defined(_OPENMP)
-  const int64_t team = omp_get_num_threads();
-#else
-  const int64_t team = 1;
-#endif
+  const int64_t team = team_size();
   if (team > 1 && N >= kFlatRowsPerThread * team) {
     // Enough rows: each thread walks its own range of them, block by block, and builds every block's
     // coefficients itself. Split by blocks instead, the threads wrote the same lines wherever a period does
@@ -1679,11 +1725,13 @@ inline void fwd_flat_walk(const S* x, const S* r, S* y, int64_t N, const FlatPla
 }
 
 template <class S>
-inline FwdCoef<compute_t<S>> train_finish(const TrainArgs<S>& a, int64_t c, const Moments& m) {
+inline FwdCoef<compute_t<S>> train_finish(const TrainArgs<S>& a, int64_t c, const Moments& m, bool write = true) {
   using P = param_t<S>;
   const double var = m.m2 / m.n;
-  a.mean[c] = static_cast<P>(m.mean);
-  a.var[c] = static_cast<P>(var);
+  if (write) {
+    a.mean[c] = static_cast<P>(m.mean);
+    a.var[c] = static_cast<P>(var);
+  }
   return fwd_coef<compute_t<S>>(m.mean, var, a.gamma, a.beta, c, a.eps);
 }
 
@@ -1711,6 +1759,44 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     const S* pf = prefetch_next && stream ? a.x + o + L : nullptr;
     fwd_block_nc<S, A>({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream, pf});
   };
+
+  if (team_pipeline(nt, pl.nb, N * L * static_cast<int64_t>(sizeof(S)), ex.cache_bytes)) {
+    // Each thread takes its share of every channel's blocks (see team_pipeline), in the same pipeline.
+    Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb)));
+    double* part = carve.take<double>(2 * C * pl.nb);  // (mean, M2) of each block
+    TeamSync sync(C);
+    StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      probe.started();
+      const int team = team_size();
+      const Share mine = my_share(pl.nb);
+      auto stats_block = [&](int64_t c, int64_t b) {
+        const NcPlan::Block bl = pl.block(b);
+        double* q = part + 2 * (c * pl.nb + b);
+        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1],
+                      stream ? pl.to_next_mine(c, b, C, mine.begin, mine.end) : 0);
+      };
+      for (int64_t b = mine.begin; b < mine.end; ++b) stats_block(0, b);
+      sync.post(0);
+      for (int64_t c = 0; c < C; ++c) {
+        sync.wait(c, team);
+        Moments m;
+        for (int64_t b = 0; b < pl.nb; ++b) {
+          const NcPlan::Block bl = pl.block(b);
+          merge(m, static_cast<double>(bl.rows * bl.len), part[2 * (c * pl.nb + b)], part[2 * (c * pl.nb + b) + 1]);
+        }
+        const FwdCoef<Cp> k = train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
+        for (int64_t b = mine.begin; b < mine.end; ++b) {
+          apply_block(c, b, k, c + 1 < C);
+          if (c + 1 < C) stats_block(c + 1, b);
+        }
+        if (c + 1 < C) sync.post(c + 1);
+      }
+      if (stream) stream_fence();
+    }
+    return;
+  }
 
   if (channels_balance(C, nt)) {
     // Each thread owns a contiguous range of channels and pipelines them: while a block of channel c is
@@ -2045,11 +2131,52 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // Short runs (NCHW 5x5 to 8x8): the sums as column sums per position, then dx in the flat walk with each
   // channel's coefficients, as the training forward does.
   const bool flat = su.elementwise && flat_nc(C, L);
+  const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
+  const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
+  if (a.phase == Phase::full && !su.scale_only && !flat && team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
+    // Each thread takes its share of every channel's blocks (see team_pipeline), in the pipeline below.
+    Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb)));
+    double* part = carve.take<double>(2 * C * pl.nb);  // (Sdz, Su) of each block
+    TeamSync sync(C);
+    StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      probe.started();
+      const int team = team_size();
+      const Share mine = my_share(pl.nb);
+      auto sums_of = [&](int64_t c, int64_t b) {
+        const NcPlan::Block bl = pl.block(b);
+        const int64_t o = c * L + bl.offset;
+        double* q = part + 2 * (c * pl.nb + b);
+        su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
+                       static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope,
+                       stream ? pl.to_next_mine(c, b, C, mine.begin, mine.end) : 0},
+                      q[0], q[1]);
+      };
+      for (int64_t b = mine.begin; b < mine.end; ++b) sums_of(0, b);
+      sync.post(0);
+      for (int64_t c = 0; c < C; ++c) {
+        sync.wait(c, team);
+        double sdz = 0, sum_u = 0;
+        for (int64_t b = 0; b < pl.nb; ++b) {
+          sdz += part[2 * (c * pl.nb + b)];
+          sum_u += part[2 * (c * pl.nb + b) + 1];
+        }
+        const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u, thread_id() == 0);
+        for (int64_t b = mine.begin; b < mine.end; ++b) {
+          dx_block(c, b, k, c + 1 < C);
+          if (c + 1 < C) sums_of(c + 1, b);
+        }
+        if (c + 1 < C) sync.post(c + 1);
+      }
+      if (stream) stream_fence();
+    }
+    return;
+  }
   if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
     // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
-    const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
-    const bool pipelined = 2 * arrays * N * L * static_cast<int64_t>(sizeof(S)) <= ex.cache_bytes;
+    const bool pipelined = 2 * channel_bytes <= ex.cache_bytes;
     StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
