@@ -102,3 +102,44 @@ def test_merge_edge_cases_and_errors():
         fastbn.batch_norm_backward_apply(x, x, np.zeros(3), np.ones(3), None, None, np.zeros(3), np.zeros(3), 0)
     with pytest.raises(ValueError, match="shape"):
         fastbn.batch_norm_apply(x, np.zeros(2), np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", [None, "relu"])
+@pytest.mark.parametrize("shape", [(40, 64, 14, 14), (24, 96, 12, 12), (48, 40, 10, 10)], ids=str)
+def test_apply_phase_of_short_runs_gives_the_full_backwards_bits(simd, streaming, dtype, activation, shape):
+    """Runs under 1 KiB in a pass beyond the (lowered) cache threshold: the apply phase computes dx as one
+    flat range, the full backward run by run; the same coefficients must give the same bits, on 1 and 2 threads."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    gamma, beta = np.linspace(0.5, 1.5, c).astype(dtype), np.linspace(-1, 1, c).astype(dtype)
+    y, mean, var = fastbn.batch_norm_train(x, gamma, beta, activation=activation)
+    before = fastbn.get_num_threads()
+    try:
+        for threads in (1, 2):
+            fastbn.set_num_threads(threads)
+            dx_full, _, _ = fastbn.batch_norm_backward(dy, x, mean, var, gamma, beta=beta, activation=activation, y=y)
+            sums = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma, beta, activation=activation, y=y)
+            dx = fastbn.batch_norm_backward_apply(
+                dy,
+                x,
+                mean,
+                var,
+                gamma,
+                beta,
+                sums[0],
+                sums[1],
+                x.size // c,
+                activation=activation,
+                y=y,
+                out=np.full_like(x, np.nan),
+            )
+            np.testing.assert_array_equal(dx, dx_full)
+    finally:
+        fastbn.set_num_threads(before)
+    if activation is None:
+        rdx, _, _ = ref_backward(dy.astype(np.float64), x.astype(np.float64), mean, var, gamma.astype(np.float64))
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(dx, rdx, rtol=tol, atol=tol)
