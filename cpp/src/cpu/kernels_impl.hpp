@@ -1414,11 +1414,6 @@ struct NcPlan {
   int64_t to_next(int64_t u, int64_t units) const {
     return u + 1 == units ? 0 : unit_offset(u + 1) - unit_offset(u);
   }
-  // The same in a team pipeline, whose thread reads its blocks `mine` of channel c, then those of channel c + 1.
-  int64_t to_next_mine(int64_t c, int64_t b, int64_t C, int64_t begin, int64_t end) const {
-    if (b + 1 < end) return block(b + 1).offset - block(b).offset;
-    return c + 1 < C ? L + block(begin).offset - block(b).offset : 0;
-  }
 };
 
 // Pipelines over channels keep two channels in cache: the one being normalized (or its dx computed) and the next,
@@ -1435,7 +1430,7 @@ inline bool team_pipeline(int nt, int64_t nb, int64_t channel_bytes, int64_t cac
   return nt > 1 && nb >= nt && 2 * channel_bytes > cache_bytes / 2;
 }
 
-// The channels a team pipeline's threads have posted (see team_pipeline).
+// The channels a team pipeline's threads have posted (see run_team).
 class TeamSync {
  public:
   explicit TeamSync(int64_t channels) : posted_(static_cast<size_t>(channels)) {}
@@ -1452,6 +1447,39 @@ class TeamSync {
   static constexpr int kTeamSpins = 4096;
   std::vector<std::atomic<int>> posted_;
 };
+
+// The loop of a team pipeline, inside its parallel region: each thread takes an even share of every channel's
+// blocks. read(c, b, pf) takes the statistics (sums) of block b of channel c, prefetching the block pf values on (0:
+// none); finish(c) returns channel c's coefficients once every thread has posted it; write(c, b, k) normalizes
+// block b of channel c (computes its dx) with them.
+//
+// One vCPU of the EPYC VM often ran 10-25% slower than the other for a while (the faster thread waited 0.4-1.3 ms
+// of a 3.4-4.3 ms 256x256x14x14 backward), but two threads taking blocks from either end of each channel while any
+// were left was slower still, builds alternating, memory fast (three pairs: backward 0.49-0.51 -> 0.44-0.45 of
+// the 3S stream, training 0.57-0.58 -> 0.50-0.56 of the copy), perhaps as the second walked its blocks backwards.
+template <class Read, class Finish, class Write>
+inline void run_team(const NcPlan& pl, int64_t C, TeamSync& sync, bool prefetch, Read&& read, Finish&& finish,
+                     Write&& write) {
+  const int team = team_size();
+  const Share mine = my_share(pl.nb);
+  // The distance from block b of channel c to the block this thread reads next.
+  auto next = [&](int64_t c, int64_t b) {
+    if (!prefetch) return int64_t{0};
+    if (b + 1 < mine.end) return pl.block(b + 1).offset - pl.block(b).offset;
+    return c + 1 < C ? pl.L + pl.block(mine.begin).offset - pl.block(b).offset : int64_t{0};
+  };
+  for (int64_t b = mine.begin; b < mine.end; ++b) read(0, b, next(0, b));
+  sync.post(0);
+  for (int64_t c = 0; c < C; ++c) {
+    sync.wait(c, team);
+    const auto k = finish(c);
+    for (int64_t b = mine.begin; b < mine.end; ++b) {
+      write(c, b, k);
+      if (c + 1 < C) read(c + 1, b, next(c + 1, b));
+    }
+    if (c + 1 < C) sync.post(c + 1);
+  }
+}
 
 // Channels-last geometry: tiles of rows (the in-cache unit) grouped into chunks (the parallel unit).
 struct RowPlan {
@@ -1807,30 +1835,22 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
-      const int team = team_size();
-      const Share mine = my_share(pl.nb);
-      auto stats_block = [&](int64_t c, int64_t b) {
-        const NcPlan::Block bl = pl.block(b);
-        double* q = part + 2 * (c * pl.nb + b);
-        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1],
-                      stream ? pl.to_next_mine(c, b, C, mine.begin, mine.end) : 0);
-      };
-      for (int64_t b = mine.begin; b < mine.end; ++b) stats_block(0, b);
-      sync.post(0);
-      for (int64_t c = 0; c < C; ++c) {
-        sync.wait(c, team);
-        Moments m;
-        for (int64_t b = 0; b < pl.nb; ++b) {
-          const NcPlan::Block bl = pl.block(b);
-          merge(m, static_cast<double>(bl.rows * bl.len), part[2 * (c * pl.nb + b)], part[2 * (c * pl.nb + b) + 1]);
-        }
-        const FwdCoef<Cp> k = train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
-        for (int64_t b = mine.begin; b < mine.end; ++b) {
-          apply_block(c, b, k, c + 1 < C);
-          if (c + 1 < C) stats_block(c + 1, b);
-        }
-        if (c + 1 < C) sync.post(c + 1);
-      }
+      run_team(
+          pl, C, sync, stream,
+          [&](int64_t c, int64_t b, int64_t pf) {
+            const NcPlan::Block bl = pl.block(b);
+            double* q = part + 2 * (c * pl.nb + b);
+            block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1], pf);
+          },
+          [&](int64_t c) {
+            Moments m;
+            for (int64_t b = 0; b < pl.nb; ++b) {
+              const double* q = part + 2 * (c * pl.nb + b);
+              merge(m, static_cast<double>(pl.block(b).rows * pl.block(b).len), q[0], q[1]);
+            }
+            return train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
+          },
+          [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) { apply_block(c, b, k, c + 1 < C); });
       if (stream) stream_fence();
     }
     return;
@@ -2201,33 +2221,25 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
-      const int team = team_size();
-      const Share mine = my_share(pl.nb);
-      auto sums_of = [&](int64_t c, int64_t b) {
-        const NcPlan::Block bl = pl.block(b);
-        const int64_t o = c * L + bl.offset;
-        double* q = part + 2 * (c * pl.nb + b);
-        su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
-                       static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope,
-                       stream ? pl.to_next_mine(c, b, C, mine.begin, mine.end) : 0},
-                      q[0], q[1]);
-      };
-      for (int64_t b = mine.begin; b < mine.end; ++b) sums_of(0, b);
-      sync.post(0);
-      for (int64_t c = 0; c < C; ++c) {
-        sync.wait(c, team);
-        double sdz = 0, sum_u = 0;
-        for (int64_t b = 0; b < pl.nb; ++b) {
-          sdz += part[2 * (c * pl.nb + b)];
-          sum_u += part[2 * (c * pl.nb + b) + 1];
-        }
-        const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u, thread_id() == 0);
-        for (int64_t b = mine.begin; b < mine.end; ++b) {
-          dx_block(c, b, k, c + 1 < C);
-          if (c + 1 < C) sums_of(c + 1, b);
-        }
-        if (c + 1 < C) sync.post(c + 1);
-      }
+      run_team(
+          pl, C, sync, stream,
+          [&](int64_t c, int64_t b, int64_t pf) {
+            const NcPlan::Block bl = pl.block(b);
+            const int64_t o = c * L + bl.offset;
+            double* q = part + 2 * (c * pl.nb + b);
+            su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
+                           static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
+                          q[0], q[1]);
+          },
+          [&](int64_t c) {
+            double sdz = 0, sum_u = 0;
+            for (int64_t b = 0; b < pl.nb; ++b) {
+              sdz += part[2 * (c * pl.nb + b)];
+              sum_u += part[2 * (c * pl.nb + b) + 1];
+            }
+            return finish_bwd(a, c, sdz, sum_u, thread_id() == 0);  // every thread's coefficients, one writer
+          },
+          [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) { dx_block(c, b, k, c + 1 < C); });
       if (stream) stream_fence();
     }
     return;
