@@ -1421,11 +1421,13 @@ struct NcPlan {
 // half a core's cache, the threads share each channel instead of each taking whole channels: every thread takes
 // its share of each channel's blocks, posts the channel once its blocks' statistics are in, and finishes a
 // channel once all have posted (the blocks' results merged in block order, as one thread merges them, so the bits
-// do not change). The cache then holds 1 / threads of a channel. Paired in one process with a run-time switch on
-// the EPYC VM (1 MiB L2), 2 threads: backward 256x256x14x14 1.10-1.14x (0.55-0.59 -> 0.66-0.67 of the 3S stream
-// with builds alternating), 128x64x32x32 1.03-1.07x, 64x128x56x56 1.01-1.02x; training 64x128x56x56 1.04-1.06x,
-// NCL 128x64x1024 1.03-1.08x (within noise with builds alternating). Where two channels fit in half the cache it
-// lost: training 256x256x14x14 0.98-1.00x, backward 128x512x14x14 0.94x (a wait per channel, for nothing).
+// do not change). The cache then holds 1 / threads of a channel. On the EPYC VM (1 MiB L2), 2 threads, in one
+// process with a run-time switch and the order of the two alternating (medians of ~1300 pairs, memory slow / fast):
+// training 64x128x56x56 1.08 / 1.14x, 128x64x32x32 1.11 / 1.14x, NCL 128x64x1024 1.14 / 1.12x, 64x3x224x224 1.12 /
+// 1.30x; backward 256x256x14x14 1.09 / 1.04x (0.55-0.59 -> 0.66-0.67 of the 3S stream with builds alternating),
+// NCL 1.06 / 1.13x, 128x64x32x32 1.05 / 1.08x, 64x128x56x56 0.99 / 0.98x. Where two channels fit in half the
+// cache it lost (a wait per channel, for nothing): training 128x512x14x14 0.92x, 32x256x28x28 0.87-0.93x,
+// 64x512x14x14 0.85-0.87x; backward 128x512x14x14 0.94-0.95x, 32x256x28x28 0.88-0.89x.
 inline bool team_pipeline(int nt, int64_t nb, int64_t channel_bytes, int64_t cache_bytes) {
   return nt > 1 && nb >= nt && 2 * channel_bytes > cache_bytes / 2;
 }
