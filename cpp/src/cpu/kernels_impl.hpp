@@ -2185,9 +2185,9 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // Runs of a few vectors (NCHW 10x10 to 14x14) with no sums to take (the apply phase of a distributed backward;
   // frozen statistics without parameter gradients) where the pass does not fit in the last-level cache: dx as one
   // flat range whose coefficients change every L values (RunCycling), as inference does, instead of N * C runs
-  // each with a head and a tail. Apply phase, 2 threads, one process with a run-time switch on the EPYC VM:
-  // 256x256x14x14 1.03x (memory slow) to 1.2x (fast), 64x256x14x14 1.09-1.15x; in cache it lost (32x256x14x14
-  // 0.98x, 64x128x12x12 0.95x).
+  // each with a head and a tail. Apply phase, 2 threads, builds alternating on the EPYC VM, of the 3S stream:
+  // 256x256x14x14 0.81-0.93 -> 0.94-0.98, 128x256x14x14 0.79-0.96 -> 0.89-1.05, 64x256x14x14 (just beyond the
+  // cache) 0.90-0.92 -> 0.88-1.07; in cache a run-time switch showed losses (32x256x14x14 0.98x, 64x128x12x12 0.95x).
   if (!su.sums && runs_flat<S>(L) && !flat_nc(C, L) && (arrays + 1) * bytes >= 2 * ex.stream_min_bytes) {
     Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(C, 4)));
     ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 4);
