@@ -1450,36 +1450,49 @@ class TeamSync {
   std::vector<std::atomic<int>> posted_;
 };
 
-// The loop of a team pipeline, inside its parallel region: each thread takes an even share of every channel's
-// blocks. read(c, b, pf) takes the statistics (sums) of block b of channel c, prefetching the block pf values on (0:
-// none); finish(c) returns channel c's coefficients once every thread has posted it; write(c, b, k) normalizes
-// block b of channel c (computes its dx) with them.
+// A team pipeline on nt threads (see team_pipeline): each thread takes an even share of every channel's blocks.
+// read(c, b, pf, q) takes the statistics (sums) of block b of channel c into q[0] and q[1], prefetching the block
+// pf values on (0: none); finish(c, q) returns channel c's coefficients from its blocks' pairs q[2 * b], q[2 * b + 1]
+// once every thread has posted it; write(c, b, k) normalizes block b of channel c (computes its dx) with them.
 //
 // One vCPU of the EPYC VM often ran 10-25% slower than the other for a while (the faster thread waited 0.4-1.3 ms
 // of a 3.4-4.3 ms 256x256x14x14 backward), but two threads taking blocks from either end of each channel while any
 // were left was slower still, builds alternating, memory fast (three pairs: backward 0.49-0.51 -> 0.44-0.45 of
 // the 3S stream, training 0.57-0.58 -> 0.50-0.56 of the copy), perhaps as the second walked its blocks backwards.
 template <class Read, class Finish, class Write>
-inline void run_team(const NcPlan& pl, int64_t C, TeamSync& sync, bool prefetch, Read&& read, Finish&& finish,
-                     Write&& write) {
-  const int team = team_size();
-  const Share mine = my_share(pl.nb);
-  // The distance from block b of channel c to the block this thread reads next.
-  auto next = [&](int64_t c, int64_t b) {
-    if (!prefetch) return int64_t{0};
-    if (b + 1 < mine.end) return pl.block(b + 1).offset - pl.block(b).offset;
-    return c + 1 < C ? pl.L + pl.block(mine.begin).offset - pl.block(b).offset : int64_t{0};
-  };
-  for (int64_t b = mine.begin; b < mine.end; ++b) read(0, b, next(0, b));
-  sync.post(0);
-  for (int64_t c = 0; c < C; ++c) {
-    sync.wait(c, team);
-    const auto k = finish(c);
-    for (int64_t b = mine.begin; b < mine.end; ++b) {
-      write(c, b, k);
-      if (c + 1 < C) read(c + 1, b, next(c + 1, b));
+void run_team(const Exec& ex, int nt, const NcPlan& pl, int64_t C, bool stream, Read&& read, Finish&& finish,
+              Write&& write) {
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb)));
+  double* part = carve.take<double>(2 * C * pl.nb);  // each block's pair of results
+  TeamSync sync(C);
+  StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    probe.started();
+    const int team = team_size();
+    const Share mine = my_share(pl.nb);
+    // Block b of channel c: its pair, and the distance to the block this thread reads next.
+    auto take = [&](int64_t c, int64_t b) {
+      int64_t pf = 0;
+      if (stream && b + 1 < mine.end) {
+        pf = pl.block(b + 1).offset - pl.block(b).offset;
+      } else if (stream && c + 1 < C) {
+        pf = pl.L + pl.block(mine.begin).offset - pl.block(b).offset;
+      }
+      read(c, b, pf, part + 2 * (c * pl.nb + b));
+    };
+    for (int64_t b = mine.begin; b < mine.end; ++b) take(0, b);
+    sync.post(0);
+    for (int64_t c = 0; c < C; ++c) {
+      sync.wait(c, team);
+      const auto k = finish(c, static_cast<const double*>(part + 2 * c * pl.nb));
+      for (int64_t b = mine.begin; b < mine.end; ++b) {
+        write(c, b, k);
+        if (c + 1 < C) take(c + 1, b);
+      }
+      if (c + 1 < C) sync.post(c + 1);
     }
-    if (c + 1 < C) sync.post(c + 1);
+    if (stream) stream_fence();
   }
 }
 
@@ -1830,31 +1843,20 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
 
   if (team_pipeline(nt, pl.nb, N * L * static_cast<int64_t>(sizeof(S)), ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), in the same pipeline.
-    Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb)));
-    double* part = carve.take<double>(2 * C * pl.nb);  // (mean, M2) of each block
-    TeamSync sync(C);
-    StartProbe probe(nt);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      probe.started();
-      run_team(
-          pl, C, sync, stream,
-          [&](int64_t c, int64_t b, int64_t pf) {
-            const NcPlan::Block bl = pl.block(b);
-            double* q = part + 2 * (c * pl.nb + b);
-            block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1], pf);
-          },
-          [&](int64_t c) {
-            Moments m;
-            for (int64_t b = 0; b < pl.nb; ++b) {
-              const double* q = part + 2 * (c * pl.nb + b);
-              merge(m, static_cast<double>(pl.block(b).rows * pl.block(b).len), q[0], q[1]);
-            }
-            return train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
-          },
-          [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) { apply_block(c, b, k, c + 1 < C); });
-      if (stream) stream_fence();
-    }
+    run_team(
+        ex, nt, pl, C, stream,
+        [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's mean and M2
+          const NcPlan::Block bl = pl.block(b);
+          block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1], pf);
+        },
+        [&](int64_t c, const double* q) {
+          Moments m;
+          for (int64_t b = 0; b < pl.nb; ++b) {
+            merge(m, static_cast<double>(pl.block(b).rows * pl.block(b).len), q[2 * b], q[2 * b + 1]);
+          }
+          return train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
+        },
+        [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) { apply_block(c, b, k, c + 1 < C); });
     return;
   }
 
@@ -2216,34 +2218,24 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
   if (a.phase == Phase::full && !su.scale_only && !flat && team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), in the pipeline below.
-    Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb)));
-    double* part = carve.take<double>(2 * C * pl.nb);  // (Sdz, Su) of each block
-    TeamSync sync(C);
-    StartProbe probe(nt);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      probe.started();
-      run_team(
-          pl, C, sync, stream,
-          [&](int64_t c, int64_t b, int64_t pf) {
-            const NcPlan::Block bl = pl.block(b);
-            const int64_t o = c * L + bl.offset;
-            double* q = part + 2 * (c * pl.nb + b);
-            su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
-                           static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
-                          q[0], q[1]);
-          },
-          [&](int64_t c) {
-            double sdz = 0, sum_u = 0;
-            for (int64_t b = 0; b < pl.nb; ++b) {
-              sdz += part[2 * (c * pl.nb + b)];
-              sum_u += part[2 * (c * pl.nb + b) + 1];
-            }
-            return finish_bwd(a, c, sdz, sum_u, thread_id() == 0);  // every thread's coefficients, one writer
-          },
-          [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) { dx_block(c, b, k, c + 1 < C); });
-      if (stream) stream_fence();
-    }
+    run_team(
+        ex, nt, pl, C, stream,
+        [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's Sdz and Su
+          const NcPlan::Block bl = pl.block(b);
+          const int64_t o = c * L + bl.offset;
+          su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
+                         static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
+                        q[0], q[1]);
+        },
+        [&](int64_t c, const double* q) {
+          double sdz = 0, sum_u = 0;
+          for (int64_t b = 0; b < pl.nb; ++b) {
+            sdz += q[2 * b];
+            sum_u += q[2 * b + 1];
+          }
+          return finish_bwd(a, c, sdz, sum_u, thread_id() == 0);  // every thread's coefficients, one writer
+        },
+        [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) { dx_block(c, b, k, c + 1 < C); });
     return;
   }
   if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
