@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -24,10 +25,15 @@ def restore_threads():
     fastbn._core.set_min_bytes_per_thread(min_bytes)
 
 
+def param_dtype(x):
+    """Parameters are float64 for float64 data, float32 otherwise (halves included)."""
+    return np.float64 if x.dtype == np.float64 else np.float32
+
+
 def run_all(x, axis):
     c = x.shape[axis]
-    gamma = np.linspace(0.5, 1.5, c).astype(x.dtype)
-    beta = np.linspace(-1, 1, c).astype(x.dtype)
+    gamma = np.linspace(0.5, 1.5, c).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, c).astype(param_dtype(x))
     y, mean, var = fastbn.batch_norm_train(x, gamma, beta, axis=axis)
     dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
     dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma, axis=axis)
@@ -70,8 +76,8 @@ def test_same_bits_for_any_thread_count(simd, restore_threads, streaming, shape,
 def run_fused(x):
     """Training and backward with a residual and an activation, and the backward from y (in-place activated)."""
     c = x.shape[1]
-    gamma = np.linspace(0.5, 1.5, c).astype(x.dtype)
-    beta = np.linspace(-1, 1, c).astype(x.dtype)
+    gamma = np.linspace(0.5, 1.5, c).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, c).astype(param_dtype(x))
     r = np.sin(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
     dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(x.shape)
     y, mean, var = fastbn.batch_norm_train(x, gamma, beta, activation="relu", residual=r)
@@ -90,10 +96,11 @@ def run_fused(x):
 TEAM_SHAPES = [(48, 8, 40, 40), (64, 6, 20, 20), (128, 4, 14, 14), (16, 4, 64, 64)]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("shape", TEAM_SHAPES)
-def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, small_core_cache, shape, stream):
-    x = (np.random.default_rng(5).standard_normal(shape) * 2 + 5).astype(np.float32)
+def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, small_core_cache, shape, stream, dtype):
+    x = (np.random.default_rng(5).standard_normal(shape) * 2 + 5).astype(dtype)
     if stream:
         fastbn._core.set_stream_min_bytes(1 << 16)  # and the prefetches of the pipelines
     try:
@@ -104,13 +111,17 @@ def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, s
         for n in (1, 2, 3, 4, 7):
             fastbn.set_num_threads(n)
             for got, want in zip(run_all(x, 1) + run_fused(x), expected):
-                np.testing.assert_array_equal(got, want)
+                assert got.dtype == want.dtype
+                np.testing.assert_array_equal(np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8))
     finally:
         fastbn._core.reset_stream_min_bytes()
-    y_ref, mean_ref, var_ref = ref_train(x, np.linspace(0.5, 1.5, shape[1]), np.linspace(-1, 1, shape[1]))
-    np.testing.assert_allclose(expected[0], y_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(expected[1], mean_ref, rtol=1e-6)
-    np.testing.assert_allclose(expected[2], var_ref, rtol=1e-5)
+    x64 = x.astype(np.float64)
+    y_ref, mean_ref, var_ref = ref_train(x64, np.linspace(0.5, 1.5, shape[1]), np.linspace(-1, 1, shape[1]))
+    stat_tol = 1e-12 if dtype == np.float64 else 1e-5  # statistics in double, stored as float32 for non-float64 x
+    y_tol = {np.float32: 1e-5, np.float64: 1e-12}.get(dtype, 2e-2)  # bfloat16 outputs: 8 significant bits
+    np.testing.assert_allclose(expected[0].astype(np.float64), y_ref, rtol=y_tol, atol=y_tol)
+    np.testing.assert_allclose(expected[1].astype(np.float64), mean_ref, rtol=stat_tol)
+    np.testing.assert_allclose(expected[2].astype(np.float64), var_ref, rtol=stat_tol)
 
 
 def test_core_cache_setting_is_checked_and_restored():
