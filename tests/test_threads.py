@@ -245,3 +245,54 @@ def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_whi
     finally:
         core._forget_crowding()
         core.set_min_bytes_per_thread(before)
+
+
+# Runs of whole vectors (for float64 too), one of them cut into two pieces (12544 values); the channel-split and the
+# shared-channel pipelines both.
+STEP_SHAPES = [(24, 8, 16, 20), (16, 6, 32, 32), (12, 5, 64, 64), (4, 3, 112, 112)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", STEP_SHAPES)
+def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_core_cache, shape, dtype):
+    """Where the output streams and runs are whole vectors, the training pipelines normalize a block of channel c
+    in the loop that takes the moments of the same block of channel c + 1; the results are the bits of the two
+    loops (streaming off), into outputs at every offset from a vector boundary, with an activation and a
+    residual, on one thread and two, and against a float64 reference."""
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype)
+    gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, shape[1]).astype(param_dtype(x))
+
+    def train(offset, **kw):
+        buf = np.full(x.size + 16, np.nan, dtype)
+        out = buf[offset : offset + x.size].reshape(shape)
+        y, mean, var = fastbn.batch_norm_train(x, gamma, beta, out=out, **kw)
+        assert y is out
+        return [y, mean, var]
+
+    variants = [{}, {"activation": "relu", "residual": res}]
+    fastbn.set_num_threads(1)
+    expected = [train(0, **kw) for kw in variants]  # streaming off: two loops
+    try:
+        fastbn._core.set_stream_min_bytes(1 << 10)
+        for threads, cache in [(1, None), (2, None), (2, small_core_cache)]:
+            fastbn.set_num_threads(threads)
+            if cache is None:
+                fastbn._core.reset_core_cache_bytes()
+            else:
+                fastbn._core.set_core_cache_bytes(cache)
+            for offset in range(16):
+                for kw, want in zip(variants, expected):
+                    for g, w in zip(train(offset, **kw), want):
+                        np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+        fastbn._core.reset_core_cache_bytes()
+    y_ref, mean_ref, var_ref = ref_train(x.astype(np.float64), gamma.astype(np.float64), beta.astype(np.float64))
+    tol = {np.float32: 1e-5, np.float64: 1e-12}.get(dtype, 2e-2)
+    np.testing.assert_allclose(expected[0][0].astype(np.float64), y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(expected[0][1].astype(np.float64), mean_ref, rtol=1e-5)
+    relu = np.maximum(y_ref + res.astype(np.float64), 0)
+    np.testing.assert_allclose(expected[1][0].astype(np.float64), relu, rtol=tol, atol=tol)

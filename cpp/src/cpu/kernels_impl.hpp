@@ -45,6 +45,14 @@
 #include "cpu/kernels.hpp"
 #include "cpu/simd.hpp"
 
+// Inlines everything a kernel calls: where a loop body grows (a step that fuses two passes), GCC stops inlining
+// the walk's per-vector lambda, and a call per vector leaves the accumulators in memory.
+#if defined(__GNUC__)
+#define FASTBN_FLATTEN __attribute__((flatten))
+#else
+#define FASTBN_FLATTEN
+#endif
+
 namespace fastbn {
 namespace cpu {
 namespace FASTBN_ISA_NS {
@@ -1116,11 +1124,18 @@ inline void moments_scaled(const S* p, int64_t stride, int64_t rows, int64_t len
   m2 = std::scalbn(std::fmax(q - s * s / n, 0.0), 2 * e);
 }
 
+// A per-vector hook that does nothing.
+struct NoHook {
+  template <class M>
+  void operator()(int64_t, const M&) const {}
+};
+
 // Sums of the deviations from k of `rows` runs of `len` values, and of their squares, in four independent
-// chains (so that the pass goes at the cache's speed rather than the adds' latency).
-template <class S>
+// chains (so that the pass goes at the cache's speed rather than the adds' latency); also(o, m) runs with each
+// vector (see block_moments).
+template <class S, class G = NoHook>
 inline void shifted_sums(const S* p, int64_t stride, int64_t rows, int64_t len, compute_t<S> k, double& s,
-                         double& sq, int64_t pf = 0) {
+                         double& sq, int64_t pf = 0, G&& also = {}) {
   using V = Vec<compute_t<S>>;
   const typename V::reg kv = V::set1(k);
   Bounded<V, 4> a, q;
@@ -1128,6 +1143,7 @@ inline void shifted_sums(const S* p, int64_t stride, int64_t rows, int64_t len, 
       rows, len, stride,
       [&](int j, int64_t o, auto m) {
         if (pf) __builtin_prefetch(p + o + pf, 0, 2);
+        also(o, m);
         const typename V::reg d = keep<V>(m, V::sub(ld(p + o, m), kv), V::zero());
         a.add(j, d);
         q.fma(j, d, d);
@@ -1177,16 +1193,20 @@ inline compute_t<S> first_vector_mean(const S* p, int64_t len) {
 // were 1.5x slower on tensors in the last-level cache (32x256x28x28, 16x128x20x20), 1.02-1.12x on larger ones.
 // A constant block still comes out exact: its deviations are all the same d = c - k (exact, as k is c or close
 // to it), so s = n d and sq = n d^2 are exact, s / n = d, k + d = c and the fma gives m2 = 0.
-template <class S>
+//
+// also(o, m) runs with each vector of the first pass, at offset o (m: Full or a tail's Part): the pipelines
+// normalize a block of the previous channel of the same geometry there (see fwd_block_with_moments), so that
+// reads from memory and writes interleave vector by vector, as in a copy.
+template <class S, class G = NoHook>
 inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2,
-                          int64_t pf = 0) {
+                          int64_t pf = 0, G&& also = {}) {
   using C = compute_t<S>;
   using V = Vec<C>;
   const double n = static_cast<double>(rows * len);
   {
     const C k = first_vector_mean(p, len);
     double s, sq;
-    shifted_sums(p, stride, rows, len, k, s, sq, pf);
+    shifted_sums(p, stride, rows, len, k, s, sq, pf, also);
     if (moments_if_close(n, k, s, sq, mean, m2)) return;
   }
   Bounded<V, 4> s1;
@@ -1201,6 +1221,50 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
   if (!moments_from_sums(n, static_cast<double>(k), s, sq, mean, m2)) {
     moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
   }
+}
+
+// The pipelines' step: normalizes block b and takes the moments of the block of the same geometry `next` values
+// on (the next channel's, read from memory) in one loop, a vector of output with each vector of moments, so that
+// the reads from memory and the streaming writes interleave as in a copy rather than block by block. The moments
+// are block_moments' bits; the output goes in the pieces span() would cut (a head to the vector boundary that
+// streaming stores need, whole vectors, a tail).
+template <class S, Act A>
+FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, double& mean, double& m2, int64_t pf) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  constexpr int W = IO<S>::width;
+  const typename V::reg center = V::set1(b.k.center), sc = V::set1(b.k.sc), sh = V::set1(b.k.sh);
+  const typename V::reg sl = V::set1(b.slope);
+  const S* const x = b.x;  // locals: the stores through y could alias b, and b's fields would be read per vector
+  const S* const res = b.r;
+  S* const y = b.y;
+  const bool stream = b.stream;
+  const int64_t len = b.len;
+  auto out = [&](int64_t o, auto m) {
+    typename V::reg z = V::fmadd(V::sub(ld(x + o, m), center), sc, sh);
+    if (res) z = V::add(z, ld(res + o, m));
+    put(y + o, ActOps<C, A>::fwd(z, sl), m, stream);
+  };
+  // The walk goes row by row, each from its start, offsets rising: a vector at or past the row's end starts the
+  // next row. Each row's output: a head to the vector boundary, then a whole vector at each vector the walk
+  // takes, `head` values on, while it fits in the row, then what is left.
+  int64_t row = 0, row_end = -1;
+  int head = 0;
+  auto end_row = [&] {
+    const int64_t done = head + (len - head) / W * W;
+    if (done < len) out(row + done, static_cast<int>(len - done));
+  };
+  block_moments(x + next, b.stride, b.rows, len, mean, m2, pf, [&](int64_t o, const auto&) {
+    if (o > row_end) {
+      if (row_end >= 0) end_row();
+      row = o;
+      row_end = o + len - 1;
+      head = stream ? static_cast<int>(min64((W - vector_phase<W>(y + o)) % W, len)) : 0;
+      if (head) out(o, head);
+    }
+    if (o + head + W <= row_end + 1) out(o + head, Full{});
+  });
+  end_row();
 }
 
 // Adds sum(x - k) and sum((x - k)^2) over `rows` rows (row r at x + r * stride) of the columns [0, G * W) (the
@@ -1419,6 +1483,12 @@ struct NcPlan {
   }
 };
 
+// Whether every run (or piece of one) of pl is a whole number of vectors of S.
+template <class S>
+inline bool whole_vector_runs(const NcPlan& pl) {
+  return pl.L % IO<S>::width == 0 && pl.plen % IO<S>::width == 0;
+}
+
 // Pipelines over channels keep two channels in cache: the one being normalized (or its dx computed) and the next,
 // read for its statistics (sums). Where two channels of the arrays the second pass reads again take more than
 // half a core's cache, the threads share each channel instead of each taking whole channels: every thread takes
@@ -1456,7 +1526,8 @@ class TeamSync {
 // A team pipeline on nt threads (see team_pipeline): each thread takes an even share of every channel's blocks.
 // read(c, b, pf, q) takes the statistics (sums) of block b of channel c into q[0] and q[1], prefetching the block
 // pf values on (0: none); finish(c, q) returns channel c's coefficients from its blocks' pairs q[2 * b], q[2 * b + 1]
-// once every thread has posted it; write(c, b, k) normalizes block b of channel c (computes its dx) with them.
+// once every thread has posted it; write(c, b, k, q, pf) normalizes block b of channel c (computes its dx) with
+// them and, q not null, does what read(c + 1, b, pf, q) does.
 //
 // One vCPU of the EPYC VM often ran 10-25% slower than the other for a while (the faster thread waited 0.4-1.3 ms
 // of a 3.4-4.3 ms 256x256x14x14 backward), but two threads taking blocks from either end of each channel while any
@@ -1475,23 +1546,22 @@ void run_team(const Exec& ex, int nt, const NcPlan& pl, int64_t C, bool stream, 
     const int team = team_size();
     const Share mine = my_share(pl.nb);
     // Block b of channel c: its pair, and the distance to the block this thread reads next.
-    auto take = [&](int64_t c, int64_t b) {
-      int64_t pf = 0;
-      if (stream && b + 1 < mine.end) {
-        pf = pl.block(b + 1).offset - pl.block(b).offset;
-      } else if (stream && c + 1 < C) {
-        pf = pl.L + pl.block(mine.begin).offset - pl.block(b).offset;
-      }
-      read(c, b, pf, part + 2 * (c * pl.nb + b));
+    auto pf_of = [&](int64_t c, int64_t b) -> int64_t {
+      if (stream && b + 1 < mine.end) return pl.block(b + 1).offset - pl.block(b).offset;
+      if (stream && c + 1 < C) return pl.L + pl.block(mine.begin).offset - pl.block(b).offset;
+      return 0;
     };
-    for (int64_t b = mine.begin; b < mine.end; ++b) take(0, b);
+    for (int64_t b = mine.begin; b < mine.end; ++b) read(0, b, pf_of(0, b), part + 2 * b);
     sync.post(0);
     for (int64_t c = 0; c < C; ++c) {
       sync.wait(c, team);
       const auto k = finish(c, static_cast<const double*>(part + 2 * c * pl.nb));
       for (int64_t b = mine.begin; b < mine.end; ++b) {
-        write(c, b, k);
-        if (c + 1 < C) take(c + 1, b);
+        if (c + 1 < C) {
+          write(c, b, k, part + 2 * ((c + 1) * pl.nb + b), pf_of(c + 1, b));
+        } else {
+          write(c, b, k, nullptr, 0);
+        }
       }
       if (c + 1 < C) sync.post(c + 1);
     }
@@ -1837,21 +1907,41 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   // loop (paired, 2 threads: 64x128x56x56 1.03x, 256x256x14x14 1.11x, NCL 128x64x1024 1.06x). Only for
   // tensors too big for the last-level cache (those whose output streams): from that cache the prefetches
   // cost more than they hide (16x128x20x20: 2-4% slower).
-  auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, bool prefetch_next) {
+  auto fwd_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, bool prefetch_next) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
     const S* pf = prefetch_next && stream ? a.x + o + L : nullptr;
-    fwd_block_nc<S, A>({a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope, stream, pf});
+    return FwdBlock<S>{a.x + o, a.residual ? a.residual + o : nullptr, a.y + o, stride, bl.rows, bl.len, k, slope,
+                       stream, pf};
+  };
+  auto apply_block = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, bool prefetch_next) {
+    fwd_block_nc<S, A>(fwd_block(c, b, k, prefetch_next));
+  };
+  auto block_stats = [&](int64_t c, int64_t b, int64_t pf, double& mean, double& m2) {
+    const NcPlan::Block bl = pl.block(b);
+    block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mean, m2, pf);
+  };
+  // Normalizes block b of channel c and takes the moments of block b of channel c + 1: in one loop
+  // (fwd_block_with_moments) where the output streams and runs are whole vectors. Paired on the EPYC VM, 2 threads,
+  // run-time switch, order shuffled, ~300-400 pairs: NCL 128x64x1024 1.07-1.12x, 128x64x32x32 1.06-1.11x,
+  // 64x64x48x48 1.05x, 32x256x28x28 1.05x, 64x64x2048 1.07x; 64x128x56x56 0.98-1.03x, 128x64x40x40 1.00x,
+  // 64x3x224x224 0.98-1.00x (the shares of two channels overflow the L2 there). Over 14x14 runs (a head and a
+  // tail per 12 vectors) it lost, 0.94-0.95x, so those keep the two loops.
+  const bool fuses = stream && whole_vector_runs<S>(pl);
+  auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
+    if (fuses) {
+      fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
+    } else {
+      apply_block(c, b, k, true);
+      block_stats(c + 1, b, pf, mean, m2);
+    }
   };
 
   if (team_pipeline(nt, pl.nb, N * L * static_cast<int64_t>(sizeof(S)), ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), in the same pipeline.
     run_team(
         ex, nt, pl, C, stream,
-        [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's mean and M2
-          const NcPlan::Block bl = pl.block(b);
-          block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, q[0], q[1], pf);
-        },
+        [&](int64_t c, int64_t b, int64_t pf, double* q) { block_stats(c, b, pf, q[0], q[1]); },  // mean and M2
         [&](int64_t c, const double* q) {
           Moments m;
           for (int64_t b = 0; b < pl.nb; ++b) {
@@ -1859,7 +1949,13 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
           }
           return train_finish(a, c, m, thread_id() == 0);  // every thread's coefficients, one writer
         },
-        [&](int64_t c, int64_t b, const FwdCoef<Cp>& k) { apply_block(c, b, k, c + 1 < C); });
+        [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, double* q, int64_t pf) {
+          if (q) {
+            step(c, b, k, pf, q[0], q[1]);
+          } else {
+            apply_block(c, b, k, false);
+          }
+        });
     return;
   }
 
@@ -1873,23 +1969,29 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     {
       probe.started();
       const Share mine = my_share(C);
-      auto stats_block = [&](int64_t c, int64_t b, Moments& m) {
-        const NcPlan::Block bl = pl.block(b);
-        double mb, qb;
-        block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mb, qb,
-                      stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0);
-        merge(m, static_cast<double>(bl.rows * bl.len), mb, qb);
+      auto pf_of = [&](int64_t c, int64_t b) { return stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0; };
+      auto add = [&](Moments& m, int64_t b, double mb, double qb) {
+        merge(m, static_cast<double>(pl.block(b).rows * pl.block(b).len), mb, qb);
       };
       Moments cur;
       if (mine.begin < mine.end) {
-        for (int64_t b = 0; b < pl.nb; ++b) stats_block(mine.begin, b, cur);
+        for (int64_t b = 0; b < pl.nb; ++b) {
+          double mb, qb;
+          block_stats(mine.begin, b, pf_of(mine.begin, b), mb, qb);
+          add(cur, b, mb, qb);
+        }
       }
       for (int64_t c = mine.begin; c < mine.end; ++c) {
         const FwdCoef<Cp> k = train_finish(a, c, cur);
         Moments next;
         for (int64_t b = 0; b < pl.nb; ++b) {
-          apply_block(c, b, k, c + 1 < mine.end);
-          if (c + 1 < mine.end) stats_block(c + 1, b, next);
+          if (c + 1 < mine.end) {
+            double mb, qb;
+            step(c, b, k, pf_of(c + 1, b), mb, qb);
+            add(next, b, mb, qb);
+          } else {
+            apply_block(c, b, k, false);
+          }
         }
         cur = next;
       }
@@ -2219,17 +2321,18 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // channel's coefficients, as the training forward does.
   const bool flat = su.elementwise && flat_nc(C, L);
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
+  auto bwd_sums = [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's Sdz and Su
+    const NcPlan::Block bl = pl.block(b);
+    const int64_t o = c * L + bl.offset;
+    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
+                   static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
+                  q[0], q[1]);
+  };
   if (a.phase == Phase::full && !su.scale_only && !flat && team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), else as the pipeline below.
     run_team(
         ex, nt, pl, C, stream,
-        [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's Sdz and Su
-          const NcPlan::Block bl = pl.block(b);
-          const int64_t o = c * L + bl.offset;
-          su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
-                         static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
-                        q[0], q[1]);
-        },
+        bwd_sums,
         [&](int64_t c, const double* q) {
           double sdz = 0, sum_u = 0;
           for (int64_t b = 0; b < pl.nb; ++b) {
@@ -2238,7 +2341,10 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           }
           return finish_bwd(a, c, sdz, sum_u, thread_id() == 0);  // every thread's coefficients, one writer
         },
-        [&](int64_t c, int64_t b, const BwdCoef<Cp>& k) { dx_block(c, b, k, c + 1 < C); });
+        [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, double* q, int64_t pf) {
+          dx_block(c, b, k, q != nullptr);
+          if (q) bwd_sums(c + 1, b, pf, q);
+        });
     return;
   }
   if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
