@@ -374,6 +374,49 @@ inline void put(S* out, typename IO<S>::reg v, M m, bool stream) {
   }
 }
 
+// A per-vector hook that does nothing.
+struct NoHook {
+  template <class M>
+  void operator()(int64_t, const M&) const {}
+};
+
+// The output of a block of `rows` runs of `len` values, written one piece per vector of a walk over a block of the
+// same geometry (see fwd_block_with_moments): in the pieces span() cuts, a head to the vector boundary that
+// streaming stores need, whole vectors, a tail. The walk goes row by row, each from its start, offsets rising: a
+// vector past the row's end starts the next row. The row's head is written there, then a whole vector `head`
+// values on from each vector the walk takes while it fits in the row, and the rest of the row when it ends
+// (finish() for the last). out(o, m) writes the values at o: m is Full or a count.
+template <int W, class S, class Out>
+class RowPieces {
+ public:
+  RowPieces(const S* out, int64_t len, bool stream, Out& f) : out_(out), len_(len), stream_(stream), f_(f) {}
+  template <class M>
+  void operator()(int64_t o, const M&) {
+    if (o > row_end_) {
+      finish();
+      row_ = o;
+      row_end_ = o + len_ - 1;
+      head_ = stream_ ? static_cast<int>(min64((W - vector_phase<W>(out_ + o)) % W, len_)) : 0;
+      if (head_) f_(o, head_);
+    }
+    if (o + head_ + W <= row_end_ + 1) f_(o + head_, Full{});
+  }
+  void finish() {
+    if (row_end_ < 0) return;
+    const int64_t done = head_ + (len_ - head_) / W * W;
+    if (done < len_) f_(row_ + done, static_cast<int>(len_ - done));
+    row_end_ = -1;
+  }
+
+ private:
+  const S* out_;
+  int64_t len_;
+  bool stream_;
+  Out& f_;
+  int64_t row_ = 0, row_end_ = -1;
+  int head_ = 0;
+};
+
 // ---------------------------------------------------------------------------------------------------------
 // Bounded sums: U accumulators of float (or double) lanes, moved into double lanes by flush()
 
@@ -1124,12 +1167,6 @@ inline void moments_scaled(const S* p, int64_t stride, int64_t rows, int64_t len
   m2 = std::scalbn(std::fmax(q - s * s / n, 0.0), 2 * e);
 }
 
-// A per-vector hook that does nothing.
-struct NoHook {
-  template <class M>
-  void operator()(int64_t, const M&) const {}
-};
-
 // Sums of the deviations from k of `rows` runs of `len` values, and of their squares, in four independent
 // chains (so that the pass goes at the cache's speed rather than the adds' latency); also(o, m) runs with each
 // vector (see block_moments).
@@ -1226,8 +1263,7 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
 // The pipelines' step: normalizes block b and takes the moments of the block of the same geometry `next` values
 // on (the next channel's, read from memory) in one loop, a vector of output with each vector of moments, so that
 // the reads from memory and the streaming writes interleave as in a copy rather than block by block. The moments
-// are block_moments' bits; the output goes in the pieces span() would cut (a head to the vector boundary that
-// streaming stores need, whole vectors, a tail).
+// are block_moments' bits; the output goes in the pieces span() would cut (RowPieces).
 template <class S, Act A>
 FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, double& mean, double& m2, int64_t pf) {
   using C = compute_t<S>;
@@ -1245,26 +1281,9 @@ FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, d
     if (res) z = V::add(z, ld(res + o, m));
     put(y + o, ActOps<C, A>::fwd(z, sl), m, stream);
   };
-  // The walk goes row by row, each from its start, offsets rising: a vector at or past the row's end starts the
-  // next row. Each row's output: a head to the vector boundary, then a whole vector at each vector the walk
-  // takes, `head` values on, while it fits in the row, then what is left.
-  int64_t row = 0, row_end = -1;
-  int head = 0;
-  auto end_row = [&] {
-    const int64_t done = head + (len - head) / W * W;
-    if (done < len) out(row + done, static_cast<int>(len - done));
-  };
-  block_moments(x + next, b.stride, b.rows, len, mean, m2, pf, [&](int64_t o, const auto&) {
-    if (o > row_end) {
-      if (row_end >= 0) end_row();
-      row = o;
-      row_end = o + len - 1;
-      head = stream ? static_cast<int>(min64((W - vector_phase<W>(y + o)) % W, len)) : 0;
-      if (head) out(o, head);
-    }
-    if (o + head + W <= row_end + 1) out(o + head, Full{});
-  });
-  end_row();
+  RowPieces<W, S, decltype(out)> pieces(y, len, stream, out);
+  block_moments(x + next, b.stride, b.rows, len, mean, m2, pf, pieces);
+  pieces.finish();
 }
 
 // Adds sum(x - k) and sum((x - k)^2) over `rows` rows (row r at x + r * stride) of the columns [0, G * W) (the
@@ -2380,7 +2399,9 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         // Pipelined over channels as in train_nc: the dx of channel c block by block together with the sums
         // of channel c + 1, each prefetching what is read next (tensors beyond the last-level cache; paired,
         // 2 threads, against no prefetches: 32x256x28x28 1.10x, 256x256x14x14 1.04x; the sums' prefetch alone
-        // gives the unpipelined 64x128x56x56 1.09x and NCL 128x64x1024 1.05x).
+        // gives the unpipelined 64x128x56x56 1.09x and NCL 128x64x1024 1.05x). A block's dx in the loop of the
+        // next channel's sums, as the training forward's step, did not pay here or in the team (paired, ~300
+        // pairs: NCL 1.03x, 128x64x32x32 1.02x, 64x128x56x56 1.00x, 32x256x28x28 0.92x, 64x3x224x224 0.96x).
         double sdz = 0, sum_u = 0;
         if (mine.begin < mine.end) {
           for (int64_t b = 0; b < pl.nb; ++b) sums_block(mine.begin, b, sdz, sum_u);
