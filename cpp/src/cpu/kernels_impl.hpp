@@ -1940,13 +1940,17 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     const NcPlan::Block bl = pl.block(b);
     block_moments(a.x + c * L + bl.offset, stride, bl.rows, bl.len, mean, m2, pf);
   };
+  const int64_t channel_bytes = N * L * static_cast<int64_t>(sizeof(S));
+  const bool team = team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes);
   // Normalizes block b of channel c and takes the moments of block b of channel c + 1: in one loop
-  // (fwd_block_with_moments) where the output streams and runs are whole vectors. Paired on the EPYC VM, 2 threads,
-  // run-time switch, order shuffled, ~300-400 pairs: NCL 128x64x1024 1.07-1.12x, 128x64x32x32 1.06-1.11x,
-  // 64x64x48x48 1.05x, 32x256x28x28 1.05x, 64x64x2048 1.07x; 64x128x56x56 0.98-1.03x, 128x64x40x40 1.00x,
-  // 64x3x224x224 0.98-1.00x (the shares of two channels overflow the L2 there). Over 14x14 runs (a head and a
-  // tail per 12 vectors) it lost, 0.94-0.95x, so those keep the two loops.
-  const bool fuses = stream && whole_vector_runs<S>(pl);
+  // (fwd_block_with_moments) where the output streams, runs are whole vectors and a thread's share of two channels
+  // fits in 3/4 of its cache. Paired on the EPYC VM, 2 threads, run-time switch, order shuffled, 300-400 pairs a
+  // run: NCL 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 64x64x48x48 1.04-1.05x,
+  // 32x256x28x28 0.98-1.05x. Where the shares overflow the cache (the re-read then comes from L3) it did not
+  // pay: 64x128x56x56 0.98-1.03x, 128x64x40x40 0.99-1.00x, 64x3x224x224 0.98-1.00x; nor over 14x14 runs (a head
+  // and a tail per 12 vectors): 0.94-0.95x.
+  const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
+  const bool fuses = stream && whole_vector_runs<S>(pl) && 8 * share <= 3 * ex.cache_bytes;
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
       fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
@@ -1956,7 +1960,7 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
     }
   };
 
-  if (team_pipeline(nt, pl.nb, N * L * static_cast<int64_t>(sizeof(S)), ex.cache_bytes)) {
+  if (team) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), in the same pipeline.
     run_team(
         ex, nt, pl, C, stream,
