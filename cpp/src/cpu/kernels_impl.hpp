@@ -1945,13 +1945,15 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   const bool team = team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes);
   // Normalizes block b of channel c and takes the moments of block b of channel c + 1: in one loop
   // (fwd_block_with_moments) where the output streams, runs are whole vectors and a thread's share of two channels
-  // fits in 3/4 of its cache. Paired on the EPYC VM, 2 threads, run-time switch, order shuffled, 300-400 pairs a
-  // run: NCL 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 64x64x48x48 1.04-1.05x,
-  // 32x256x28x28 0.98-1.05x. Where the shares overflow the cache (the re-read then comes from L3) it did not
-  // pay: 64x128x56x56 0.98-1.03x, 128x64x40x40 0.99-1.00x, 64x3x224x224 0.98-1.00x; nor over 14x14 runs (a head
-  // and a tail per 12 vectors): 0.94-0.95x.
+  // fits in half its cache. Paired on the EPYC VM, 2 threads, run-time switch, order shuffled, 300-400 pairs a
+  // run: NCL 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 32x256x28x28 0.98-1.05x;
+  // builds alternating (4 pairs, fraction of the copy): NCL 0.80-0.82 -> 0.85-0.92, 128x64x32x32 0.79-0.82 ->
+  // 0.82-0.92. Where the shares take more (the re-read then comes partly from L3) it did not pay: 64x64x48x48
+  // 1.04-1.05x in one process but 0.85-0.89 -> 0.84-0.86 with builds alternating, 64x128x56x56 0.98-1.03x,
+  // 128x64x40x40 0.99-1.00x, 64x3x224x224 0.98-1.00x; nor over 14x14 runs (a head and a tail per 12 vectors):
+  // 0.94-0.95x.
   const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
-  const bool fuses = stream && whole_vector_runs<S>(pl) && 8 * share <= 3 * ex.cache_bytes;
+  const bool fuses = stream && whole_vector_runs<S>(pl) && 4 * share <= ex.cache_bytes;
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
       fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
