@@ -768,6 +768,14 @@ inline void span(S* out, int64_t n, bool stream, K& k, F&& f) {
 // ---------------------------------------------------------------------------------------------------------
 // Forward elementwise: y = act((x - center) * sc + sh [+ r])
 
+// The output at x + i (m: Full or a count of lanes) with the coefficients center, sc, sh and the slope sl.
+template <class S, Act A, class M, class R = typename Vec<compute_t<S>>::reg>
+inline R fwd_value(const S* x, const S* r, int64_t i, const M& m, R center, R sc, R sh, R sl) {
+  R z = Vec<compute_t<S>>::fmadd(Vec<compute_t<S>>::sub(ld(x + i, m), center), sc, sh);
+  if (r) z = Vec<compute_t<S>>::add(z, ld(r + i, m));
+  return ActOps<compute_t<S>, A>::fwd(z, sl);
+}
+
 template <class S, Act A, class K>
 inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k, compute_t<S> slope,
                      const S* pf = nullptr) {
@@ -775,9 +783,7 @@ inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k,
   const typename V::reg sl = V::set1(slope);
   span(y, n, stream, k, [&](int64_t i, auto m) {
     if (pf) __builtin_prefetch(pf + i, 0, 2);
-    typename V::reg z = V::fmadd(V::sub(ld(x + i, m), k.get(0)), k.get(1), k.get(2));
-    if (r) z = V::add(z, ld(r + i, m));
-    return ActOps<compute_t<S>, A>::fwd(z, sl);
+    return fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl);
   });
 }
 
@@ -1277,11 +1283,7 @@ FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, d
   S* const y = b.y;
   const bool stream = b.stream;
   const int64_t len = b.len;
-  auto out = [&](int64_t o, auto m) {
-    typename V::reg z = V::fmadd(V::sub(ld(x + o, m), center), sc, sh);
-    if (res) z = V::add(z, ld(res + o, m));
-    put(y + o, ActOps<C, A>::fwd(z, sl), m, stream);
-  };
+  auto out = [&](int64_t o, auto m) { put(y + o, fwd_value<S, A>(x, res, o, m, center, sc, sh, sl), m, stream); };
   RowPieces<W, S, decltype(out)> pieces(y, len, stream, out);
   block_moments(x + next, b.stride, b.rows, len, mean, m2, pf, pieces);
   pieces.finish();
