@@ -2292,14 +2292,17 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const bool stream = can_stream_runs(a.dx, bytes, L, ex.stream_min_bytes);
   const BwdSetup<S> su(a);
   auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
-  auto sums_block = [&](int64_t c, int64_t b, double& sdz, double& sum_u) {
+  // Sdz and Su of block b of channel c, prefetching the block pf values on (0: none).
+  auto block_sums = [&](int64_t c, int64_t b, int64_t pf, double& g, double& h) {
     const NcPlan::Block bl = pl.block(b);
     const int64_t o = c * L + bl.offset;
-    const Cp center = static_cast<Cp>(bwd_channel(a, c).center);
-    double g, h;
-    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len, center, su.slope, su.inv_slope,
-                   stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0},
+    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
+                   static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
                   g, h);
+  };
+  auto sums_block = [&](int64_t c, int64_t b, double& sdz, double& sum_u) {
+    double g, h;
+    block_sums(c, b, stream ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0, g, h);
     sdz += g;
     sum_u += h;
   };
@@ -2349,18 +2352,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // channel's coefficients, as the training forward does.
   const bool flat = su.elementwise && flat_nc(C, L);
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
-  auto bwd_sums = [&](int64_t c, int64_t b, int64_t pf, double* q) {  // the block's Sdz and Su
-    const NcPlan::Block bl = pl.block(b);
-    const int64_t o = c * L + bl.offset;
-    su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), stride, bl.rows, bl.len,
-                   static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
-                  q[0], q[1]);
-  };
   if (a.phase == Phase::full && !su.scale_only && !flat && team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), else as the pipeline below.
     run_team(
         ex, nt, pl, C, stream,
-        bwd_sums,
+        [&](int64_t c, int64_t b, int64_t pf, double* q) { block_sums(c, b, pf, q[0], q[1]); },
         [&](int64_t c, const double* q) {
           double sdz = 0, sum_u = 0;
           for (int64_t b = 0; b < pl.nb; ++b) {
@@ -2371,7 +2367,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         },
         [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, double* q, int64_t pf) {
           dx_block(c, b, k, q != nullptr);
-          if (q) bwd_sums(c + 1, b, pf, q);
+          if (q) block_sums(c + 1, b, pf, q[0], q[1]);
         });
     return;
   }
