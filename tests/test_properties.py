@@ -603,6 +603,39 @@ def test_train_spike_first(path, streaming, shape, axis, dtype):
     check_train(x, None, None, axis, 1e-5, y, mean, var)
 
 
+# Channels-last rows are cut into chunks; each chunk takes one shift per channel (the mean of its first 16 rows) for
+# one pass over all its rows, and a group of channels whose shift is off takes two passes tile by tile. A tensor
+# under 4 MiB is cut into 4 equal chunks: here spikes lie in the first rows of the second, third and fourth chunks,
+# each in one channel of a different group (the last a partial vector), and a channel ramps along the rows (every
+# chunk's first rows far from its mean: its group falls back in every chunk); the other groups keep the one pass.
+# Each channel's statistics must be as accurate as the float64 reference allows (each spike, on three levels as in
+# ORDERED, fails that in float32 when its chunk keeps a shift taken from the spike), the statistics alone must
+# agree with the forward's, and 1 and 2 threads must give the same bits.
+@each_path
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_channels_last_chunks_fall_back_group_by_group(path, streaming, dtype):
+    rng = np.random.default_rng(11)
+    c = 200
+    rows = (4 << 20) // (c * np.dtype(dtype).itemsize) // 64 * 64  # 4 chunks of rows / 4 (3.3 MB)
+    x = rng.standard_normal((rows, c)) * 2 + 1
+    x[:, 70] = np.linspace(-100.0, 100.0, rows)
+    for ch, at, sign in [(5, rows // 4, 1.0), (150, rows // 2, -1.0), (197, 3 * rows // 4, 1.0)]:
+        x[:, ch] = rng.integers(-1, 2, rows)  # three levels, whose roundings add up (see ORDERED)
+        x[at : at + 16, ch] += 1000 * sign
+    x = x.astype(dtype)
+    runs = []
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        with simd(path):
+            y, mean, var = fastbn.batch_norm_train(x, None, None, axis=1)
+            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)
+        check_train(x, None, None, 1, 1e-5, y, mean, var)
+        assert np.array_equal(smean.astype(dtype), mean) and np.array_equal((sm2 / rows).astype(dtype), var)
+        runs.append((y, mean, var, smean, sm2))
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Family 5: the BatchNorm layer over several steps
 

@@ -1365,8 +1365,8 @@ inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t
 
 // The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
 // the sums are kept when every lane's |mean - k| <= std; false otherwise (s1 and s2 then hold partial sums).
-// Paired against always two passes on the EPYC VM, 2 threads: statistics of 25088x256 (in the last-level
-// cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
+// Paired against always two passes on the EPYC VM, 2 threads (then per tile): statistics of 25088x256 (in the
+// last-level cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
 template <class S, int G, class M>
 inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* s1,
                                   double* s2) {
@@ -1409,39 +1409,23 @@ constexpr int kStatsGroup = 8;  // 4 * 8 of the 32 vector registers
 constexpr int kStatsGroup = 3;
 #endif
 
-template <class S>
-inline void tile_moments_cl(const S* x, int64_t rows, int64_t C, compute_t<S>* k, double* d1, double* s1,
-                            double* s2, bool phased) {
-  constexpr int W = Vec<compute_t<S>>::width;
-  for (int64_t c = 0; c < round_up(C, 16); ++c) d1[c] = s1[c] = s2[c] = 0;  // the last group writes whole vectors
-  const int phase = phased ? column_phase(C, x) : 0;
-  for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
-    constexpr int G = decltype(g)::value;
-    with_phase<S>(phase, m0, [&](auto m) {
-      // Tiles of a few rows (small tensors cut into 4 chunks) gain nothing: the guess would read most of them.
-      if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x + c, rows, C, m, k + c, s1 + c, s2 + c)) return;
-      for (int i = 0; i < G * W; ++i) s1[c + i] = s2[c + i] = 0;
-      moments_group_cl<S, G>(x + c, rows, C, m, k + c, d1 + c, s1 + c, s2 + c);
-    });
-  });
-}
-
-// Folds a tile (rows values per channel, as left by tile_moments_cl) into per-channel running (mean, M2) of
-// n_acc values, with the formulas of block_moments + merge. The loops are branch-free so that they vectorize;
-// a tile whose squares overflowed somewhere takes the checking loop, with the scaled path where needed.
+// Folds the sums of `rows` rows (as left by moments_group_cl(_once)) of `count` channels, rows `stride` apart,
+// into per-channel running (mean, M2) of n_acc values, with the formulas of block_moments + merge. The loops are
+// branch-free so that they vectorize; sums whose squares overflowed somewhere take the checking loop, with the
+// scaled path where needed.
 template <bool kCheck, class S>
-inline void merge_tile_cl_loop(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t C,
-                               const compute_t<S>* k, const double* s1, const double* s2) {
+inline void merge_tile_cl_loop(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t count,
+                               int64_t stride, const compute_t<S>* k, const double* s1, const double* s2) {
   const double nb = static_cast<double>(rows);
   const double f = nb / (n_acc + nb), g = n_acc * f;
-  for (int64_t c = 0; c < C; ++c) {
+  for (int64_t c = 0; c < count; ++c) {
     const double d = s1[c] / nb;  // a division: exact for a constant channel's s1 = nb * d, unlike * (1 / nb)
     double mb = static_cast<double>(k[c]) + d;
     double qb = std::fma(-s1[c], d, s2[c]);
     qb = qb < 0 ? 0 : qb;  // rounding; NaN passes through
     if constexpr (kCheck) {
       if (!std::isfinite(s2[c]) && std::isfinite(s1[c] + static_cast<double>(k[c]))) {
-        moments_scaled(x + c, C, rows, 1, static_cast<double>(k[c]), mb, qb);
+        moments_scaled(x + c, stride, rows, 1, static_cast<double>(k[c]), mb, qb);
       }
     }
     const double delta = mb - pm[c];
@@ -1451,14 +1435,44 @@ inline void merge_tile_cl_loop(const S* x, double* pm, double* pq, double n_acc,
 }
 
 template <class S>
-inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t C,
-                          const compute_t<S>* k, const double* s1, const double* s2) {
+inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int64_t rows, int64_t count,
+                          int64_t stride, const compute_t<S>* k, const double* s1, const double* s2) {
   bool overflow = false;
-  for (int64_t c = 0; c < C; ++c) overflow |= !(std::fabs(s2[c]) <= std::numeric_limits<double>::max());
+  for (int64_t c = 0; c < count; ++c) overflow |= !(std::fabs(s2[c]) <= std::numeric_limits<double>::max());
   if (overflow) {
-    merge_tile_cl_loop<true>(x, pm, pq, n_acc, rows, C, k, s1, s2);
+    merge_tile_cl_loop<true>(x, pm, pq, n_acc, rows, count, stride, k, s1, s2);
   } else {
-    merge_tile_cl_loop<false>(x, pm, pq, n_acc, rows, C, k, s1, s2);
+    merge_tile_cl_loop<false>(x, pm, pq, n_acc, rows, count, stride, k, s1, s2);
+  }
+}
+
+// The moments of a chunk of `rows` channels-last rows for the `count` channels of a group (moments_group_cl),
+// into the chunk's partials pm and pq: one pass over the whole chunk with one shift per channel (the mean of
+// the chunk's first kShiftRows rows), or where a shift is off (or the chunk short) two passes tile by tile, each
+// tile (in the core's cache) folded in turn. k, d1, s1, s2: scratch of G * W entries.
+// A shift, a check and a fold per chunk rather than per 256 KiB tile, and cl_stats folding the chunks' partials row
+// by row (not channel by channel, a stride of C through nchunks rows): builds alternating on the EPYC VM, 2
+// threads, 4 pairs: training of 8192x1024 0.60-0.82 -> 0.84-0.92 of the 3S stream, of 32768x1024 0.62-0.78 ->
+// 0.85-0.88; statistics alone of 8192x4096 6.7-7.0 -> 5.0-5.1 ms; 64x56x56x128 (one group a row) unchanged.
+template <class S, int G, class M>
+inline void chunk_group_moments(const S* x, int64_t rows, int64_t C, int64_t tile, M m, int64_t count,
+                                compute_t<S>* k, double* d1, double* s1, double* s2, double* pm, double* pq) {
+  constexpr int W = Vec<compute_t<S>>::width;
+  auto zero = [&] {
+    for (int i = 0; i < G * W; ++i) d1[i] = s1[i] = s2[i] = 0;  // the last group writes whole vectors
+  };
+  zero();
+  if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x, rows, C, m, k, s1, s2)) {
+    merge_tile_cl(x, pm, pq, 0, rows, count, C, k, s1, s2);
+    return;
+  }
+  double n_acc = 0;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t n = min64(tile, rows - r0);
+    zero();  // (the one pass left its partial sums)
+    moments_group_cl<S, G>(x + r0 * C, n, C, m, k, d1, s1, s2);
+    merge_tile_cl(x + r0 * C, pm, pq, n_acc, n, count, C, k, s1, s2);
+    n_acc += static_cast<double>(n);
   }
 }
 
@@ -1723,6 +1737,7 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
 template <class S>
 inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, double* pmean, double* pm2,
                      compute_t<S>* kscratch, double* dscratch, Moments* out, bool phased) {
+  constexpr int W = Vec<compute_t<S>>::width;
   const int64_t Cp = round_up(C, 16);
   compute_t<S>* k = kscratch + Cp * thread_id();
   double* d1 = dscratch + 3 * Cp * thread_id();
@@ -1730,26 +1745,35 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
   double* s2 = s1 + Cp;
 #pragma omp for schedule(static)
   for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-    double* pm = pmean + ch * C;
-    double* pq = pm2 + ch * C;
-    const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
-    double n_acc = 0;
-    for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
-      const int64_t rows = min64(plan.tile, end - r0);
-      tile_moments_cl(x + r0 * C, rows, C, k, d1, s1, s2, phased);
-      merge_tile_cl(x + r0 * C, pm, pq, n_acc, rows, C, k, s1, s2);
-      n_acc += static_cast<double>(rows);
-    }
+    const S* xc = x + plan.chunk_begin(ch) * C;
+    const int64_t rows = min64(plan.chunk, R - plan.chunk_begin(ch));
+    const int phase = phased ? column_phase(C, xc) : 0;
+    for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
+      constexpr int G = decltype(g)::value;
+      with_phase<S>(phase, m0, [&](auto m) {
+        chunk_group_moments<S, G>(xc + c, rows, C, plan.tile, m, min64(G * W, C - c), k + c, d1 + c, s1 + c, s2 + c,
+                                  pmean + ch * C + c, pm2 + ch * C + c);
+      });
+    });
   }
-#pragma omp for schedule(static)
-  for (int64_t c = 0; c < C; ++c) {
-    Moments m;
-    for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-      const int64_t rows = min64(plan.chunk, R - plan.chunk_begin(ch));
-      merge(m, static_cast<double>(rows), pmean[ch * C + c], pm2[ch * C + c]);
+  // The chunks' partials folded in chunk order into chunk 0's (merge's formulas: every chunk has one count for all
+  // channels), each thread over its own channels, reading the partials row by row.
+  const Share mine = my_share(C);
+  double n_acc = static_cast<double>(min64(plan.chunk, R));
+  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
+    const double nb = static_cast<double>(min64(plan.chunk, R - plan.chunk_begin(ch)));
+    const double n = n_acc + nb, f = nb / n;
+    const double* pm = pmean + ch * C;
+    const double* pq = pm2 + ch * C;
+    for (int64_t c = mine.begin; c < mine.end; ++c) {
+      const double delta = pm[c] - pmean[c];
+      pmean[c] += delta * f;
+      pm2[c] += pq[c] + delta * delta * n_acc * f;
     }
-    out[c] = m;
+    n_acc = n;
   }
+  for (int64_t c = mine.begin; c < mine.end; ++c) out[c] = {n_acc, pmean[c], pm2[c]};
+#pragma omp barrier
 }
 
 template <class S>
