@@ -2604,16 +2604,24 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
           if (dx_with_sums) dx_rows(r0, rows);
         }
       }
-#pragma omp for schedule(static)
-      for (int64_t c = 0; c < C; ++c) {
-        double sdz = 0, sum_u = 0;
-        for (int64_t ch = 0; ch < plan.nchunks; ++ch) {
-          sdz += psdz[ch * Cs + c];
-          sum_u += psu[ch * Cs + c];
+      // The chunks' sums added in chunk order into chunk 0's, each thread over its own channels, reading the
+      // partials row by row (not channel by channel through all chunks: 3% of 8192x1024's backward).
+      const Share mine = my_share(C);
+      for (int64_t c = mine.begin; c < mine.end; ++c) {
+        psdz[c] = 0.0 + psdz[c];  // the sums start at 0, as a channel's own loop would
+        psu[c] = 0.0 + psu[c];
+      }
+      for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
+        for (int64_t c = mine.begin; c < mine.end; ++c) {
+          psdz[c] += psdz[ch * Cs + c];
+          psu[c] += psu[ch * Cs + c];
         }
-        const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);  // writes dgamma / dbeta (and sums)
+      }
+      for (int64_t c = mine.begin; c < mine.end; ++c) {
+        const BwdCoef<Cp> k = finish_bwd(a, c, psdz[c], psu[c]);  // writes dgamma / dbeta (and sums)
         if (!su.scale_only) co.set(c, k);
       }
+#pragma omp barrier
       if (!su.scale_only) {
 #pragma omp single
         co.extend(C, 4);
