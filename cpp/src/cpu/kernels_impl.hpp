@@ -519,18 +519,23 @@ struct Moments {
   double n = 0, mean = 0, m2 = 0;
 };
 
-// Chan et al.: fold a part of nb values with mean mb and M2 qb into acc. The first part is copied (a delta
-// against the empty mean 0 could overflow and give inf * 0).
+// Chan et al.'s step: folds a part with mean mb and M2 qb into (mean, m2) of n values, f = the part's share of
+// the values after it (nb / (n + nb)).
+inline void chan_fold(double& mean, double& m2, double n, double f, double mb, double qb) {
+  const double delta = mb - mean;
+  mean += delta * f;
+  m2 += qb + delta * delta * n * f;
+}
+
+// Folds a part of nb values with mean mb and M2 qb into acc. The first part is copied (a delta against the empty
+// mean 0 could overflow and give inf * 0).
 inline void merge(Moments& acc, double nb, double mb, double qb) {
   if (acc.n == 0) {
     acc = {nb, mb, qb};
     return;
   }
   const double n = acc.n + nb;
-  const double delta = mb - acc.mean;
-  const double f = nb / n;
-  acc.mean += delta * f;
-  acc.m2 += qb + delta * delta * acc.n * f;
+  chan_fold(acc.mean, acc.m2, acc.n, nb / n, mb, qb);
   acc.n = n;
 }
 
@@ -1756,7 +1761,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
       });
     });
   }
-  // The chunks' partials folded in chunk order into chunk 0's (merge's formulas: every chunk has one count for all
+  // The chunks' partials folded in chunk order into chunk 0's (merge's step: every chunk has one count for all
   // channels), each thread over its own channels, reading the partials row by row.
   const Share mine = my_share(C);
   double n_acc = static_cast<double>(min64(plan.chunk, R));
@@ -1765,11 +1770,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
     const double n = n_acc + nb, f = nb / n;
     const double* pm = pmean + ch * C;
     const double* pq = pm2 + ch * C;
-    for (int64_t c = mine.begin; c < mine.end; ++c) {
-      const double delta = pm[c] - pmean[c];
-      pmean[c] += delta * f;
-      pm2[c] += pq[c] + delta * delta * n_acc * f;
-    }
+    for (int64_t c = mine.begin; c < mine.end; ++c) chan_fold(pmean[c], pm2[c], n_acc, f, pm[c], pq[c]);
     n_acc = n;
   }
   for (int64_t c = mine.begin; c < mine.end; ++c) out[c] = {n_acc, pmean[c], pm2[c]};
