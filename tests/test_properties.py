@@ -636,6 +636,40 @@ def test_channels_last_chunks_fall_back_group_by_group(path, streaming, dtype):
         assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
 
 
+# NCHW runs of a few vectors (10x10 to 14x14) beyond the last-level cache (here: beyond the streaming threshold the
+# fixture lowers) take their statistics sample by sample: the samples are cut into chunks (4 equal ones under 4
+# MiB), each channel takes one shift per chunk (the mean of its first vector there) for one pass over its runs in
+# the chunk, and a channel whose shift is off takes two passes over that chunk. Here spikes fill a channel's first
+# vector in the second, third and fourth chunks, each in another channel (with the shift kept, float32 misses the
+# bound on two of them, by 1.4x), and a channel ramps along the samples (its shift is off in every chunk); the
+# other channels keep the one pass. As above: within the float64 reference's bound, the statistics alone equal to
+# the forward's, 1 and 2 threads (which split the channels differently) the same bits. (Scalar code takes the
+# statistics block by block here: a run of 100 vectors is over the 32 that a float sum may take.)
+@each_path
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_runs_chunks_fall_back_channel_by_channel(path, streaming, dtype):
+    rng = np.random.default_rng(13)
+    n, c = 256, 24  # 2.5 MB in float32: over the fixture's 1 MiB, 4 chunks of 64 samples
+    x = rng.standard_normal((n, c, 100)) * 2 + 1
+    x[:, 17] = np.linspace(-100.0, 100.0, n * 100).reshape(n, 100)
+    for ch, at, sign in [(5, n // 4, 1.0), (12, n // 2, -1.0), (23, 3 * n // 4, 1.0)]:
+        x[:, ch] = rng.integers(-1, 2, (n, 100))  # three levels, whose roundings add up (see ORDERED)
+        x[at, ch, :16] += 3000 * sign
+    x = x.reshape(n, c, 10, 10).astype(dtype)
+    runs = []
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        with simd(path):
+            y, mean, var = fastbn.batch_norm_train(x, None, None, axis=1)
+            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)
+        check_train(x, None, None, 1, 1e-5, y, mean, var)
+        count = n * 100
+        assert np.array_equal(smean.astype(dtype), mean) and np.array_equal((sm2 / count).astype(dtype), var)
+        runs.append((y, mean, var, smean, sm2))
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Family 5: the BatchNorm layer over several steps
 

@@ -1230,6 +1230,27 @@ inline compute_t<S> first_vector_mean(const S* p, int64_t len) {
   return static_cast<compute_t<S>>(f / static_cast<double>(w));  // a mean of values of compute_t<S>: in range
 }
 
+// The careful path of block_moments (see there): pass 1 finds the shift from bounded sums of the values, pass 2
+// sums the deviations from it; a block whose squares overflow float is summed again in double, scaled.
+template <class S>
+inline void careful_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  const double n = static_cast<double>(rows * len);
+  Bounded<V, 4> s1;
+  walk<V, 4>(
+      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, ld(p + o, m)); },  // ld zeroes a tail's lanes
+      [&] { s1.flush(); });
+  const double kd = s1.total() / n;
+  // Overflowed (or inf/NaN in the block): shift by the first value instead.
+  const C k = std::fabs(kd) <= static_cast<double>(std::numeric_limits<C>::max()) ? static_cast<C>(kd) : load1(p);
+  double s, sq;
+  shifted_sums(p, stride, rows, len, k, s, sq);
+  if (!moments_from_sums(n, static_cast<double>(k), s, sq, mean, m2)) {
+    moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
+  }
+}
+
 // Mean and M2 of `rows` runs of `len` values (run r at p + r * stride), in one pass where it can; pf != 0
 // prefetches the block at p + pf meanwhile (the next one this thread reads).
 // The sums of x - k and (x - k)^2 lose precision with the ratio sq / m2 = 1 + d^2 / var, d = mean - k, so k should
@@ -1250,26 +1271,11 @@ template <class S, class G = NoHook>
 inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len, double& mean, double& m2,
                           int64_t pf = 0, G&& also = {}) {
   using C = compute_t<S>;
-  using V = Vec<C>;
   const double n = static_cast<double>(rows * len);
-  {
-    const C k = first_vector_mean(p, len);
-    double s, sq;
-    shifted_sums(p, stride, rows, len, k, s, sq, pf, also);
-    if (moments_if_close(n, k, s, sq, mean, m2)) return;
-  }
-  Bounded<V, 4> s1;
-  walk<V, 4>(
-      rows, len, stride, [&](int j, int64_t o, auto m) { s1.add(j, ld(p + o, m)); },  // ld zeroes a tail's lanes
-      [&] { s1.flush(); });
-  const double kd = s1.total() / n;
-  // Overflowed (or inf/NaN in the block): shift by the first value instead.
-  const C k = std::fabs(kd) <= static_cast<double>(std::numeric_limits<C>::max()) ? static_cast<C>(kd) : load1(p);
+  const C k = first_vector_mean(p, len);
   double s, sq;
-  shifted_sums(p, stride, rows, len, k, s, sq);
-  if (!moments_from_sums(n, static_cast<double>(k), s, sq, mean, m2)) {
-    moments_scaled(p, stride, rows, len, static_cast<double>(k), mean, m2);
-  }
+  shifted_sums(p, stride, rows, len, k, s, sq, pf, also);
+  if (!moments_if_close(n, k, s, sq, mean, m2)) careful_moments(p, stride, rows, len, mean, m2);
 }
 
 // The pipelines' step: normalizes block b and takes the moments of the block of the same geometry `next` values
@@ -1737,6 +1743,172 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
 #pragma omp barrier
 }
 
+// Channels a unit of nc_row_stats takes at most: their double lanes fill 64 KiB.
+constexpr int64_t kRowStatsBlock = 256;
+
+template <class S>
+struct RowStatsScratch {
+  double* pmean;
+  double* pm2;
+  double* lanes;  // per thread: 2 * kRowStatsBlock * W doubles
+  compute_t<S>* k;  // per thread: kRowStatsBlock shifts
+  compute_t<S>* f;  // per thread: 2 * kRowStatsBlock * W float sums
+  Moments* mom;
+  static constexpr int64_t kLanes = 2 * kRowStatsBlock * Vec<compute_t<S>>::width;
+  static int64_t bytes(const RowPlan& plan, int64_t C, int nt) {
+    return 2 * Carver::bytes<double>(plan.nchunks * C) + nt * Carver::bytes<double>(kLanes) +
+           nt * Carver::bytes<compute_t<S>>(kRowStatsBlock) + nt * Carver::bytes<compute_t<S>>(kLanes) +
+           Carver::bytes<Moments>(C);
+  }
+  static RowStatsScratch carve(Carver& cv, const RowPlan& plan, int64_t C, int nt) {
+    RowStatsScratch r;
+    r.pmean = cv.take<double>(plan.nchunks * C);
+    r.pm2 = cv.take<double>(plan.nchunks * C);
+    r.lanes = cv.take<double>(nt * kLanes);
+    r.k = cv.take<compute_t<S>>(nt * kRowStatsBlock);
+    r.f = cv.take<compute_t<S>>(nt * kLanes);
+    r.mom = cv.take<Moments>(C);
+    return r;
+  }
+};
+
+template <class S>
+inline RowPlan nc_row_plan(int64_t N, int64_t C, int64_t L) {
+  return row_plan<S>(N, C * L, 1);
+}
+
+// Runs of a few vectors (runs_flat; too long a period for column sums): the nc training forward takes every
+// channel's statistics first and then normalizes the tensor as one flat range, as inference does, rather than
+// pipelining channels. Run by run, each of a channel's N runs is a strided read and a write with a head and a
+// tail, and runs under kStreamMinRunBytes are not streamed. Paired on the EPYC Zen 4 VM (run-time switch, order
+// shuffled, 50 rounds; old / new time): 2 threads 256x256x14x14 1.20-1.29x, 128x512x7x7 1.98-2.27x, 64x256x14x14
+// 1.71-1.82x, 32x256x14x14 2.0x, 64x512x10x10 1.64-1.76x, 128x64x12x12 1.63-1.71x; one thread 256x256x14x14
+// 1.18-1.36x, 128x512x7x7 2.3-2.4x. Not where the pipeline streams whole-vector runs, reads and writes
+// interleaved in one loop (fwd_block_with_moments): 128x256x12x12 (18.9 MB) 0.70-0.78x.
+template <class S>
+inline bool rows_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
+  if (!runs_flat<S>(L) || flat_nc(C, L)) return false;
+  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
+  return !(L % IO<S>::width == 0 && L * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes &&
+           bytes >= ex.stream_min_bytes);
+}
+// Whether those statistics go sample by sample (nc_row_stats) rather than block by block (nc_unit_stats): for
+// tensors beyond the last-level cache (those whose output streams). Paired as above, statistics alone, one
+// thread: 256x256x14x14 1.29x, 128x512x7x7 1.09x, 64x512x10x10 1.07x; two threads 0.99-1.2x; from the cache it
+// was no faster, or slower (128x256x12x12, 18.9 MB, 2 threads: 0.79x). Only runs of at most kRound vectors, which
+// nc_row_stats sums without a flush inside a run.
+template <class S>
+inline bool row_stats_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
+  return rows_nc<S>(N, C, L, ex) && ceil_div(L, Vec<compute_t<S>>::width) <= kRound &&
+         N * C * L * static_cast<int64_t>(sizeof(S)) >= ex.stream_min_bytes;
+}
+
+// Per-channel moments of an nc tensor of short runs (row_stats_nc), read sample by sample, each sample's C runs in
+// memory order, rather than channel by channel: a channel's N runs lie C * L values apart, and walked channel by
+// channel every short run starts a new stream in another page (on the EPYC Zen 4 VM, one thread, 256x256x14x14:
+// 3.9-4.1 ms block by block, 3.0 ms so). The samples are cut into chunks (row_plan over rows of C * L values: the
+// shape alone decides them). In each chunk every channel takes the shift of its first vector there (as
+// block_moments) and sums over its runs; a run's float sums go into the channel's float accumulators, moved into
+// double lanes every kRound vectors a lane. Each channel's sums are checked and, where the shift proves too far
+// from the mean, redone the careful way for that channel and chunk (careful_moments). The chunks' partials are
+// folded in chunk order, as cl_stats does. Threads take (chunk, channel block) units: a channel's sums do not
+// depend on its block, so neither do the bits. Call inside a parallel region; on return (after a barrier)
+// st.mom[c] is channel c's merge.
+template <class S>
+inline void nc_row_stats(const S* x, int64_t N, int64_t C, int64_t L, const RowPlan& plan,
+                         const RowStatsScratch<S>& st) {
+  using Cp = compute_t<S>;
+  using V = Vec<Cp>;
+  constexpr int W = V::width;
+  const int64_t P = C * L;
+  // Channel blocks: enough units for every thread to take several, none over kRowStatsBlock channels.
+  const int team = team_size();
+  const int64_t want = min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team, plan.nchunks)));
+  const int64_t cb = ceil_div(C, want), nblocks = ceil_div(C, cb);
+  double* const ds = st.lanes + thread_id() * RowStatsScratch<S>::kLanes;
+  double* const dq = ds + kRowStatsBlock * W;
+  Cp* const k = st.k + thread_id() * kRowStatsBlock;
+  Cp* const fs = st.f + thread_id() * 2 * kRowStatsBlock * W;
+  Cp* const fq = fs + kRowStatsBlock * W;
+  const Part<V> tail(static_cast<int>(L % W));
+  // Runs whose float sums an accumulator takes before they move into double lanes (kRound vectors a lane; a run
+  // has at most kRound: row_stats_nc).
+  const int64_t per_flush = kRound / ceil_div(L, W);
+#pragma omp for schedule(static)
+  for (int64_t u = 0; u < plan.nchunks * nblocks; ++u) {
+    const int64_t ch = u / nblocks, c0 = (u % nblocks) * cb, nc = min64(cb, C - c0);
+    const int64_t r0 = plan.chunk_begin(ch), rows = min64(plan.chunk, N - r0);
+    const S* const xc = x + r0 * P + c0 * L;
+    for (int64_t j = 0; j < nc; ++j) k[j] = first_vector_mean(xc + j * L, L);
+    std::fill(ds, ds + nc * W, 0.0);
+    std::fill(dq, dq + nc * W, 0.0);
+    std::fill(fs, fs + nc * W, Cp(0));
+    std::fill(fq, fq + nc * W, Cp(0));
+    for (int64_t r = 0; r < rows; ++r) {
+      const S* const xr = xc + r * P;
+      for (int64_t j = 0; j < nc; ++j) {
+        const S* const p = xr + j * L;
+        const typename V::reg kv = V::set1(k[j]);
+        typename V::reg a0 = V::zero(), a1 = V::zero(), q0 = V::zero(), q1 = V::zero();
+        int64_t o = 0;
+        for (; o + 2 * W <= L; o += 2 * W) {
+          const typename V::reg d0 = V::sub(ld(p + o, Full{}), kv), d1 = V::sub(ld(p + o + W, Full{}), kv);
+          a0 = V::add(a0, d0);
+          q0 = V::fmadd(d0, d0, q0);
+          a1 = V::add(a1, d1);
+          q1 = V::fmadd(d1, d1, q1);
+        }
+        if (o + W <= L) {
+          const typename V::reg d0 = V::sub(ld(p + o, Full{}), kv);
+          a0 = V::add(a0, d0);
+          q0 = V::fmadd(d0, d0, q0);
+          o += W;
+        }
+        if (o < L) {
+          const typename V::reg d1 = keep<V>(tail, V::sub(ld(p + o, tail), kv), V::zero());
+          a1 = V::add(a1, d1);
+          q1 = V::fmadd(d1, d1, q1);
+        }
+        V::store(fs + j * W, V::add(V::load(fs + j * W), V::add(a0, a1)));
+        V::store(fq + j * W, V::add(V::load(fq + j * W), V::add(q0, q1)));
+      }
+      if ((r + 1) % per_flush == 0 || r + 1 == rows) {
+        for (int64_t j = 0; j < nc; ++j) {
+          V::add_to(ds + j * W, V::load(fs + j * W));
+          V::add_to(dq + j * W, V::load(fq + j * W));
+        }
+        std::fill(fs, fs + nc * W, Cp(0));
+        std::fill(fq, fq + nc * W, Cp(0));
+      }
+    }
+    const double n = static_cast<double>(rows * L);
+    for (int64_t j = 0; j < nc; ++j) {
+      double s = 0.0, sq = 0.0;
+      for (int i = 0; i < W; ++i) {
+        s += ds[j * W + i];
+        sq += dq[j * W + i];
+      }
+      double& mean = st.pmean[ch * C + c0 + j];
+      double& m2 = st.pm2[ch * C + c0 + j];
+      if (!moments_if_close(n, static_cast<double>(k[j]), s, sq, mean, m2)) {
+        careful_moments(xc + j * L, P, rows, L, mean, m2);
+      }
+    }
+  }
+  const Share mine = my_share(C);
+  double n_acc = static_cast<double>(min64(plan.chunk, N) * L);
+  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
+    const double nb = static_cast<double>(min64(plan.chunk, N - plan.chunk_begin(ch)) * L);
+    const double n = n_acc + nb, f = nb / n;
+    const double* pm = st.pmean + ch * C;
+    const double* pq = st.pm2 + ch * C;
+    for (int64_t c = mine.begin; c < mine.end; ++c) chan_fold(st.pmean[c], st.pm2[c], n_acc, f, pm[c], pq[c]);
+    n_acc = n;
+  }
+  for (int64_t c = mine.begin; c < mine.end; ++c) st.mom[c] = {n_acc, st.pmean[c], st.pm2[c]};
+#pragma omp barrier
+}
+
 // Per-channel moments of a channels-last tensor: chunk partials in pmean / pm2 (nchunks * C each), merged
 // into out. Call inside a parallel region; scratch is 4 * Cp values per thread.
 template <class S>
@@ -2104,9 +2276,59 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   }
 }
 
+// Runs of a few vectors (rows_nc): every channel's statistics (sample by sample where row_stats_nc, else block by
+// block), then the flat range of inference with this batch's coefficients.
+template <class S>
+void train_nc_rows(const TrainArgs<S>& a, const Exec& ex) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, C = a.channels, L = a.inner;
+  const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
+  const bool by_rows = row_stats_nc<S>(N, C, L, ex);
+  const RowPlan plan = nc_row_plan<S>(N, C, L);
+  const NcPlan pl = NcPlan::make<S>(N, C, L);
+  [[maybe_unused]] const int nt =
+      pick_threads(ex, bytes, by_rows ? plan.nchunks * ceil_div(C, kRowStatsBlock) : C * pl.nb);
+  const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
+  const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
+  Carver carve(ex.workspace->reserve((by_rows ? RowStatsScratch<S>::bytes(plan, C, nt)
+                                              : Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C)) +
+                                     ClCoef<Cp>::bytes(C, 3)));
+  RowStatsScratch<S> st{};
+  double* part = nullptr;
+  if (by_rows) {
+    st = RowStatsScratch<S>::carve(carve, plan, C, nt);
+  } else {
+    part = carve.take<double>(2 * C * pl.nb);
+    st.mom = carve.take<Moments>(C);
+  }
+  ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
+  const int64_t total = N * C * L;
+  StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    probe.started();
+    if (by_rows) {
+      nc_row_stats(a.x, N, C, L, plan, st);
+    } else {
+      nc_unit_stats(a.x, pl, C, part, st.mom, bytes >= ex.stream_min_bytes);
+    }
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, st.mom[c]));
+#pragma omp single
+    co.extend(C, 3);
+    const Share sh = my_lines(total, a.y);
+    if (sh.end > sh.begin) {
+      fn.runs({a.x + sh.begin, a.residual ? a.residual + sh.begin : nullptr, a.y + sh.begin, sh.end - sh.begin,
+               sh.begin, L, C, {co.k[0], co.k[1], co.k[2]}, static_cast<Cp>(a.epi.slope), stream});
+    }
+    if (stream) stream_fence();
+  }
+}
+
 template <class S>
 void train_nc(const TrainArgs<S>& a, const Exec& ex) {
   if (flat_nc(a.channels, a.inner)) return train_nc_flat(a, ex);
+  if (rows_nc<S>(a.outer, a.channels, a.inner, ex)) return train_nc_rows(a, ex);
   switch (a.epi.act) {
     case Act::relu:
       return train_nc_act<S, Act::relu>(a, ex);
@@ -2179,6 +2401,23 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
     {
       probe.started();
       cl_stats(a.x, N, C, plan, st.pmean, st.pm2, st.k, st.d, st.mom, bytes >= ex.stream_min_bytes);
+    }
+    for (int64_t c = 0; c < C; ++c) {
+      a.mean[c] = st.mom[c].mean;
+      a.m2[c] = st.mom[c].m2;
+    }
+    return;
+  }
+  if (row_stats_nc<S>(N, C, L, ex)) {  // as the training forward does, so that the bits agree
+    const RowPlan plan = nc_row_plan<S>(N, C, L);
+    [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks * ceil_div(C, kRowStatsBlock));
+    Carver carve(ex.workspace->reserve(RowStatsScratch<S>::bytes(plan, C, nt)));
+    const RowStatsScratch<S> st = RowStatsScratch<S>::carve(carve, plan, C, nt);
+    StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      probe.started();
+      nc_row_stats(a.x, N, C, L, plan, st);
     }
     for (int64_t c = 0; c < C; ++c) {
       a.mean[c] = st.mom[c].mean;
