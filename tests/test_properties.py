@@ -670,6 +670,38 @@ def test_short_runs_chunks_fall_back_channel_by_channel(path, streaming, dtype):
         assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
 
 
+# The backward over the same short runs from 1 MiB on takes every channel's sums first (sample by sample beyond the
+# streaming threshold, block by block below it), then dx as one flat range; its reduce phase (a distributed
+# backward's local sums) takes the same path. dx, dgamma and dbeta within the float64 reference's bound, the reduce
+# phase's sums those of the full backward (the same bits), 1 and 2 threads the same bits.
+@each_path
+@pytest.mark.parametrize("stream_min", [1 << 20, None], ids=["by-samples", "by-blocks"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_runs_backward_sums_first(path, stream_min, dtype):
+    rng = np.random.default_rng(17)
+    x = (rng.standard_normal((128, 24, 10, 10)) * 2 + 1).astype(dtype)  # 1.2 MB in float32
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, 24).astype(dtype)
+    mean, var = ref_stats(x, 1)
+    mean, var = mean.astype(dtype), var.astype(dtype)
+    runs = []
+    if stream_min:
+        fastbn._core.set_stream_min_bytes(stream_min)
+    try:
+        for threads in (1, 2):
+            fastbn.set_num_threads(threads)
+            with simd(path):
+                dx, dgamma, dbeta = fastbn.batch_norm_backward(dy, x, mean, var, gamma, axis=1)
+                sum_dy, sum_dy_xhat = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma, axis=1)
+            check_backward(dy, x, mean, var, gamma, 1, 1e-5, True, dx, dgamma, dbeta)
+            assert np.array_equal(sum_dy.astype(dtype), dbeta) and np.array_equal(sum_dy_xhat.astype(dtype), dgamma)
+            runs.append((dx, dgamma, dbeta, sum_dy, sum_dy_xhat))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Family 5: the BatchNorm layer over several steps
 

@@ -1743,6 +1743,8 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
 #pragma omp barrier
 }
 
+// Tensors from which a backward over short runs takes its sums first (see backward_nc).
+constexpr int64_t kRowsMinBackwardBytes = 1 << 20;
 // Channels a unit of nc_row_stats takes at most: their double lanes fill 64 KiB.
 constexpr int64_t kRowStatsBlock = 256;
 
@@ -2276,6 +2278,41 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   }
 }
 
+// The backward's sums over an nc tensor of short runs, sample by sample as nc_row_stats reads (chunks from
+// nc_row_plan, (chunk, channel block) units): run_sums(r, c, g, h) gives the sums of sample r's run of channel c,
+// added in sample order within a chunk, the chunks then in chunk order. On return (after a barrier) part[2 * c]
+// and part[2 * c + 1] hold channel c's sums; part holds 2 * C doubles per chunk. Call inside a parallel region.
+template <class RunSums>
+inline void nc_row_sums(int64_t N, int64_t C, const RowPlan& plan, double* part, RunSums&& run_sums) {
+  const int team = team_size();
+  const int64_t want = min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team, plan.nchunks)));
+  const int64_t cb = ceil_div(C, want), nblocks = ceil_div(C, cb);
+#pragma omp for schedule(static)
+  for (int64_t u = 0; u < plan.nchunks * nblocks; ++u) {
+    const int64_t ch = u / nblocks, c0 = (u % nblocks) * cb, nc = min64(cb, C - c0);
+    const int64_t r0 = plan.chunk_begin(ch), rows = min64(plan.chunk, N - r0);
+    double* const q = part + 2 * (ch * C + c0);
+    std::fill(q, q + 2 * nc, 0.0);
+    for (int64_t r = r0; r < r0 + rows; ++r) {
+      for (int64_t j = 0; j < nc; ++j) {
+        double g, h;
+        run_sums(r, c0 + j, g, h);
+        q[2 * j] += g;
+        q[2 * j + 1] += h;
+      }
+    }
+  }
+  const Share mine = my_share(C);
+  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
+    const double* q = part + 2 * ch * C;
+    for (int64_t c = mine.begin; c < mine.end; ++c) {
+      part[2 * c] += q[2 * c];
+      part[2 * c + 1] += q[2 * c + 1];
+    }
+  }
+#pragma omp barrier
+}
+
 // Runs of a few vectors (rows_nc): every channel's statistics (sample by sample where row_stats_nc, else block by
 // block), then the flat range of inference with this batch's coefficients.
 template <class S>
@@ -2615,8 +2652,18 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // Short runs (NCHW 5x5 to 8x8): the sums as column sums per position, then dx in the flat walk with each
   // channel's coefficients, as the training forward does.
   const bool flat = su.elementwise && flat_nc(C, L);
+  // Runs of a few vectors (rows_nc), as the training forward: every channel's sums first (sample by sample where
+  // row_stats_nc, nc_row_sums, else block by block), then dx as one flat range. In the reduce phase too, so that
+  // its sums are the full backward's. Builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
+  // stream): 128x512x7x7 0.23-0.24 -> 0.35-0.40, 64x256x14x14 0.38-0.43 -> 0.48-0.51, 64x512x10x10 0.30-0.35 ->
+  // 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone 3.8-4.2
+  // -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
+  // (8x64x14x14, 0.4 MB: 28 -> 34 us; 16x128x14x14, 1.6 MB: 80 -> 70 us).
+  const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
+  const bool by_rows = rows && row_stats_nc<S>(N, C, L, ex);
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
-  if (a.phase == Phase::full && !su.scale_only && !flat && team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
+  if (a.phase == Phase::full && !su.scale_only && !flat && !rows &&
+      team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
     // Each thread takes its share of every channel's blocks (see team_pipeline), else as the pipeline below.
     run_team(
         ex, nt, pl, C, stream,
@@ -2635,7 +2682,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         });
     return;
   }
-  if (a.phase == Phase::full && channels_balance(C, nt) && !flat) {
+  if (a.phase == Phase::full && channels_balance(C, nt) && !flat && !rows) {
     // The pipeline keeps two channels' inputs in cache; when they do not fit, LRU evicts the very lines the
     // dx pass needs next, and the plain order is faster.
     const bool pipelined = 2 * channel_bytes <= ex.cache_bytes;
@@ -2693,12 +2740,17 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t per_thread = flat ? fp.bytes_per_thread<Cp>(4) : 0;
   const bool flat_sums = su.sums && flat_nc(C, L);
   const int64_t pos_bytes = flat_sums ? ColumnScratch<S>::bytes(C, L) : 0;
-  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<BwdCoef<Cp>>(C) +
-                                     nt * per_thread + nt * pos_bytes));
-  double* part = carve.take<double>(2 * C * pl.nb);
+  const RowPlan plan = nc_row_plan<S>(N, C, L);
+  const int64_t parts = by_rows ? plan.nchunks * C : C * pl.nb;
+  const bool rows_dx = rows && su.elementwise;
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * parts) + Carver::bytes<BwdCoef<Cp>>(C) +
+                                     nt * per_thread + nt * pos_bytes + (rows_dx ? ClCoef<Cp>::bytes(C, 4) : 0)));
+  double* part = carve.take<double>(2 * parts);
   BwdCoef<Cp>* coef = carve.take<BwdCoef<Cp>>(C);
   char* scratch = carve.take<char>(nt * per_thread);
   char* pos_scratch = carve.take<char>(nt * pos_bytes);
+  ClCoef<Cp> co{};
+  if (rows_dx) co = ClCoef<Cp>::carve(carve, C, 4);
   const bool flat_stream = flat && can_stream(a.dx, bytes, ex.stream_min_bytes);
   if (!su.sums) {
     for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, 0.0, 0.0);
@@ -2738,6 +2790,15 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
 #pragma omp barrier
+    } else if (by_rows) {
+      nc_row_sums(N, C, plan, part, [&](int64_t r, int64_t c, double& g, double& h) {
+        const int64_t o = r * stride + c * L;
+        su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), 0, 1, L, static_cast<Cp>(bwd_channel(a, c).center),
+                       su.slope, su.inv_slope},
+                      g, h);
+      });
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, part[2 * c], part[2 * c + 1]);
     } else if (su.sums) {
 #pragma omp for schedule(static)
       for (int64_t u = 0; u < C * pl.nb; ++u) {
@@ -2774,6 +2835,21 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
             }
           });
       if (flat_stream) stream_fence();
+    } else if (rows_dx) {
+      const bool stream_all = can_stream(a.dx, bytes, ex.stream_min_bytes);
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) co.set(c, coef[c]);
+#pragma omp single
+      co.extend(C, 4);
+      const Share sh = my_lines(N * stride, a.dx);
+      const int64_t b = sh.begin;
+      if (sh.end > b) {
+        const BwdRuns<S> f{a.dy + b,   off(a.x, b), off(a.y, b), a.dx + b, a.dresidual ? a.dresidual + b : nullptr,
+                           sh.end - b, b,           L,           C,        {co.k[0], co.k[1], co.k[2], co.k[3]},
+                           su.slope,   su.inv_slope, stream_all};
+        su.fn.runs_nc(f);
+      }
+      if (stream_all) stream_fence();
     } else if (su.elementwise) {
       for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
         const int64_t o = r * L;
