@@ -4,6 +4,7 @@
     python benchmarks/tables.py half  benchmarks/results/half-epyc-2core.json    # ... --dtypes float32,bfloat16,float16
     python benchmarks/tables.py fused benchmarks/results/fused-epyc-2core.json   # ... --fused
     python benchmarks/tables.py resnet benchmarks/results/resnet-epyc-2core.json # benchmarks/resnet.py --json
+    python benchmarks/tables.py compare BEFORE.json AFTER.json                   # two main runs, large cases
 
 Nothing is measured here: the numbers are the files', and each table says which run made them.
 """
@@ -146,14 +147,49 @@ def resnet_table(d: dict) -> str:
     return "\n".join(out)
 
 
+def compare_table(before: dict, after: dict, threads: int = 2) -> str:
+    """Fraction of the floor and time of each large float32 case (beyond the last-level cache) in two runs."""
+
+    def rows(d):
+        return {
+            (r["shape"], r["layout"], r["pass_"]): r
+            for r in d["results"]
+            if r["threads"] == threads and r["dtype"] == "float32" and not r["in_cache"]
+        }
+
+    b, a = rows(before), rows(after)
+    out = [
+        f"<!-- before: {_head(before)}, copy {before['copy_bandwidth_gbs']:.1f} -> "
+        f"{before['copy_bandwidth_end_gbs']:.1f} GB/s -->",
+        f"<!-- after: {_head(after)}, copy {after['copy_bandwidth_gbs']:.1f} -> "
+        f"{after['copy_bandwidth_end_gbs']:.1f} GB/s -->",
+        "| shape | memory | pass | floor | of floor, before | of floor, after | fastbn ms, before → after |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for k, r in a.items():
+        o = b.get(k)
+        if o is None:
+            continue
+        out.append(
+            f"| {_shape(k[0])} | {_layout(k[1])} | {k[2]} | {r['floor']}S | {o['floor_fraction']:.2f} | "
+            f"{r['floor_fraction']:.2f} | {o['fastbn_ms']:.3f} → {r['fastbn_ms']:.3f} |"
+        )
+    return "\n".join(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=["main", "half", "fused", "resnet"])
+    p.add_argument("kind", choices=["main", "half", "fused", "resnet", "compare"])
     p.add_argument("json", type=Path)
+    p.add_argument("after", type=Path, nargs="?", help="compare: the second run's JSON")
     p.add_argument("--threads", type=int, default=2, help="thread count of the main table (default 2)")
     a = p.parse_args()
     d = json.loads(a.json.read_text())
-    if a.kind == "main":
+    if a.kind == "compare":
+        if a.after is None:
+            p.error("compare takes two JSON files: BEFORE AFTER")
+        print(compare_table(d, json.loads(a.after.read_text()), a.threads))
+    elif a.kind == "main":
         print(main_table(d, a.threads))
     elif a.kind == "half":
         print(half_table(d))
