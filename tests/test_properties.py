@@ -603,6 +603,22 @@ def test_train_spike_first(path, streaming, shape, axis, dtype):
     check_train(x, None, None, axis, 1e-5, y, mean, var)
 
 
+def check_train_stats_bits(path, x, count):
+    """The training forward of x (channels on axis 1, count values each) within the float64 reference's bound,
+    batch_norm_stats equal to its statistics, and 1 and 2 threads giving the same bits."""
+    runs = []
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        with simd(path):
+            y, mean, var = fastbn.batch_norm_train(x, None, None, axis=1)
+            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)
+        check_train(x, None, None, 1, 1e-5, y, mean, var)
+        assert np.array_equal(smean.astype(x.dtype), mean) and np.array_equal((sm2 / count).astype(x.dtype), var)
+        runs.append((y, mean, var, smean, sm2))
+    for a, b in zip(*runs):
+        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+
+
 # Channels-last rows are cut into chunks; each chunk takes one shift per channel (the mean of its first 16 rows) for
 # one pass over all its rows, and a group of channels whose shift is off takes two passes tile by tile. A tensor
 # under 4 MiB is cut into 4 equal chunks: here spikes lie in the first rows of the second, third and fourth chunks,
@@ -622,18 +638,7 @@ def test_channels_last_chunks_fall_back_group_by_group(path, streaming, dtype):
     for ch, at, sign in [(5, rows // 4, 1.0), (150, rows // 2, -1.0), (197, 3 * rows // 4, 1.0)]:
         x[:, ch] = rng.integers(-1, 2, rows)  # three levels, whose roundings add up (see ORDERED)
         x[at : at + 16, ch] += 1000 * sign
-    x = x.astype(dtype)
-    runs = []
-    for threads in (1, 2):
-        fastbn.set_num_threads(threads)
-        with simd(path):
-            y, mean, var = fastbn.batch_norm_train(x, None, None, axis=1)
-            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)
-        check_train(x, None, None, 1, 1e-5, y, mean, var)
-        assert np.array_equal(smean.astype(dtype), mean) and np.array_equal((sm2 / rows).astype(dtype), var)
-        runs.append((y, mean, var, smean, sm2))
-    for a, b in zip(*runs):
-        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    check_train_stats_bits(path, x.astype(dtype), rows)
 
 
 # NCHW runs of a few vectors (10x10 to 14x14) beyond the last-level cache (here: beyond the streaming threshold the
@@ -655,19 +660,7 @@ def test_short_runs_chunks_fall_back_channel_by_channel(path, streaming, dtype):
     for ch, at, sign in [(5, n // 4, 1.0), (12, n // 2, -1.0), (23, 3 * n // 4, 1.0)]:
         x[:, ch] = rng.integers(-1, 2, (n, 100))  # three levels, whose roundings add up (see ORDERED)
         x[at, ch, :16] += 3000 * sign
-    x = x.reshape(n, c, 10, 10).astype(dtype)
-    runs = []
-    for threads in (1, 2):
-        fastbn.set_num_threads(threads)
-        with simd(path):
-            y, mean, var = fastbn.batch_norm_train(x, None, None, axis=1)
-            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)
-        check_train(x, None, None, 1, 1e-5, y, mean, var)
-        count = n * 100
-        assert np.array_equal(smean.astype(dtype), mean) and np.array_equal((sm2 / count).astype(dtype), var)
-        runs.append((y, mean, var, smean, sm2))
-    for a, b in zip(*runs):
-        assert np.array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8))
+    check_train_stats_bits(path, x.reshape(n, c, 10, 10).astype(dtype), n * 100)
 
 
 # The backward over the same short runs from 1 MiB on takes every channel's sums first (sample by sample beyond the

@@ -2620,6 +2620,21 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     }
   };
 
+  // dx as one flat range whose coefficients (co, C + W entries) change every L values (RunCycling), cut between
+  // the threads at lines of dx: call inside a parallel region.
+  auto dx_runs = [&](const ClCoef<Cp>& co) {
+    const bool stream_all = can_stream(a.dx, bytes, ex.stream_min_bytes);
+    const Share sh = my_lines(N * stride, a.dx);
+    const int64_t b = sh.begin;
+    if (sh.end > b) {
+      const BwdRuns<S> f{a.dy + b,   off(a.x, b), off(a.y, b), a.dx + b, a.dresidual ? a.dresidual + b : nullptr,
+                         sh.end - b, b,           L,           C,        {co.k[0], co.k[1], co.k[2], co.k[3]},
+                         su.slope,   su.inv_slope, stream_all};
+      (su.scale_only ? su.fn.scale_runs_nc : su.fn.runs_nc)(f);
+    }
+    if (stream_all) stream_fence();
+  };
+
   const int64_t arrays = 1 + (a.x != nullptr) + (a.y != nullptr && (a.epi.act != Act::none || !a.x));
   // Runs of a few vectors (NCHW 10x10 to 14x14) with no sums to take (the apply phase of a distributed backward;
   // frozen statistics without parameter gradients) where the pass does not fit in the last-level cache: dx as one
@@ -2631,20 +2646,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(C, 4)));
     ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 4);
     for (int64_t c = 0; c < C; ++c) co.set(c, finish_bwd(a, c, 0.0, 0.0));
-    const bool stream_all = can_stream(a.dx, bytes, ex.stream_min_bytes);
     StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
-      const Share sh = my_lines(N * stride, a.dx);
-      const int64_t b = sh.begin;
-      if (sh.end > b) {
-        const BwdRuns<S> f{a.dy + b,   off(a.x, b), off(a.y, b), a.dx + b, a.dresidual ? a.dresidual + b : nullptr,
-                           sh.end - b, b,           L,           C,        {co.k[0], co.k[1], co.k[2], co.k[3]},
-                           su.slope,   su.inv_slope, stream_all};
-        (su.scale_only ? su.fn.scale_runs_nc : su.fn.runs_nc)(f);
-      }
-      if (stream_all) stream_fence();
+      dx_runs(co);
     }
     return;
   }
@@ -2836,20 +2842,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           });
       if (flat_stream) stream_fence();
     } else if (rows_dx) {
-      const bool stream_all = can_stream(a.dx, bytes, ex.stream_min_bytes);
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) co.set(c, coef[c]);
 #pragma omp single
       co.extend(C, 4);
-      const Share sh = my_lines(N * stride, a.dx);
-      const int64_t b = sh.begin;
-      if (sh.end > b) {
-        const BwdRuns<S> f{a.dy + b,   off(a.x, b), off(a.y, b), a.dx + b, a.dresidual ? a.dresidual + b : nullptr,
-                           sh.end - b, b,           L,           C,        {co.k[0], co.k[1], co.k[2], co.k[3]},
-                           su.slope,   su.inv_slope, stream_all};
-        su.fn.runs_nc(f);
-      }
-      if (stream_all) stream_fence();
+      dx_runs(co);
     } else if (su.elementwise) {
       for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
         const int64_t o = r * L;
