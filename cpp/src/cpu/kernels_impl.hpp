@@ -1743,6 +1743,26 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
 #pragma omp barrier
 }
 
+// Folds the chunks' partial moments (pmean / pm2: C per chunk, rows of `per_row` values per channel) in chunk
+// order into chunk 0's (merge's step: every chunk has one count for all channels), each thread over its own
+// channels, reading the partials row by row; then out[c] is channel c's merge, after a barrier. Call inside a
+// parallel region.
+inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int64_t C, double* pmean, double* pm2,
+                        Moments* out) {
+  const Share mine = my_share(C);
+  double n_acc = static_cast<double>(min64(plan.chunk, rows) * per_row);
+  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
+    const double nb = static_cast<double>(min64(plan.chunk, rows - plan.chunk_begin(ch)) * per_row);
+    const double n = n_acc + nb, f = nb / n;
+    const double* pm = pmean + ch * C;
+    const double* pq = pm2 + ch * C;
+    for (int64_t c = mine.begin; c < mine.end; ++c) chan_fold(pmean[c], pm2[c], n_acc, f, pm[c], pq[c]);
+    n_acc = n;
+  }
+  for (int64_t c = mine.begin; c < mine.end; ++c) out[c] = {n_acc, pmean[c], pm2[c]};
+#pragma omp barrier
+}
+
 // Tensors from which a backward over short runs takes its sums first (see backward_nc).
 constexpr int64_t kRowsMinBackwardBytes = 1 << 20;
 // Channels a unit of nc_row_stats takes at most: their double lanes fill 64 KiB.
@@ -1777,6 +1797,12 @@ struct RowStatsScratch {
 template <class S>
 inline RowPlan nc_row_plan(int64_t N, int64_t C, int64_t L) {
   return row_plan<S>(N, C * L, 1);
+}
+
+// Channels of a (chunk, channel block) unit of nc_row_stats and nc_row_sums: enough units for every thread of the
+// team to take several, none over kRowStatsBlock channels. The bits do not depend on it.
+inline int64_t row_unit_channels(int64_t C, const RowPlan& plan) {
+  return ceil_div(C, min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team_size(), plan.nchunks))));
 }
 
 // Runs of a few vectors (runs_flat; too long a period for column sums): the nc training forward takes every
@@ -1823,10 +1849,7 @@ inline void nc_row_stats(const S* x, int64_t N, int64_t C, int64_t L, const RowP
   using V = Vec<Cp>;
   constexpr int W = V::width;
   const int64_t P = C * L;
-  // Channel blocks: enough units for every thread to take several, none over kRowStatsBlock channels.
-  const int team = team_size();
-  const int64_t want = min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team, plan.nchunks)));
-  const int64_t cb = ceil_div(C, want), nblocks = ceil_div(C, cb);
+  const int64_t cb = row_unit_channels(C, plan), nblocks = ceil_div(C, cb);
   double* const ds = st.lanes + thread_id() * RowStatsScratch<S>::kLanes;
   double* const dq = ds + kRowStatsBlock * W;
   Cp* const k = st.k + thread_id() * kRowStatsBlock;
@@ -1897,18 +1920,7 @@ inline void nc_row_stats(const S* x, int64_t N, int64_t C, int64_t L, const RowP
       }
     }
   }
-  const Share mine = my_share(C);
-  double n_acc = static_cast<double>(min64(plan.chunk, N) * L);
-  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
-    const double nb = static_cast<double>(min64(plan.chunk, N - plan.chunk_begin(ch)) * L);
-    const double n = n_acc + nb, f = nb / n;
-    const double* pm = st.pmean + ch * C;
-    const double* pq = st.pm2 + ch * C;
-    for (int64_t c = mine.begin; c < mine.end; ++c) chan_fold(st.pmean[c], st.pm2[c], n_acc, f, pm[c], pq[c]);
-    n_acc = n;
-  }
-  for (int64_t c = mine.begin; c < mine.end; ++c) st.mom[c] = {n_acc, st.pmean[c], st.pm2[c]};
-#pragma omp barrier
+  fold_chunks(plan, N, L, C, st.pmean, st.pm2, st.mom);
 }
 
 // Per-channel moments of a channels-last tensor: chunk partials in pmean / pm2 (nchunks * C each), merged
@@ -1935,20 +1947,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
       });
     });
   }
-  // The chunks' partials folded in chunk order into chunk 0's (merge's step: every chunk has one count for all
-  // channels), each thread over its own channels, reading the partials row by row.
-  const Share mine = my_share(C);
-  double n_acc = static_cast<double>(min64(plan.chunk, R));
-  for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
-    const double nb = static_cast<double>(min64(plan.chunk, R - plan.chunk_begin(ch)));
-    const double n = n_acc + nb, f = nb / n;
-    const double* pm = pmean + ch * C;
-    const double* pq = pm2 + ch * C;
-    for (int64_t c = mine.begin; c < mine.end; ++c) chan_fold(pmean[c], pm2[c], n_acc, f, pm[c], pq[c]);
-    n_acc = n;
-  }
-  for (int64_t c = mine.begin; c < mine.end; ++c) out[c] = {n_acc, pmean[c], pm2[c]};
-#pragma omp barrier
+  fold_chunks(plan, R, 1, C, pmean, pm2, out);
 }
 
 template <class S>
@@ -2284,9 +2283,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 // and part[2 * c + 1] hold channel c's sums; part holds 2 * C doubles per chunk. Call inside a parallel region.
 template <class RunSums>
 inline void nc_row_sums(int64_t N, int64_t C, const RowPlan& plan, double* part, RunSums&& run_sums) {
-  const int team = team_size();
-  const int64_t want = min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team, plan.nchunks)));
-  const int64_t cb = ceil_div(C, want), nblocks = ceil_div(C, cb);
+  const int64_t cb = row_unit_channels(C, plan), nblocks = ceil_div(C, cb);
 #pragma omp for schedule(static)
   for (int64_t u = 0; u < plan.nchunks * nblocks; ++u) {
     const int64_t ch = u / nblocks, c0 = (u % nblocks) * cb, nc = min64(cb, C - c0);
@@ -2311,6 +2308,20 @@ inline void nc_row_sums(int64_t N, int64_t C, const RowPlan& plan, double* part,
     }
   }
 #pragma omp barrier
+}
+
+// The forward over nc runs of L values as one flat range of `total` values whose coefficients (co, C + W entries)
+// change every L values (RunCycling), cut between the threads at lines of y: call inside a parallel region.
+template <class S>
+inline void fwd_runs_range(const S* x, const S* r, S* y, int64_t total, int64_t L, int64_t C,
+                           const ClCoef<compute_t<S>>& co, void (*runs)(const FwdRuns<S>&), compute_t<S> slope,
+                           bool stream) {
+  const Share sh = my_lines(total, y);
+  const int64_t b = sh.begin;
+  if (sh.end > b) {
+    runs({x + b, r ? r + b : nullptr, y + b, sh.end - b, b, L, C, {co.k[0], co.k[1], co.k[2]}, slope, stream});
+  }
+  if (stream) stream_fence();
 }
 
 // Runs of a few vectors (rows_nc): every channel's statistics (sample by sample where row_stats_nc, else block by
@@ -2353,12 +2364,7 @@ void train_nc_rows(const TrainArgs<S>& a, const Exec& ex) {
     for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, st.mom[c]));
 #pragma omp single
     co.extend(C, 3);
-    const Share sh = my_lines(total, a.y);
-    if (sh.end > sh.begin) {
-      fn.runs({a.x + sh.begin, a.residual ? a.residual + sh.begin : nullptr, a.y + sh.begin, sh.end - sh.begin,
-               sh.begin, L, C, {co.k[0], co.k[1], co.k[2]}, static_cast<Cp>(a.epi.slope), stream});
-    }
-    if (stream) stream_fence();
+    fwd_runs_range(a.x, a.residual, a.y, total, L, C, co, fn.runs, static_cast<Cp>(a.epi.slope), stream);
   }
 }
 
@@ -2537,13 +2543,7 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
-      const Share sh = my_lines(total, a.y);
-      const int64_t b = sh.begin, e = sh.end;
-      if (e > b) {
-        fn.runs({a.x + b, a.residual ? a.residual + b : nullptr, a.y + b, e - b, b, L, C, {co.k[0], co.k[1], co.k[2]},
-                 slope, stream_all});
-      }
-      if (stream_all) stream_fence();
+      fwd_runs_range(a.x, a.residual, a.y, total, L, C, co, fn.runs, slope, stream_all);
     }
     return;
   }
