@@ -2797,11 +2797,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
       }
 #pragma omp barrier
     } else if (by_rows) {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) coef[c].center = static_cast<Cp>(bwd_channel(a, c).center);  // once each
       nc_row_sums(N, C, plan, part, [&](int64_t r, int64_t c, double& g, double& h) {
         const int64_t o = r * stride + c * L;
-        su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), 0, 1, L, static_cast<Cp>(bwd_channel(a, c).center),
-                       su.slope, su.inv_slope},
-                      g, h);
+        su.fn.sums_nc({a.dy + o, off(a.x, o), off(a.y, o), 0, 1, L, coef[c].center, su.slope, su.inv_slope}, g, h);
       });
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, part[2 * c], part[2 * c + 1]);
