@@ -124,6 +124,45 @@ def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, s
     np.testing.assert_allclose(expected[2].astype(np.float64), var_ref, rtol=stat_tol)
 
 
+# Short runs (the flat backward) with a core cache that holds a quarter to a half of a thread's channels: the
+# backward takes each thread's channels in groups (sums, then dx from the cache), at least a 4 KiB row segment each.
+GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 100 << 10), ((6, 96, 7, 7), 160 << 10)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape,cache", GROUP_CASES)
+def test_flat_backward_by_channel_groups_gives_the_bits_of_one_group(simd, restore_threads, shape, cache, dtype):
+    x = (np.random.default_rng(6).standard_normal(shape) * 2 + 5).astype(dtype)
+    try:
+        fastbn.set_num_threads(1)
+        fastbn._core.reset_core_cache_bytes()  # every thread's channels in one group
+        expected = run_all(x, 1) + run_fused(x)
+        fastbn._core.set_core_cache_bytes(cache)
+        for n in (1, 2, 3):
+            fastbn.set_num_threads(n)
+            for got, want in zip(run_all(x, 1) + run_fused(x), expected):
+                np.testing.assert_array_equal(np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8))
+    finally:
+        fastbn._core.reset_core_cache_bytes()
+    x64 = x.astype(np.float64)
+    c = shape[1]
+    gamma = np.linspace(0.5, 1.5, c)
+    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape).astype(np.float64)
+    axes = (0, 2, 3)
+    mean, var = x64.mean(axis=axes, keepdims=True), x64.var(axis=axes, keepdims=True)
+    xhat = (x64 - mean) / np.sqrt(var + 1e-5)
+    db_ref = dy.sum(axis=axes)
+    dg_ref = (dy * xhat).sum(axis=axes)
+    dx_ref = (gamma[None, :, None, None] / np.sqrt(var + 1e-5)) * (
+        dy - (db_ref[None, :, None, None] + xhat * dg_ref[None, :, None, None]) / (x.size / c)
+    )
+    tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)  # bfloat16 outputs: 8 significant bits
+    scale = np.abs(dx_ref).max()
+    np.testing.assert_allclose(np.asarray(expected[3]).astype(np.float64), dx_ref, rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(np.asarray(expected[4]).astype(np.float64), dg_ref, rtol=tol, atol=tol * scale)
+    np.testing.assert_allclose(np.asarray(expected[5]).astype(np.float64), db_ref, rtol=tol, atol=tol * scale)
+
+
 def test_core_cache_setting_is_checked_and_restored():
     before = fastbn._core.core_cache_bytes()
     with pytest.raises(ValueError, match="core cache size must be >= 1 byte, got 0"):

@@ -527,6 +527,27 @@ inline void chan_fold(double& mean, double& m2, double n, double f, double mb, d
   m2 += qb + delta * delta * n * f;
 }
 
+// The sums of p[0, n) and of q[0, n) (a channel's positions after column sums), each in the lanes of a vector
+// of doubles and then added across (hsum): n / W independent chains of adds instead of one chain of n. Added one
+// by one, the 4096 positions of an 8x64x8x8 backward's 64 channels took ~3 us of its 17.
+inline void lane_sums(const double* p, const double* q, int64_t n, double& s, double& t) {
+  using V = Vec<double>;
+  constexpr int W = V::width;
+  typename V::reg a = V::zero(), b = V::zero();
+  int64_t i = 0;
+  for (; i + W <= n; i += W) {
+    a = V::add(a, V::load(p + i));
+    b = V::add(b, V::load(q + i));
+  }
+  if (i < n) {  // load_first leaves the other lanes unspecified
+    const int m = static_cast<int>(n - i);
+    a = V::add(a, V::keep_first(m, IO<double>::load_first(p + i, m), V::zero()));
+    b = V::add(b, V::keep_first(m, IO<double>::load_first(q + i, m), V::zero()));
+  }
+  s = V::hsum(a);
+  t = V::hsum(b);
+}
+
 // Folds a part of nb values with mean mb and M2 qb into acc. The first part is copied (a delta against the empty
 // mean 0 could overflow and give inf * 0).
 inline void merge(Moments& acc, double nb, double mb, double qb) {
@@ -1666,7 +1687,7 @@ inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part,
 
 // Per-channel moments of a short-run nc tensor (flat_nc) as column sums: one row of P = C * L positions per
 // sample, summed down the N rows per position, with channel c's shift k_c (the mean of its first vector, as in
-// block_moments) at each of its positions; then each channel's L positions added in order. A channel whose shift
+// block_moments) at each of its positions; then each channel's L positions added (lane_sums). A channel whose shift
 // proves too far from its mean (see block_moments) takes the careful path block by block. Call inside a parallel
 // region; `scratch` holds ColumnScratch<S>::bytes(C, L) for each thread; on return (after a barrier) out[c] is set.
 // Run by run, each short run cost a head and a tail and each channel its block's merge: training forward, old
@@ -1685,7 +1706,11 @@ struct ColumnScratch {
   }
   // This thread's part of `scratch`, which holds bytes(C, L) per thread.
   static ColumnScratch mine(char* scratch, int64_t C, int64_t L) {
-    Carver cv(scratch + thread_id() * bytes(C, L));
+    return at(scratch + thread_id() * bytes(C, L), C, L);
+  }
+  // The scratch at p (bytes(C, L) of them).
+  static ColumnScratch at(char* p, int64_t C, int64_t L) {
+    Carver cv(p);
     ColumnScratch r;
     r.s1 = cv.take<double>(padded(C, L));
     r.s2 = cv.take<double>(padded(C, L));
@@ -1723,11 +1748,8 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
   const double n = static_cast<double>(N * L);
   for (int64_t c = mine.begin; c < mine.end; ++c) {
     const int64_t i0 = (c - mine.begin) * L;
-    double s = 0, sq = 0;
-    for (int64_t i = i0; i < i0 + L; ++i) {
-      s += s1[i];
-      sq += s2[i];
-    }
+    double s, sq;
+    lane_sums(s1 + i0, s2 + i0, L, s, sq);
     Moments& o = out[c];
     o.n = n;
     if (moments_if_close(n, static_cast<double>(k[i0]), s, sq, o.mean, o.m2)) continue;
@@ -1761,6 +1783,20 @@ inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int6
   }
   for (int64_t c = mine.begin; c < mine.end; ++c) out[c] = {n_acc, pmean[c], pm2[c]};
 #pragma omp barrier
+}
+
+// Channels of a thread's share that a flat backward (flat_nc) takes as one group, its sums and then its dx, so that
+// dx's reads of the group come from the core's cache the sums left them in: the group's `arrays` arrays fit half
+// that cache. 0 where such groups would leave rows shorter than kGroupMinSegment bytes: short segments of rows far
+// apart read slowly, and groups sized for the last-level cache instead showed no gain on the EPYC Zen 4 VM
+// (256x256x8x8, 512x128x7x7: 0.96-1.2x, noisy). The groups of a share are made even.
+constexpr int64_t kGroupMinSegment = 4096;
+template <class S>
+inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t arrays, const Exec& ex) {
+  const int64_t per_channel = max64(1, arrays * N * L * static_cast<int64_t>(sizeof(S)));
+  const int64_t g = min64(ex.cache_bytes / 2 / per_channel, share);
+  if (share < 1 || (g < share && g * L * static_cast<int64_t>(sizeof(S)) < kGroupMinSegment)) return 0;
+  return ceil_div(share, ceil_div(share, max64(g, 1)));
 }
 
 // Tensors from which a backward over short runs takes its sums first (see backward_nc).
@@ -2583,6 +2619,67 @@ struct BwdSetup {
         from_y(a.x == nullptr) {}
 };
 
+// The full backward of short runs (flat_nc) by channel groups: each thread takes its channels a group at a time
+// (group_channels), the group's sums as column sums down the N rows (as the flat sums below, same bits),
+// then its dx row by row over blocks of kFlatBlock positions, whose coefficients stay in L1.
+template <class S>
+void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const Exec& ex, int nt, int64_t arrays) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, C = a.channels, L = a.inner, P = C * L;
+  const int64_t bytes = N * P * static_cast<int64_t>(sizeof(S));
+  const bool phased = bytes >= ex.stream_min_bytes;
+  const bool stream = can_stream(a.dx, bytes, ex.stream_min_bytes);
+  const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex);
+  const int64_t per_thread = ColumnScratch<S>::bytes(gc, L) + ClCoef<Cp>::bytes(kFlatBlock, 4);
+  Carver carve(ex.workspace->reserve(nt * per_thread + Carver::bytes<BwdCoef<Cp>>(C)));
+  char* scratch = carve.take<char>(nt * per_thread);
+  BwdCoef<Cp>* coef = carve.take<BwdCoef<Cp>>(C);
+  auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
+  StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    probe.started();
+    const Share mine = my_share(C);
+    char* own = scratch + thread_id() * per_thread;
+    const ColumnScratch<S> cs = ColumnScratch<S>::at(own, gc, L);
+    char* co_bytes = own + ColumnScratch<S>::bytes(gc, L);
+    for (int64_t c0 = mine.begin; c0 < mine.end; c0 += gc) {
+      const int64_t c1 = min64(c0 + gc, mine.end), p0 = c0 * L, np = (c1 - c0) * L;
+      for (int64_t c = c0; c < c1; ++c) {
+        std::fill(cs.k + (c - c0) * L, cs.k + (c + 1 - c0) * L, static_cast<Cp>(bwd_channel(a, c).center));
+      }
+      std::fill(cs.k + np, cs.k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
+      std::fill(cs.s1, cs.s1 + round_up(np, 16), 0.0);
+      std::fill(cs.s2, cs.s2 + round_up(np, 16), 0.0);
+      su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, P, cs.k, su.slope, su.inv_slope, cs.s1, cs.s2,
+                    phased);
+      for (int64_t c = c0; c < c1; ++c) {
+        double sdz, sum_u;
+        lane_sums(cs.s1 + (c - c0) * L, cs.s2 + (c - c0) * L, L, sdz, sum_u);
+        coef[c] = finish_bwd(a, c, sdz, sum_u);
+      }
+      for (int64_t o = p0; o < p0 + np; o += kFlatBlock) {
+        const int64_t len = min64(kFlatBlock, p0 + np - o);
+        const bool st = stream && len * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes;
+        Carver kc(co_bytes);
+        ClCoef<Cp> co = ClCoef<Cp>::carve(kc, kFlatBlock, 4, span_phase(a.dx + o, st));
+        for (int64_t c = o / L; c * L < o + len; ++c) {
+          const int64_t lo = max64(c * L, o) - o, hi = min64((c + 1) * L, o + len) - o;
+          const Cp v[4] = {coef[c].center, coef[c].a, coef[c].b, coef[c].d};
+          for (int i = 0; i < 4; ++i) std::fill(co.k[i] + lo, co.k[i] + hi, v[i]);
+        }
+        co.extend(len, 4);
+        for (int64_t r = 0; r < N; ++r) {
+          const int64_t q = r * P + o;
+          su.fn.flat_cl({a.dy + q, off(a.x, q), off(a.y, q), a.dx + q, a.dresidual ? a.dresidual + q : nullptr, len,
+                         len, co.k[0], co.k[1], co.k[2], co.k[3], su.slope, su.inv_slope, st});
+        }
+      }
+    }
+    if (stream) stream_fence();
+  }
+}
+
 template <class S>
 void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
@@ -2658,6 +2755,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // Short runs (NCHW 5x5 to 8x8): the sums as column sums per position, then dx in the flat walk with each
   // channel's coefficients, as the training forward does.
   const bool flat = su.elementwise && flat_nc(C, L);
+  if (flat && su.sums && !su.scale_only && a.phase == Phase::full && channels_balance(C, nt) &&
+      group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex) > 0) {
+    backward_flat_groups(a, su, ex, nt, arrays);
+    return;
+  }
   // Runs of a few vectors (rows_nc), as the training forward: every channel's sums first (sample by sample where
   // row_stats_nc, nc_row_sums, else block by block), then dx as one flat range. In the reduce phase too, so that
   // its sums are the full backward's. Builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
@@ -2767,7 +2869,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     probe.started();
     if (flat_sums) {
       // Short runs: sums per position down the N rows (one row of C * L positions per sample, read in order),
-      // then each channel's L positions added in order, as nc_flat_stats does. Run by run, each run of a few
+      // then each channel's L positions added (lane_sums), as nc_flat_stats does. Run by run, each run of a few
       // vectors cost a head and a tail: old and new builds alternating on the EPYC VM, one thread,
       // 16x512x5x5 102 -> 66 us, 32x128x7x7 73 -> 59; two threads 55 -> 39 and 40 -> 33 (32x64x8x8 about even).
       const Share mine = my_share(C);
@@ -2788,11 +2890,8 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
                       bytes >= ex.stream_min_bytes);
       }
       for (int64_t c = mine.begin; c < mine.end; ++c) {
-        double sdz = 0, sum_u = 0;
-        for (int64_t i = (c - mine.begin) * L; i < (c + 1 - mine.begin) * L; ++i) {
-          sdz += g[i];
-          sum_u += h[i];
-        }
+        double sdz, sum_u;
+        lane_sums(g + (c - mine.begin) * L, h + (c - mine.begin) * L, L, sdz, sum_u);
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
 #pragma omp barrier
