@@ -11,7 +11,7 @@ import pytest
 
 import fastbn
 
-from conftest import ref_train
+from conftest import ref_backward, ref_train
 
 
 @pytest.fixture
@@ -124,14 +124,15 @@ def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, s
     np.testing.assert_allclose(expected[2].astype(np.float64), var_ref, rtol=stat_tol)
 
 
-# Short runs (the flat backward) with a core cache that holds a quarter to a half of a thread's channels: the
-# backward takes each thread's channels in groups (sums, then dx from the cache), at least a 4 KiB row segment each.
+# Short runs (the flat walks) with a core cache that holds a quarter to a half of a thread's channels: the training
+# forward and the backward take each thread's channels in groups (statistics or sums, then y or dx from the cache),
+# at least a 4 KiB row segment each.
 GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 100 << 10), ((6, 96, 7, 7), 160 << 10)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape,cache", GROUP_CASES)
-def test_flat_backward_by_channel_groups_gives_the_bits_of_one_group(simd, restore_threads, shape, cache, dtype):
+def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_threads, shape, cache, dtype):
     x = (np.random.default_rng(6).standard_normal(shape) * 2 + 5).astype(dtype)
     try:
         fastbn.set_num_threads(1)
@@ -147,20 +148,15 @@ def test_flat_backward_by_channel_groups_gives_the_bits_of_one_group(simd, resto
     x64 = x.astype(np.float64)
     c = shape[1]
     gamma = np.linspace(0.5, 1.5, c)
-    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape).astype(np.float64)
-    axes = (0, 2, 3)
-    mean, var = x64.mean(axis=axes, keepdims=True), x64.var(axis=axes, keepdims=True)
-    xhat = (x64 - mean) / np.sqrt(var + 1e-5)
-    db_ref = dy.sum(axis=axes)
-    dg_ref = (dy * xhat).sum(axis=axes)
-    dx_ref = (gamma[None, :, None, None] / np.sqrt(var + 1e-5)) * (
-        dy - (db_ref[None, :, None, None] + xhat * dg_ref[None, :, None, None]) / (x.size / c)
-    )
     tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)  # bfloat16 outputs: 8 significant bits
-    scale = np.abs(dx_ref).max()
-    np.testing.assert_allclose(np.asarray(expected[3]).astype(np.float64), dx_ref, rtol=tol, atol=tol * scale)
-    np.testing.assert_allclose(np.asarray(expected[4]).astype(np.float64), dg_ref, rtol=tol, atol=tol * scale)
-    np.testing.assert_allclose(np.asarray(expected[5]).astype(np.float64), db_ref, rtol=tol, atol=tol * scale)
+    y_ref, mean_ref, var_ref = ref_train(x64, gamma, np.linspace(-1, 1, c))
+    np.testing.assert_allclose(np.asarray(expected[0]).astype(np.float64), y_ref, rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(expected[1]).astype(np.float64), mean_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(expected[2]).astype(np.float64), var_ref, rtol=1e-5)
+    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape)
+    for got, want in zip(expected[3:6], ref_backward(dy, x64, mean_ref, var_ref, gamma)):
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(np.asarray(got).astype(np.float64), want, rtol=tol, atol=tol * scale)
 
 
 def test_core_cache_setting_is_checked_and_restored():

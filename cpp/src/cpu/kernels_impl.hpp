@@ -1688,8 +1688,9 @@ inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part,
 // Per-channel moments of a short-run nc tensor (flat_nc) as column sums: one row of P = C * L positions per
 // sample, summed down the N rows per position, with channel c's shift k_c (the mean of its first vector, as in
 // block_moments) at each of its positions; then each channel's L positions added (lane_sums). A channel whose shift
-// proves too far from its mean (see block_moments) takes the careful path block by block. Call inside a parallel
-// region; `scratch` holds ColumnScratch<S>::bytes(C, L) for each thread; on return (after a barrier) out[c] is set.
+// proves too far from its mean (see block_moments) takes the careful path block by block. nc_flat_group_stats sets
+// out[c] for the channels [c0, c1) (cs holds ColumnScratch<S>::bytes(c1 - c0, L)); the bits of a channel do not
+// depend on its group.
 // Run by run, each short run cost a head and a tail and each channel its block's merge: training forward, old
 // and new builds alternating on the EPYC VM, one thread: 16x512x5x5 72 -> 46 us, 32x128x7x7 47 -> 35, 32x64x8x8
 // 26 -> 22; two threads 16x512x5x5 41 -> 27 us.
@@ -1720,19 +1721,18 @@ struct ColumnScratch {
 };
 
 template <class S>
-inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch, Moments* out, bool phased) {
+inline void nc_flat_group_stats(const S* x, const NcPlan& pl, int64_t C, int64_t c0, int64_t c1,
+                                const ColumnScratch<S>& cs, Moments* out, bool phased) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
   constexpr int W = V::width;
   const int64_t N = pl.N, L = pl.L, P = C * L;
-  const Share mine = my_share(C);
-  const int64_t p0 = mine.begin * L, np = (mine.end - mine.begin) * L;
-  const ColumnScratch<S> cs = ColumnScratch<S>::mine(scratch, C, L);
+  const int64_t p0 = c0 * L, np = (c1 - c0) * L;
   double* s1 = cs.s1;
   double* s2 = cs.s2;
   Cp* k = cs.k;
-  for (int64_t c = mine.begin; c < mine.end; ++c) {
-    std::fill(k + (c - mine.begin) * L, k + (c + 1 - mine.begin) * L, first_vector_mean(x + c * L, L));
+  for (int64_t c = c0; c < c1; ++c) {
+    std::fill(k + (c - c0) * L, k + (c + 1 - c0) * L, first_vector_mean(x + c * L, L));
   }
   std::fill(k + np, k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
   std::fill(s1, s1 + round_up(np, 16), 0.0);
@@ -1746,8 +1746,8 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
     with_phase<S>(phase, m0, [&](auto m) { shifted_group_cl<S, G>(x + p0 + c, N, P, m, k0, s1 + c, s2 + c); });
   });
   const double n = static_cast<double>(N * L);
-  for (int64_t c = mine.begin; c < mine.end; ++c) {
-    const int64_t i0 = (c - mine.begin) * L;
+  for (int64_t c = c0; c < c1; ++c) {
+    const int64_t i0 = (c - c0) * L;
     double s, sq;
     lane_sums(s1 + i0, s2 + i0, L, s, sq);
     Moments& o = out[c];
@@ -1762,6 +1762,13 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
     }
     o = m;
   }
+}
+
+// nc_flat_group_stats over each thread's share of the channels; on return (after a barrier) out[c] is set.
+template <class S>
+inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch, Moments* out, bool phased) {
+  const Share mine = my_share(C);
+  nc_flat_group_stats(x, pl, C, mine.begin, mine.end, ColumnScratch<S>::mine(scratch, C, pl.L), out, phased);
 #pragma omp barrier
 }
 
@@ -1785,9 +1792,9 @@ inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int6
 #pragma omp barrier
 }
 
-// Channels of a thread's share that a flat backward (flat_nc) takes as one group, its sums and then its dx, so that
-// dx's reads of the group come from the core's cache the sums left them in: the group's `arrays` arrays fit half
-// that cache. 0 where such groups would leave rows shorter than kGroupMinSegment bytes: short segments of rows far
+// Channels of a thread's share that a flat pass (flat_nc: the training forward, the backward) takes as one group,
+// its reductions and then its elementwise pass, so that the second read of the group comes from the core's cache
+// the first left it in: the group's `arrays` arrays (inputs and output) fit half that cache. 0 where such groups would leave rows shorter than kGroupMinSegment bytes: short segments of rows far
 // apart read slowly, and groups sized for the last-level cache instead showed no gain on the EPYC Zen 4 VM
 // (256x256x8x8, 512x128x7x7: 0.96-1.2x, noisy). The groups of a share are made even.
 constexpr int64_t kGroupMinSegment = 4096;
@@ -2044,6 +2051,30 @@ struct ClCoef {
   }
 };
 
+// The elementwise pass over a channel group of N rows of P values (positions [p0, p0 + np), whole channels of L):
+// blocks of kFlatBlock positions, each block's K coefficient arrays filled once (coef(c, v) sets channel c's K
+// values) in `scratch` (ClCoef<Cp>::bytes(kFlatBlock, K)) at the phase of out's block when streaming, then
+// pass(q, len, k, stream) at offset q = row * P + block of every row. Blocks under kStreamMinRunBytes a row are
+// not streamed.
+template <class Cp, int K, class S, class Coef, class Pass>
+inline void group_rows_walk(int64_t N, int64_t P, int64_t L, int64_t p0, int64_t np, const S* out, bool stream,
+                            char* scratch, Coef&& coef, Pass&& pass) {
+  for (int64_t o = p0; o < p0 + np; o += kFlatBlock) {
+    const int64_t len = min64(kFlatBlock, p0 + np - o);
+    const bool st = stream && len * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes;
+    Carver kc(scratch);
+    ClCoef<Cp> co = ClCoef<Cp>::carve(kc, kFlatBlock, K, span_phase(out + o, st));
+    for (int64_t c = o / L; c * L < o + len; ++c) {
+      Cp v[K];
+      coef(c, v);
+      const int64_t lo = max64(c * L, o) - o, hi = min64((c + 1) * L, o + len) - o;
+      for (int i = 0; i < K; ++i) std::fill(co.k[i] + lo, co.k[i] + hi, v[i]);
+    }
+    co.extend(len, K);
+    for (int64_t r = 0; r < N; ++r) pass(r * P + o, len, co.k, st);
+  }
+}
+
 // The flat walk of N rows of P = C * L values: short nc runs (NCHW 5x5, 7x7) as one flat period of per-position
 // coefficients a row, and channels-last rows (L == 1). A period is walked in blocks of kFlatBlock positions, each
 // over a group of rows, so that the block's coefficients stay in L1 while the rows pass. Units go block-major to
@@ -2295,12 +2326,50 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   const FlatPlan fp = FlatPlan::make<S>(N, C, L);
   const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
+  void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
+  const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), a.residual ? 3 : 2, ex);
+  if (channels_balance(C, nt) && gc > 0) {
+    // Each thread takes its channels a group at a time (group_channels): the group's statistics, then its y, whose
+    // reads of x come from the core's cache. Same bits as below (a channel's statistics do not depend on its
+    // group). On the EPYC Zen 4 VM (run-time switch, order shuffled, 30 rounds; old / new time): one thread
+    // 1.00-1.10x (16x512x5x5 1.10x, 32x64x8x8 1.06x), two threads 1.02-1.25x (16x512x5x5 1.25x, 32x128x7x7 1.13x).
+    const int64_t own = ColumnScratch<S>::bytes(gc, L) + ClCoef<Cp>::bytes(kFlatBlock, 3);
+    Carver gcv(ex.workspace->reserve(Carver::bytes<char>(nt * own) + Carver::bytes<FwdCoef<Cp>>(C) +
+                                     Carver::bytes<Moments>(C)));
+    char* groups = gcv.take<char>(nt * own);
+    FwdCoef<Cp>* gcoef = gcv.take<FwdCoef<Cp>>(C);
+    Moments* gmom = gcv.take<Moments>(C);
+    StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+      probe.started();
+      const Share mine = my_share(C);
+      char* mine_bytes = groups + thread_id() * own;
+      const ColumnScratch<S> cs = ColumnScratch<S>::at(mine_bytes, gc, L);
+      for (int64_t c0 = mine.begin; c0 < mine.end; c0 += gc) {
+        const int64_t c1 = min64(c0 + gc, mine.end);
+        nc_flat_group_stats(a.x, pl, C, c0, c1, cs, gmom, bytes >= ex.stream_min_bytes);
+        for (int64_t c = c0; c < c1; ++c) gcoef[c] = train_finish(a, c, gmom[c]);
+        group_rows_walk<Cp, 3>(
+            N, C * L, L, c0 * L, (c1 - c0) * L, a.y, stream, mine_bytes + ColumnScratch<S>::bytes(gc, L),
+            [&](int64_t c, Cp* v) {
+              v[0] = gcoef[c].center;
+              v[1] = gcoef[c].sc;
+              v[2] = gcoef[c].sh;
+            },
+            [&](int64_t q, int64_t len, Cp* const* k, bool st) {
+              cl({a.x + q, a.residual ? a.residual + q : nullptr, a.y + q, len, len, k[0], k[1], k[2], slope, st});
+            });
+      }
+      if (stream) stream_fence();
+    }
+    return;
+  }
   const int64_t per_thread = max64(fp.bytes_per_thread<Cp>(3), ColumnScratch<S>::bytes(C, L));
   Carver carve(ex.workspace->reserve(Carver::bytes<Moments>(C) + Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
   Moments* mom = carve.take<Moments>(C);
   FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
   char* scratch = carve.take<char>(nt * per_thread);
-  void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
   StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -2658,23 +2727,18 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
         lane_sums(cs.s1 + (c - c0) * L, cs.s2 + (c - c0) * L, L, sdz, sum_u);
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
-      for (int64_t o = p0; o < p0 + np; o += kFlatBlock) {
-        const int64_t len = min64(kFlatBlock, p0 + np - o);
-        const bool st = stream && len * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes;
-        Carver kc(co_bytes);
-        ClCoef<Cp> co = ClCoef<Cp>::carve(kc, kFlatBlock, 4, span_phase(a.dx + o, st));
-        for (int64_t c = o / L; c * L < o + len; ++c) {
-          const int64_t lo = max64(c * L, o) - o, hi = min64((c + 1) * L, o + len) - o;
-          const Cp v[4] = {coef[c].center, coef[c].a, coef[c].b, coef[c].d};
-          for (int i = 0; i < 4; ++i) std::fill(co.k[i] + lo, co.k[i] + hi, v[i]);
-        }
-        co.extend(len, 4);
-        for (int64_t r = 0; r < N; ++r) {
-          const int64_t q = r * P + o;
-          su.fn.flat_cl({a.dy + q, off(a.x, q), off(a.y, q), a.dx + q, a.dresidual ? a.dresidual + q : nullptr, len,
-                         len, co.k[0], co.k[1], co.k[2], co.k[3], su.slope, su.inv_slope, st});
-        }
-      }
+      group_rows_walk<Cp, 4>(
+          N, P, L, p0, np, a.dx, stream, co_bytes,
+          [&](int64_t c, Cp* v) {
+            v[0] = coef[c].center;
+            v[1] = coef[c].a;
+            v[2] = coef[c].b;
+            v[3] = coef[c].d;
+          },
+          [&](int64_t q, int64_t len, Cp* const* k, bool st) {
+            su.fn.flat_cl({a.dy + q, off(a.x, q), off(a.y, q), a.dx + q, a.dresidual ? a.dresidual + q : nullptr,
+                           len, len, k[0], k[1], k[2], k[3], su.slope, su.inv_slope, st});
+          });
     }
     if (stream) stream_fence();
   }
