@@ -143,6 +143,9 @@ def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_
             fastbn.set_num_threads(n)
             for got, want in zip(run_all(x, 1) + run_fused(x), expected):
                 np.testing.assert_array_equal(np.asarray(got).view(np.uint8), np.asarray(want).view(np.uint8))
+            _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)  # the statistics alone: the forward's
+            assert np.array_equal(smean.astype(expected[1].dtype), expected[1])
+            assert np.array_equal((sm2 / (x.size // shape[1])).astype(expected[2].dtype), expected[2])
     finally:
         fastbn._core.reset_core_cache_bytes()
     x64 = x.astype(np.float64)
