@@ -127,7 +127,7 @@ def test_threads_sharing_channels_give_the_bits_of_one_thread(restore_threads, s
 # Short runs (the flat walks) with a core cache that holds a quarter to a half of a thread's channels: the training
 # forward and the backward take each thread's channels in groups (statistics or sums, then y or dx from the cache),
 # at least a 4 KiB row segment each.
-GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 100 << 10), ((6, 96, 7, 7), 160 << 10)]
+GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 120 << 10), ((6, 96, 7, 7), 224 << 10)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)

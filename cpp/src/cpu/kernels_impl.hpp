@@ -1794,16 +1794,28 @@ inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int6
 
 // Channels of a thread's share that a flat pass (flat_nc: the training forward, the backward) takes as one group,
 // its reductions and then its elementwise pass, so that the second read of the group comes from the core's cache
-// the first left it in: the group's `arrays` arrays (inputs and output) fit half that cache. 0 where such groups would leave rows shorter than kGroupMinSegment bytes: short segments of rows far
-// apart read slowly, and groups sized for the last-level cache instead showed no gain on the EPYC Zen 4 VM
-// (256x256x8x8, 512x128x7x7: 0.96-1.2x, noisy). The groups of a share are made even.
+// the first left it in: the group's `arrays` arrays (inputs and output) fit half that cache. 0 where such groups
+// would leave rows shorter than kGroupMinSegment bytes: short segments of rows far apart read slowly, and groups
+// sized for the last-level cache instead showed no gain on the EPYC Zen 4 VM (256x256x8x8, 512x128x7x7:
+// 0.96-1.2x, noisy). Groups span whole 64-byte lines of a row (a multiple of 64 / gcd(L * sizeof(S), 64)
+// channels), so that a group's loads stay aligned where the rows are, and the groups of a share are made even.
 constexpr int64_t kGroupMinSegment = 4096;
 template <class S>
 inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t arrays, const Exec& ex) {
-  const int64_t per_channel = max64(1, arrays * N * L * static_cast<int64_t>(sizeof(S)));
-  const int64_t g = min64(ex.cache_bytes / 2 / per_channel, share);
-  if (share < 1 || (g < share && g * L * static_cast<int64_t>(sizeof(S)) < kGroupMinSegment)) return 0;
-  return ceil_div(share, ceil_div(share, max64(g, 1)));
+  const int64_t line = 64, run = L * static_cast<int64_t>(sizeof(S));
+  int64_t q = line;
+  for (int64_t b = run % line; b != 0;) {  // q = line / gcd(run, line)
+    const int64_t t = q % b;
+    q = b;
+    b = t;
+  }
+  q = line / q;
+  const int64_t per_channel = max64(1, arrays * N * run);
+  const int64_t g = max64(q, ex.cache_bytes / 2 / per_channel / q * q);
+  if (share < 1) return 0;
+  if (g >= share) return share;
+  if (g * run < kGroupMinSegment) return 0;
+  return round_up(ceil_div(share, ceil_div(share, g)), q);
 }
 
 // Tensors from which a backward over short runs takes its sums first (see backward_nc).
