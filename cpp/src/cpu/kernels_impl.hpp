@@ -2087,6 +2087,25 @@ inline void group_rows_walk(int64_t N, int64_t P, int64_t L, int64_t p0, int64_t
   }
 }
 
+// A thread's scratch for one channel group of a flat pass: column sums for gc channels (ColumnScratch) and the
+// coefficient blocks of group_rows_walk (K arrays).
+template <class S, int K>
+inline int64_t group_scratch_bytes(int64_t gc, int64_t L) {
+  return ColumnScratch<S>::bytes(gc, L) + ClCoef<compute_t<S>>::bytes(kFlatBlock, K);
+}
+
+// Calls f(c0, c1, cs, co) for each group [c0, c1) of at most gc channels of this thread's share, with this
+// thread's scratch (group_scratch_bytes<S, K>(gc, L) of them in `scratch` per thread): cs its column sums, co its
+// coefficient blocks. Call inside a parallel region.
+template <class S, int K, class F>
+inline void for_my_groups(int64_t C, int64_t L, int64_t gc, char* scratch, F&& f) {
+  const Share mine = my_share(C);
+  char* own = scratch + thread_id() * group_scratch_bytes<S, K>(gc, L);
+  const ColumnScratch<S> cs = ColumnScratch<S>::at(own, gc, L);
+  char* co = own + ColumnScratch<S>::bytes(gc, L);
+  for (int64_t c0 = mine.begin; c0 < mine.end; c0 += gc) f(c0, min64(c0 + gc, mine.end), cs, co);
+}
+
 // The flat walk of N rows of P = C * L values: short nc runs (NCHW 5x5, 7x7) as one flat period of per-position
 // coefficients a row, and channels-last rows (L == 1). A period is walked in blocks of kFlatBlock positions, each
 // over a group of rows, so that the block's coefficients stay in L1 while the rows pass. Units go block-major to
@@ -2345,7 +2364,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
     // reads of x come from the core's cache. Same bits as below (a channel's statistics do not depend on its
     // group). On the EPYC Zen 4 VM (run-time switch, order shuffled, 30 rounds; old / new time): one thread
     // 1.00-1.10x (16x512x5x5 1.10x, 32x64x8x8 1.06x), two threads 1.02-1.25x (16x512x5x5 1.25x, 32x128x7x7 1.13x).
-    const int64_t own = ColumnScratch<S>::bytes(gc, L) + ClCoef<Cp>::bytes(kFlatBlock, 3);
+    const int64_t own = group_scratch_bytes<S, 3>(gc, L);
     Carver gcv(ex.workspace->reserve(Carver::bytes<char>(nt * own) + Carver::bytes<FwdCoef<Cp>>(C) +
                                      Carver::bytes<Moments>(C)));
     char* groups = gcv.take<char>(nt * own);
@@ -2355,15 +2374,11 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
-      const Share mine = my_share(C);
-      char* mine_bytes = groups + thread_id() * own;
-      const ColumnScratch<S> cs = ColumnScratch<S>::at(mine_bytes, gc, L);
-      for (int64_t c0 = mine.begin; c0 < mine.end; c0 += gc) {
-        const int64_t c1 = min64(c0 + gc, mine.end);
+      for_my_groups<S, 3>(C, L, gc, groups, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
         nc_flat_group_stats(a.x, pl, C, c0, c1, cs, gmom, bytes >= ex.stream_min_bytes);
         for (int64_t c = c0; c < c1; ++c) gcoef[c] = train_finish(a, c, gmom[c]);
         group_rows_walk<Cp, 3>(
-            N, C * L, L, c0 * L, (c1 - c0) * L, a.y, stream, mine_bytes + ColumnScratch<S>::bytes(gc, L),
+            N, C * L, L, c0 * L, (c1 - c0) * L, a.y, stream, co,
             [&](int64_t c, Cp* v) {
               v[0] = gcoef[c].center;
               v[1] = gcoef[c].sc;
@@ -2372,7 +2387,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
             [&](int64_t q, int64_t len, Cp* const* k, bool st) {
               cl({a.x + q, a.residual ? a.residual + q : nullptr, a.y + q, len, len, k[0], k[1], k[2], slope, st});
             });
-      }
+      });
       if (stream) stream_fence();
     }
     return;
@@ -2711,7 +2726,7 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
   const bool phased = bytes >= ex.stream_min_bytes;
   const bool stream = can_stream(a.dx, bytes, ex.stream_min_bytes);
   const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex);
-  const int64_t per_thread = ColumnScratch<S>::bytes(gc, L) + ClCoef<Cp>::bytes(kFlatBlock, 4);
+  const int64_t per_thread = group_scratch_bytes<S, 4>(gc, L);
   Carver carve(ex.workspace->reserve(nt * per_thread + Carver::bytes<BwdCoef<Cp>>(C)));
   char* scratch = carve.take<char>(nt * per_thread);
   BwdCoef<Cp>* coef = carve.take<BwdCoef<Cp>>(C);
@@ -2720,12 +2735,8 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    const Share mine = my_share(C);
-    char* own = scratch + thread_id() * per_thread;
-    const ColumnScratch<S> cs = ColumnScratch<S>::at(own, gc, L);
-    char* co_bytes = own + ColumnScratch<S>::bytes(gc, L);
-    for (int64_t c0 = mine.begin; c0 < mine.end; c0 += gc) {
-      const int64_t c1 = min64(c0 + gc, mine.end), p0 = c0 * L, np = (c1 - c0) * L;
+    for_my_groups<S, 4>(C, L, gc, scratch, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
+      const int64_t p0 = c0 * L, np = (c1 - c0) * L;
       for (int64_t c = c0; c < c1; ++c) {
         std::fill(cs.k + (c - c0) * L, cs.k + (c + 1 - c0) * L, static_cast<Cp>(bwd_channel(a, c).center));
       }
@@ -2740,7 +2751,7 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
       group_rows_walk<Cp, 4>(
-          N, P, L, p0, np, a.dx, stream, co_bytes,
+          N, P, L, p0, np, a.dx, stream, co,
           [&](int64_t c, Cp* v) {
             v[0] = coef[c].center;
             v[1] = coef[c].a;
@@ -2751,7 +2762,7 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
             su.fn.flat_cl({a.dy + q, off(a.x, q), off(a.y, q), a.dx + q, a.dresidual ? a.dresidual + q : nullptr,
                            len, len, k[0], k[1], k[2], k[3], su.slope, su.inv_slope, st});
           });
-    }
+    });
     if (stream) stream_fence();
   }
 }
