@@ -134,6 +134,8 @@ GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 120 << 10), ((6, 96,
 @pytest.mark.parametrize("shape,cache", GROUP_CASES)
 def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_threads, shape, cache, dtype):
     x = (np.random.default_rng(6).standard_normal(shape) * 2 + 5).astype(dtype)
+    gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))  # run_all's
+    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape)
     try:
         fastbn.set_num_threads(1)
         fastbn._core.reset_core_cache_bytes()  # every thread's channels in one group
@@ -146,17 +148,20 @@ def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_
             _, smean, sm2 = fastbn.batch_norm_stats(x, axis=1)  # the statistics alone: the forward's
             assert np.array_equal(smean.astype(expected[1].dtype), expected[1])
             assert np.array_equal((sm2 / (x.size // shape[1])).astype(expected[2].dtype), expected[2])
+            # a distributed backward's local sums (not grouped): the full backward's dbeta and dgamma
+            sum_dy, sum_dy_xhat = fastbn.batch_norm_backward_reduce(dy, x, expected[1], expected[2], gamma, axis=1)
+            assert np.array_equal(sum_dy.astype(expected[5].dtype), expected[5])
+            assert np.array_equal(sum_dy_xhat.astype(expected[4].dtype), expected[4])
     finally:
         fastbn._core.reset_core_cache_bytes()
     x64 = x.astype(np.float64)
     c = shape[1]
-    gamma = np.linspace(0.5, 1.5, c)
+    gamma = gamma.astype(np.float64)
     tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)  # bfloat16 outputs: 8 significant bits
     y_ref, mean_ref, var_ref = ref_train(x64, gamma, np.linspace(-1, 1, c))
     np.testing.assert_allclose(np.asarray(expected[0]).astype(np.float64), y_ref, rtol=tol, atol=tol)
     np.testing.assert_allclose(np.asarray(expected[1]).astype(np.float64), mean_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(expected[2]).astype(np.float64), var_ref, rtol=1e-5)
-    dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape)
     for got, want in zip(expected[3:6], ref_backward(dy, x64, mean_ref, var_ref, gamma)):
         scale = np.abs(want).max()
         np.testing.assert_allclose(np.asarray(got).astype(np.float64), want, rtol=tol, atol=tol * scale)
