@@ -2715,6 +2715,31 @@ struct BwdSetup {
         from_y(a.x == nullptr) {}
 };
 
+// The backward's sums of short runs (flat_nc) for the channels [c0, c1): column sums per position down the N rows
+// (one row of C * L positions per sample, read in order) with each channel's center, then each channel's L
+// positions added (lane_sums), as nc_flat_stats does; coef[c] = finish_bwd(...). cs holds ColumnScratch<S>::bytes(
+// c1 - c0, L). A position's sums do not depend on c0 and c1, so neither do the bits.
+template <class S>
+inline void flat_group_sums(const BackwardArgs<S>& a, const BwdSetup<S>& su, int64_t c0, int64_t c1,
+                            const ColumnScratch<S>& cs, bool phased, BwdCoef<compute_t<S>>* coef) {
+  using Cp = compute_t<S>;
+  const int64_t N = a.outer, L = a.inner, P = a.channels * L, p0 = c0 * L, np = (c1 - c0) * L;
+  if (np <= 0) return;
+  auto off = [](const S* p, int64_t o) { return p ? p + o : nullptr; };
+  for (int64_t c = c0; c < c1; ++c) {
+    std::fill(cs.k + (c - c0) * L, cs.k + (c + 1 - c0) * L, static_cast<Cp>(bwd_channel(a, c).center));
+  }
+  std::fill(cs.k + np, cs.k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
+  std::fill(cs.s1, cs.s1 + round_up(np, 16), 0.0);
+  std::fill(cs.s2, cs.s2 + round_up(np, 16), 0.0);
+  su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, P, cs.k, su.slope, su.inv_slope, cs.s1, cs.s2, phased);
+  for (int64_t c = c0; c < c1; ++c) {
+    double sdz, sum_u;
+    lane_sums(cs.s1 + (c - c0) * L, cs.s2 + (c - c0) * L, L, sdz, sum_u);
+    coef[c] = finish_bwd(a, c, sdz, sum_u);
+  }
+}
+
 // The full backward of short runs (flat_nc) by channel groups: each thread takes its channels a group at a time
 // (group_channels), the group's sums as column sums down the N rows (as the flat sums below, same bits),
 // then its dx row by row over blocks of kFlatBlock positions, whose coefficients stay in L1.
@@ -2736,22 +2761,9 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
   {
     probe.started();
     for_my_groups<S, 4>(C, L, gc, scratch, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
-      const int64_t p0 = c0 * L, np = (c1 - c0) * L;
-      for (int64_t c = c0; c < c1; ++c) {
-        std::fill(cs.k + (c - c0) * L, cs.k + (c + 1 - c0) * L, static_cast<Cp>(bwd_channel(a, c).center));
-      }
-      std::fill(cs.k + np, cs.k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
-      std::fill(cs.s1, cs.s1 + round_up(np, 16), 0.0);
-      std::fill(cs.s2, cs.s2 + round_up(np, 16), 0.0);
-      su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, P, cs.k, su.slope, su.inv_slope, cs.s1, cs.s2,
-                    phased);
-      for (int64_t c = c0; c < c1; ++c) {
-        double sdz, sum_u;
-        lane_sums(cs.s1 + (c - c0) * L, cs.s2 + (c - c0) * L, L, sdz, sum_u);
-        coef[c] = finish_bwd(a, c, sdz, sum_u);
-      }
+      flat_group_sums(a, su, c0, c1, cs, phased, coef);
       group_rows_walk<Cp, 4>(
-          N, P, L, p0, np, a.dx, stream, co,
+          N, P, L, c0 * L, (c1 - c0) * L, a.dx, stream, co,
           [&](int64_t c, Cp* v) {
             v[0] = coef[c].center;
             v[1] = coef[c].a;
@@ -2955,32 +2967,12 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   {
     probe.started();
     if (flat_sums) {
-      // Short runs: sums per position down the N rows (one row of C * L positions per sample, read in order),
-      // then each channel's L positions added (lane_sums), as nc_flat_stats does. Run by run, each run of a few
+      // Short runs: the column sums of flat_group_sums over this thread's channels. Run by run, each run of a few
       // vectors cost a head and a tail: old and new builds alternating on the EPYC VM, one thread,
       // 16x512x5x5 102 -> 66 us, 32x128x7x7 73 -> 59; two threads 55 -> 39 and 40 -> 33 (32x64x8x8 about even).
       const Share mine = my_share(C);
-      const int64_t p0 = mine.begin * L, np = (mine.end - mine.begin) * L;
-      const ColumnScratch<S> cs = ColumnScratch<S>::mine(pos_scratch, C, L);
-      double* g = cs.s1;
-      double* h = cs.s2;
-      Cp* center = cs.k;
-      if (np > 0) {
-        for (int64_t c = mine.begin; c < mine.end; ++c) {
-          std::fill(center + (c - mine.begin) * L, center + (c + 1 - mine.begin) * L,
-                    static_cast<Cp>(bwd_channel(a, c).center));
-        }
-        std::fill(center + np, center + round_up(np, 16), Cp(0));  // the last vector's spare lanes
-        std::fill(g, g + round_up(np, 16), 0.0);
-        std::fill(h, h + round_up(np, 16), 0.0);
-        su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, C * L, center, su.slope, su.inv_slope, g, h,
-                      bytes >= ex.stream_min_bytes);
-      }
-      for (int64_t c = mine.begin; c < mine.end; ++c) {
-        double sdz, sum_u;
-        lane_sums(g + (c - mine.begin) * L, h + (c - mine.begin) * L, L, sdz, sum_u);
-        coef[c] = finish_bwd(a, c, sdz, sum_u);
-      }
+      flat_group_sums(a, su, mine.begin, mine.end, ColumnScratch<S>::mine(pos_scratch, C, L),
+                      bytes >= ex.stream_min_bytes, coef);
 #pragma omp barrier
     } else if (by_rows) {
 #pragma omp for schedule(static)
