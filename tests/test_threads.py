@@ -339,3 +339,67 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
     np.testing.assert_allclose(expected[0][1].astype(np.float64), mean_ref, rtol=1e-5)
     relu = np.maximum(y_ref + res.astype(np.float64), 0)
     np.testing.assert_allclose(expected[1][0].astype(np.float64), relu, rtol=tol, atol=tol)
+
+
+# Channels-last rows of several column groups: beyond the cache (streaming on) the statistics and the backward's
+# sums read rows together (kRowsTogether at a time, each vector of columns down them) instead of one group of
+# columns down a whole chunk. (3000, 200): groups of 8 and 4 vectors and a masked tail; (1200, 1030): chunks and
+# tiles that are not whole rounds of 32 rows; (2048, 512): whole rounds; (300, 2100): two panels of the backward.
+ROW_WALK_SHAPES = [(3000, 200), (1200, 1030), (2048, 512), (300, 2100)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", ROW_WALK_SHAPES)
+def test_channels_last_rows_read_together_give_the_bits_of_column_groups(simd, restore_threads, shape, dtype):
+    """Training, batch_norm_stats, the backward and a distributed backward's local sums give, with the row walk
+    (streaming on), the bits of the column-group walk (streaming off) on 1 to 3 threads, a channel whose first
+    rows are far from its mean (the shift is off: the careful path) and one with an inf included; and the
+    float64 reference."""
+    rng = np.random.default_rng(11)
+    x64 = rng.standard_normal(shape) * 2 + 3
+    x64[:, 3] += 1e4  # a large mean
+    x64[:16, 5] += 60  # the first rows' mean, the shift, is off
+    x = x64.astype(dtype)
+    x_inf = x.copy()
+    x_inf[7, 9] = np.inf
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, shape[1]).astype(param_dtype(x))
+
+    def run():
+        y, mean, var = fastbn.batch_norm_train(x, gamma, beta)
+        _, smean, sm2 = fastbn.batch_norm_stats(x)
+        _, imean, im2 = fastbn.batch_norm_stats(x_inf)
+        dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma)
+        sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, smean, sm2 / x.shape[0], gamma)
+        return [y, mean, var, smean, sm2, imean, im2, dx, dg, db, sdy, sdyx]
+
+    fastbn.set_num_threads(1)
+    try:
+        fastbn._core.set_stream_min_bytes(1 << 40)
+        expected = run()
+        fastbn._core.set_stream_min_bytes(1 << 10)
+        for threads in (1, 2, 3):
+            fastbn.set_num_threads(threads)
+            for got, want in zip(run(), expected):
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    y, mean, var, smean, sm2, imean, im2, dx, dg, db, sdy, sdyx = expected
+    xr = x.astype(np.float64)
+    y_ref, mean_ref, var_ref = ref_train(xr, gamma.astype(np.float64), beta.astype(np.float64))
+    tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6 if dtype != np.float64 else 1e-12)
+    np.testing.assert_allclose(var, var_ref, rtol=tol)
+    np.testing.assert_allclose(smean, mean_ref, rtol=1e-6 if dtype != np.float64 else 1e-12)
+    np.testing.assert_allclose(sm2, var_ref * x.shape[0], rtol=tol)
+    np.testing.assert_allclose(y.astype(np.float64), y_ref, rtol=tol, atol=tol)
+    assert np.isnan(imean[9]) or np.isinf(imean[9])
+    keep = np.arange(shape[1]) != 9
+    np.testing.assert_allclose(imean[keep], mean_ref[keep], rtol=1e-6 if dtype != np.float64 else 1e-12)
+    np.testing.assert_allclose(im2[keep], sm2[keep], rtol=tol)
+    dx_ref, dg_ref, db_ref = ref_backward(dy.astype(np.float64), xr, mean_ref, var_ref, gamma.astype(np.float64))
+    np.testing.assert_allclose(dg, dg_ref, rtol=tol, atol=tol * np.abs(dg_ref).max())
+    np.testing.assert_allclose(db, db_ref, rtol=tol, atol=tol * np.abs(db_ref).max())
+    np.testing.assert_allclose(sdy, db_ref, rtol=tol, atol=tol * np.abs(db_ref).max())
+    np.testing.assert_allclose(dx.astype(np.float64), dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())

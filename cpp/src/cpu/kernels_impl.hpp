@@ -75,6 +75,10 @@ constexpr int kRound = 32;
 // Rows whose mean is a channels-last tile's first guess at its shift (moments_group_cl_once): the guess is off by
 // about std / 4, and more than std (which sends the group to the careful path) in ~1e-4 of channels.
 constexpr int kShiftRows = 16;
+// Rows that the channels-last row walks (shifted_rows_cl, bwd_rows_cl) read together, and how many of their
+// blocks of rows ahead they prefetch.
+constexpr int kRowsTogether = 8;
+constexpr int kRowsAhead = 2;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -1110,11 +1114,72 @@ inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int6
   flush();
 }
 
+// bwd_group_cl over all C columns of channels-last rows (stride C) at once, kRowsTogether rows at a time, as
+// shifted_rows_cl is to shifted_group_cl: each vector of columns down those rows, its float sums kept in a panel
+// of up to kPanel columns (on the stack, in L1) between, and added into g_out and h_out every kRound rows, so
+// that each lane takes the operations of bwd_group_cl in the same order (the same bits). The rows kRowsAhead
+// blocks on (of the `avail` rows from the first) are prefetched. One process, order shuffled, against the column
+// groups (EPYC Zen 4 VM, 21 rounds): backward of 50176x256, 8192x1024 and 32768x512, 2 threads 1.11-1.17x
+// faster, 1 thread 1.15-1.33x; the local sums alone (batch_norm_backward_reduce) 1.21-1.28x.
+template <class S, Act A, bool kFromY, class M>
+inline void bwd_rows_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avail, int64_t C,
+                        const compute_t<S>* center, compute_t<S> slope, compute_t<S> inv_slope, M m, double* g_out,
+                        double* h_out) {
+  using Cp = compute_t<S>;
+  using V = Vec<Cp>;
+  constexpr int W = V::width, R = kRowsTogether;
+  constexpr int64_t kPanel = 8192 / static_cast<int64_t>(sizeof(Cp));
+  alignas(64) Cp ga[kPanel], ha[kPanel];
+  const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
+  for (int64_t c0 = 0; c0 < C; c0 += kPanel) {
+    const int64_t pc = min64(kPanel, C - c0), cv = c0 + pc / W * W, pw = round_up(pc, W);
+    const int tail = static_cast<int>(c0 + pc - cv);
+    auto step = [&](int64_t o, auto n, int64_t c, auto lanes) {
+      const typename V::reg ce = V::load(center + c);
+      typename V::reg g = V::load(ga + (c - c0)), h = V::load(ha + (c - c0));
+      for (int64_t i = 0; i < n; ++i) {
+        typename V::reg dz, u;
+        bwd_elem<S, A, kFromY>(dy, x, y, o + i * C + c, lanes, ce, sl, isl, dz, u);
+        dz = keep<V>(lanes, dz, V::zero());
+        u = keep<V>(lanes, u, V::zero());
+        g = V::add(g, dz);
+        h = V::fmadd(dz, u, h);
+      }
+      V::store(ga + (c - c0), g);
+      V::store(ha + (c - c0), h);
+    };
+    for (int64_t r0 = 0; r0 < rows; r0 += kRound) {
+      const int64_t end = min64(rows, r0 + kRound);
+      std::fill(ga, ga + pw, Cp(0));
+      std::fill(ha, ha + pw, Cp(0));
+      int64_t r = r0;
+      for (; r + R <= end; r += R) {
+        const bool ahead = r + (kRowsAhead + 1) * R <= avail;
+        for (int64_t c = c0; c < cv; c += W) {
+          if (ahead) {
+            for (int i = 0; i < R; ++i) prefetch_inputs<S, A, kFromY>(dy, x, y, (r + kRowsAhead * R + i) * C + c);
+          }
+          step(r * C, std::integral_constant<int, R>{}, c, m);
+        }
+        if (tail) step(r * C, std::integral_constant<int, R>{}, cv, tail);
+      }
+      for (; r < end; ++r) {
+        for (int64_t c = c0; c < cv; c += W) step(r * C, 1, c, m);
+        if (tail) step(r * C, 1, cv, tail);
+      }
+      for (int64_t c = 0; c < pw; c += W) {
+        V::add_to(g_out + c0 + c, V::load(ga + c));
+        V::add_to(h_out + c0 + c, V::load(ha + c));
+      }
+    }
+  }
+}
+
 // Sums over `rows` rows (row r at r * stride) of the C columns of each, one entry per column in g and h (centers
 // per column): channels-last tiles (stride C), and the positions of short-run NCHW tensors (stride C * L).
 // `phased`: whole vectors off a vector boundary are read as Phased (see with_phase; tensors beyond the cache).
 template <class S, Act A, bool kFromY>
-void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, int64_t stride,
+void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avail, int64_t C, int64_t stride,
                  const compute_t<S>* center, compute_t<S> slope, compute_t<S> inv_slope, double* g, double* h,
                  bool phased) {
   constexpr int W = Vec<compute_t<S>>::width;
@@ -1126,6 +1191,12 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, i
   auto at = [](const S* p, int64_t c) { return p ? p + c : nullptr; };
   const int phase =
       phased ? column_phase(stride, dy, kFromY ? nullptr : x, A != Act::none || kFromY ? y : nullptr) : 0;
+  if (phased && stride == C && C > kG * W) {
+    with_phase<S>(phase, Full{}, [&](auto lanes) {
+      bwd_rows_cl<S, A, kFromY>(dy, x, y, rows, avail, C, center, slope, inv_slope, lanes, g, h);
+    });
+    return;
+  }
   for_column_groups<kG, W>(C, [&](auto gr, int64_t c, auto m) {
     with_phase<S>(phase, m, [&](auto lanes) {
       bwd_group_cl<S, A, kFromY, decltype(gr)::value>(dy + c, at(x, c), at(y, c), rows, stride, center + c, slope,
@@ -1137,7 +1208,7 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t C, i
 template <class S>
 struct BwdFns {
   void (*sums_nc)(const BwdSums<S>&, double&, double&);
-  void (*sums_cl)(const S*, const S*, const S*, int64_t, int64_t, int64_t, const compute_t<S>*, compute_t<S>,
+  void (*sums_cl)(const S*, const S*, const S*, int64_t, int64_t, int64_t, int64_t, const compute_t<S>*, compute_t<S>,
                   compute_t<S>, double*, double*, bool);
   void (*block_nc)(const BwdBlock<S>&);
   void (*flat_cl)(const BwdFlat<S>&);
@@ -1395,20 +1466,17 @@ inline void moments_group_cl(const S* x, int64_t rows, int64_t C, M m, compute_t
   shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2);
 }
 
-// The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
-// the sums are kept when every lane's |mean - k| <= std; false otherwise (s1 and s2 then hold partial sums).
-// Paired against always two passes on the EPYC VM, 2 threads (then per tile): statistics of 25088x256 (in the
-// last-level cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
+// The shifts of moments_group_cl_once: k (G * W entries) the mean of the first kShiftRows rows (at most `rows`),
+// also returned in k0; false where some k is inf or NaN.
 template <class S, int G, class M>
-inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* s1,
-                                  double* s2) {
+inline bool group_shift_cl(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k,
+                           typename Vec<compute_t<S>>::reg* k0) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
   constexpr int W = V::width;
   int h = 1;
   while (2 * h <= kShiftRows && 2 * h <= rows) h *= 2;
   const typename V::reg inv_h = V::set1(Cp(1) / static_cast<Cp>(h));
-  typename V::reg k0[G];
   typename V::reg fin = V::zero();
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) {
@@ -1427,11 +1495,29 @@ inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, comp
   for (int i = 0; i < W; ++i) {
     if (!(f[i] == 0)) return false;
   }
-  shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2);
+  return true;
+}
+
+// Whether the one-pass sums of `rows` rows (s1, s2 about the shifts k, n entries) are kept: every |mean - k| <=
+// std (false for NaN and inf).
+inline bool shift_close(int64_t rows, int n, const double* s1, const double* s2) {
   const double two_n = 2 / static_cast<double>(rows);
   bool ok = true;
-  for (int i = 0; i < G * W; ++i) ok &= two_n * s1[i] * s1[i] <= s2[i];  // false for NaN and inf
+  for (int i = 0; i < n; ++i) ok &= two_n * s1[i] * s1[i] <= s2[i];
   return ok;
+}
+
+// The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
+// the sums are kept when every lane's |mean - k| <= std; false otherwise (s1 and s2 then hold partial sums).
+// Paired against always two passes on the EPYC VM, 2 threads (then per tile): statistics of 25088x256 (in the
+// last-level cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
+template <class S, int G, class M>
+inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* s1,
+                                  double* s2) {
+  typename Vec<compute_t<S>>::reg k0[G];
+  if (!group_shift_cl<S, G>(x, rows, C, m, k, k0)) return false;
+  shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2);
+  return shift_close(rows, G * Vec<compute_t<S>>::width, s1, s2);
 }
 
 // Vectors of columns a statistics pass over rows takes together (moments_group_cl: 4 registers each).
@@ -1506,6 +1592,101 @@ inline void chunk_group_moments(const S* x, int64_t rows, int64_t C, int64_t til
     merge_tile_cl(x + r0 * C, pm, pq, n_acc, n, count, C, k, s1, s2);
     n_acc += static_cast<double>(n);
   }
+}
+
+// shifted_group_cl over all C channels of `rows` <= kRound rows at once, kRowsTogether rows at a time: each
+// vector of columns down those rows, its float sums kept in u and q (round_up(C, W) entries each, in L1) in
+// between and moved into s1 and s2 at the end, so that each lane takes the same operations in the same order as
+// in shifted_group_cl (the same bits). The reads advance along the block's rows together, and the block
+// kRowsAhead blocks on (of the `avail` rows from x) is prefetched as stored, line after line. Reading a chunk
+// of rows in groups of G vectors down the chunk (2 KiB and more between a group's reads) costs a streaming read
+// twice its time on the EPYC Zen 4 VM (a micro-benchmark, 32 MiB beyond the cache, 2 threads: 2.3-3.3 ms for
+// rows of 256 to 4096 floats against 1.1-1.5 read in order); this walk took 1.1-1.3. In the kernels (one
+// process, order shuffled, 21-30 rounds): statistics of 32768x256, 16384x512, 8192x1024, 2048x4096 1.2-2.2x
+// faster at 2 threads; training of 50176x256, 8192x1024, 32768x512 1.19-1.27x (2 threads), 1.31-1.46x (1).
+template <class S, class M>
+inline void shifted_rows_cl(const S* x, int64_t rows, int64_t avail, int64_t C, M m, const compute_t<S>* k,
+                            compute_t<S>* u, compute_t<S>* q, double* s1, double* s2) {
+  using V = Vec<compute_t<S>>;
+  constexpr int W = V::width, R = kRowsTogether;
+  constexpr int64_t kLineBytes = 64, kStep = R * W * static_cast<int64_t>(sizeof(S));  // bytes a step reads
+  const int64_t cv = C / W * W, cw = round_up(C, W);
+  const int tail = static_cast<int>(C - cv);
+  std::fill(u, u + cw, compute_t<S>(0));
+  std::fill(q, q + cw, compute_t<S>(0));
+  auto step = [&](const S* p, auto n, int64_t c, auto lanes) {
+    const typename V::reg kc = V::load(k + c);
+    typename V::reg a = V::load(u + c), b = V::load(q + c);
+    for (int64_t i = 0; i < n; ++i) {
+      const typename V::reg d = V::sub(ld(p + i * C + c, lanes), kc);
+      a = V::add(a, d);
+      b = V::fmadd(d, d, b);
+    }
+    V::store(u + c, a);
+    V::store(q + c, b);
+  };
+  int64_t r = 0;
+  for (; r + R <= rows; r += R) {
+    const S* p = x + r * C;
+    const char* pf = reinterpret_cast<const char*>(p + kRowsAhead * R * C);
+    const bool ahead = r + (kRowsAhead + 1) * R <= avail;
+    for (int64_t c = 0; c < cv; c += W) {
+      if (ahead) {
+        for (int64_t o = 0; o < kStep; o += kLineBytes) __builtin_prefetch(pf + c * R * sizeof(S) + o, 0, 2);
+      }
+      step(p, std::integral_constant<int, R>{}, c, m);
+    }
+    if (tail) step(p, std::integral_constant<int, R>{}, cv, tail);
+  }
+  for (; r < rows; ++r) {
+    const S* p = x + r * C;
+    for (int64_t c = 0; c < cv; c += W) step(p, 1, c, m);
+    if (tail) step(p, 1, cv, tail);
+  }
+  for (int64_t c = 0; c < cw; c += W) {
+    V::add_to(s1 + c, V::load(u + c));
+    V::add_to(s2 + c, V::load(q + c));
+  }
+}
+
+// chunk_group_moments over all the channels of a chunk whose rows take several groups (C > kStatsGroup * W),
+// with the one-pass sums taken kRound rows at a time across the whole row rather than group by group down the
+// chunk: the chunk is read once, row after row, as stored, instead of in pieces of G vectors a row 4 KiB and
+// more apart. The same bits (a lane's float sum still spans the same kRound rows before it goes to double). A
+// group whose shift is off takes chunk_group_moments' two passes. k, d1, s1, s2: scratch of round_up(C, 16), and
+// 2 * round_up(C, 16) doubles past s2 (the float sums).
+template <class S>
+inline void chunk_moments_rows(const S* x, int64_t rows, int64_t C, int64_t tile, int phase, compute_t<S>* k,
+                               double* d1, double* s1, double* s2, double* pm, double* pq) {
+  using V = Vec<compute_t<S>>;
+  constexpr int W = V::width;
+  std::fill(s1, s1 + round_up(C, W), 0.0);
+  std::fill(s2, s2 + round_up(C, W), 0.0);
+  for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
+    constexpr int G = decltype(g)::value;
+    typename V::reg k0[G];
+    with_phase<S>(phase, m0, [&](auto m) { group_shift_cl<S, G>(x + c, rows, C, m, k + c, k0); });
+  });
+  compute_t<S>* u = reinterpret_cast<compute_t<S>*>(s2 + round_up(C, 16));
+  compute_t<S>* q = u + round_up(C, 16);
+  with_phase<S>(phase, Full{}, [&](auto m) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRound) {
+      shifted_rows_cl(x + r0 * C, min64(kRound, rows - r0), rows - r0, C, m, k, u, q, s1, s2);
+    }
+  });
+  for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
+    constexpr int G = decltype(g)::value;
+    const int64_t count = min64(G * W, C - c);
+    bool ok = shift_close(rows, G * W, s1 + c, s2 + c);
+    for (int i = 0; i < G * W; ++i) ok &= std::isfinite(k[c + i]);
+    if (ok) {
+      merge_tile_cl(x + c, pm + c, pq + c, 0, rows, count, C, k + c, s1 + c, s2 + c);
+    } else {
+      with_phase<S>(phase, m0, [&](auto m) {
+        chunk_group_moments<S, G>(x + c, rows, C, tile, m, count, k + c, d1 + c, s1 + c, s2 + c, pm + c, pq + c);
+      });
+    }
+  });
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1986,7 +2167,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
   constexpr int W = Vec<compute_t<S>>::width;
   const int64_t Cp = round_up(C, 16);
   compute_t<S>* k = kscratch + Cp * thread_id();
-  double* d1 = dscratch + 3 * Cp * thread_id();
+  double* d1 = dscratch + 5 * Cp * thread_id();
   double* s1 = d1 + Cp;
   double* s2 = s1 + Cp;
 #pragma omp for schedule(static)
@@ -1994,6 +2175,10 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
     const S* xc = x + plan.chunk_begin(ch) * C;
     const int64_t rows = min64(plan.chunk, R - plan.chunk_begin(ch));
     const int phase = phased ? column_phase(C, xc) : 0;
+    if (phased && C > kStatsGroup * W && rows >= 4 * kShiftRows) {
+      chunk_moments_rows(xc, rows, C, plan.tile, phase, k, d1, s1, s2, pmean + ch * C, pm2 + ch * C);
+      continue;
+    }
     for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
       constexpr int G = decltype(g)::value;
       with_phase<S>(phase, m0, [&](auto m) {
@@ -2015,7 +2200,7 @@ struct ClStatsScratch {
   static int64_t bytes(const RowPlan& plan, int64_t C, int nt) {
     const int64_t Cp = round_up(C, 16);
     return 2 * Carver::bytes<double>(plan.nchunks * C) + Carver::bytes<compute_t<S>>(Cp * nt) +
-           Carver::bytes<double>(3 * Cp * nt) + Carver::bytes<Moments>(C);
+           Carver::bytes<double>(5 * Cp * nt) + Carver::bytes<Moments>(C);
   }
   static ClStatsScratch carve(Carver& cv, const RowPlan& plan, int64_t C, int nt) {
     const int64_t Cp = round_up(C, 16);
@@ -2023,7 +2208,7 @@ struct ClStatsScratch {
     s.pmean = cv.take<double>(plan.nchunks * C);
     s.pm2 = cv.take<double>(plan.nchunks * C);
     s.k = cv.take<compute_t<S>>(Cp * nt);
-    s.d = cv.take<double>(3 * Cp * nt);
+    s.d = cv.take<double>(5 * Cp * nt);
     s.mom = cv.take<Moments>(C);
     return s;
   }
@@ -2732,7 +2917,8 @@ inline void flat_group_sums(const BackwardArgs<S>& a, const BwdSetup<S>& su, int
   std::fill(cs.k + np, cs.k + round_up(np, 16), Cp(0));  // the last vector's spare lanes
   std::fill(cs.s1, cs.s1 + round_up(np, 16), 0.0);
   std::fill(cs.s2, cs.s2 + round_up(np, 16), 0.0);
-  su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, np, P, cs.k, su.slope, su.inv_slope, cs.s1, cs.s2, phased);
+  su.fn.sums_cl(a.dy + p0, off(a.x, p0), off(a.y, p0), N, N, np, P, cs.k, su.slope, su.inv_slope, cs.s1, cs.s2,
+                phased);
   for (int64_t c = c0; c < c1; ++c) {
     double sdz, sum_u;
     lane_sums(cs.s1 + (c - c0) * L, cs.s2 + (c - c0) * L, L, sdz, sum_u);
@@ -3090,8 +3276,8 @@ void backward_cl(const BackwardArgs<S>& a, const Exec& ex) {
         const int64_t end = min64(R, plan.chunk_begin(ch) + plan.chunk);
         for (int64_t r0 = plan.chunk_begin(ch); r0 < end; r0 += plan.tile) {
           const int64_t rows = min64(plan.tile, end - r0), o = r0 * C;
-          su.fn.sums_cl(a.dy + o, a.x ? a.x + o : nullptr, a.y ? a.y + o : nullptr, rows, C, C, center, su.slope,
-                        su.inv_slope, pg, ph, bytes >= ex.stream_min_bytes);
+          su.fn.sums_cl(a.dy + o, a.x ? a.x + o : nullptr, a.y ? a.y + o : nullptr, rows, end - r0, C, C, center,
+                        su.slope, su.inv_slope, pg, ph, bytes >= ex.stream_min_bytes);
           if (dx_with_sums) dx_rows(r0, rows);
         }
       }
