@@ -403,3 +403,61 @@ def test_channels_last_rows_read_together_give_the_bits_of_column_groups(simd, r
     np.testing.assert_allclose(db, db_ref, rtol=tol, atol=tol * np.abs(db_ref).max())
     np.testing.assert_allclose(sdy, db_ref, rtol=tol, atol=tol * np.abs(db_ref).max())
     np.testing.assert_allclose(dx.astype(np.float64), dx_ref, rtol=tol, atol=tol * np.abs(dx_ref).max())
+
+
+# Channels-last rows of 4 KiB and more: beyond the cache (streaming on) the training forward and inference take
+# kRowsTogether rows at a time, a vector of columns down them; inference of rows longer than a flat block goes
+# chunk by chunk of whole rows. (203, 2048): chunks of 51 rows (6 blocks of 8 and 3 rows; prefetches for the
+# first); (61, 4096): 2 blocks a chunk; (130, 1032): rows that are not whole vectors (no row blocks; inference's
+# vectors cross rows).
+CL_LONG_ROW_SHAPES = [(203, 2048), (61, 4096), (130, 1032)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", CL_LONG_ROW_SHAPES)
+def test_long_channels_last_rows_give_the_bits_of_the_plain_walk(restore_threads, shape, dtype):
+    """Training (with and without a residual and an activation) and inference into outputs at several offsets
+    from a vector boundary, streaming on, 1 to 3 threads: the bits of one thread with streaming off; and the
+    float64 reference."""
+    rng = np.random.default_rng(21)
+    x = (rng.standard_normal(shape) * 3 - 2).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    gamma = np.linspace(0.5, 1.5, c).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, c).astype(param_dtype(x))
+    mean_in = np.linspace(-2.5, -1.5, c).astype(param_dtype(x))
+    var_in = np.linspace(8, 10, c).astype(param_dtype(x))
+    variants = [{}, {"activation": "relu", "residual": res}]
+
+    def out_at(offset):
+        buf = np.full(x.size + 16, np.nan, dtype)
+        return buf[offset : offset + x.size].reshape(shape)
+
+    def run(offset):
+        got = []
+        for kw in variants:
+            y, mean, var = fastbn.batch_norm_train(x, gamma, beta, out=out_at(offset), **kw)
+            yi = fastbn.batch_norm_infer(x, mean_in, var_in, gamma, beta, out=out_at(offset), **kw)
+            got += [y, mean, var, yi]
+        return got
+
+    fastbn.set_num_threads(1)
+    try:
+        fastbn._core.set_stream_min_bytes(1 << 40)
+        expected = run(0)
+        fastbn._core.set_stream_min_bytes(1 << 10)
+        for threads in (1, 2, 3):
+            fastbn.set_num_threads(threads)
+            for offset in (0, 3, 8):
+                for got, want in zip(run(offset), expected):
+                    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    xr = x.astype(np.float64)
+    g64, b64 = gamma.astype(np.float64), beta.astype(np.float64)
+    tol = {np.float32: 1e-5, np.float64: 1e-12}.get(dtype, 2e-2)
+    y_ref, _, _ = ref_train(xr, g64, b64)
+    yi_ref = (xr - mean_in) / np.sqrt(var_in.astype(np.float64) + 1e-5) * g64 + b64
+    relu = lambda z: np.maximum(z + res.astype(np.float64), 0)  # noqa: E731
+    for got, want in zip(expected[0::4] + expected[3::4], [y_ref, relu(y_ref), yi_ref, relu(yi_ref)]):
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * 4)
