@@ -75,7 +75,7 @@ constexpr int kRound = 32;
 // Rows whose mean is a channels-last tile's first guess at its shift (moments_group_cl_once): the guess is off by
 // about std / 4, and more than std (which sends the group to the careful path) in ~1e-4 of channels.
 constexpr int kShiftRows = 16;
-// Rows that the channels-last row walks (shifted_rows_cl, bwd_rows_cl) read together, and how many of their
+// Rows that the channels-last row walks (rows_column_sums, span_rows) read together, and how many of their
 // blocks of rows ahead they prefetch.
 constexpr int kRowsTogether = 8;
 constexpr int kRowsAhead = 2;
@@ -801,8 +801,8 @@ inline int span_phase(const S* out, bool stream) {
 // span() over values whose coefficients repeat every `period` values (a multiple of the width; 0: no period),
 // whole blocks of kRowsTogether periods ("rows", each starting where span's aligned vectors do) taken a vector
 // of columns at a time down the block's rows: a column's coefficients are then read once a block, not once a
-// row, and stay in L1 (a row of 4 KiB and more of coefficients did not: per vector four loads from L2), and
-// prefetch(i) is called for the values of the block kRowsAhead blocks on.
+// row (rows_together says where that pays), and prefetch(i) is called for the values of the block kRowsAhead
+// blocks on.
 template <class S, class K, class F, class P>
 inline void span_rows(S* out, int64_t n, int64_t period, bool stream, K& k, F&& f, P&& prefetch) {
   constexpr int W = IO<S>::width, R = kRowsTogether;
@@ -1177,36 +1177,38 @@ inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int6
   flush();
 }
 
-// bwd_group_cl over all C columns of channels-last rows (stride C) at once, kRowsTogether rows at a time, as
-// shifted_rows_cl is to shifted_group_cl: each vector of columns down those rows, its float sums kept in a panel
-// of up to kPanel columns (on the stack, in L1) between, and added into g_out and h_out every kRound rows, so
-// that each lane takes the operations of bwd_group_cl in the same order (the same bits). The rows kRowsAhead
-// blocks on (of the `avail` rows from the first) are prefetched. One process, order shuffled, against the column
-// groups (EPYC Zen 4 VM, 21 rounds): backward of 50176x256, 8192x1024 and 32768x512, 2 threads 1.11-1.17x
-// faster, 1 thread 1.15-1.33x; the local sums alone (batch_norm_backward_reduce) 1.21-1.28x.
-template <class S, Act A, bool kFromY, class M>
-inline void bwd_rows_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avail, int64_t C,
-                        const compute_t<S>* center, compute_t<S> slope, compute_t<S> inv_slope, M m, double* g_out,
-                        double* h_out) {
+// Column sums of channels-last rows (stride C) beyond the cache, read kRowsTogether rows at a time: each vector of
+// columns down those rows, its float sums kept in a panel of up to kPanel columns (on the stack, in L1) in between
+// and added into s1 and s2 (double) every kRound rows, so that each lane takes the operations of the group walks
+// (shifted_group_cl, bwd_group_cl) in the same order: the same bits. elem(o, k, lanes, p, q) gives the value at
+// offset o as the pair (p, q) of s1 += p, s2 += p * q, with k = col(c) for its vector of columns (a shift or a
+// center, loaded once for the rows of a block). The rows kRowsAhead blocks on (of the `avail`
+// rows from the first) are prefetched (prefetch(o) per vector). Reading a chunk of rows one group of G vectors
+// down the whole chunk at a time (512 bytes of a row, the next row 1-16 KiB on) cost twice a read in order on the
+// EPYC Zen 4 VM (a micro-benchmark, 32 MiB beyond the cache, 2 threads: 2.3-3.3 ms for rows of 256 to 4096
+// floats against 1.1-1.5; this walk 1.1-1.3). In the kernels, one process, order shuffled, against the group
+// walk: statistics of 32768x256, 16384x512, 8192x1024, 2048x4096 1.2-2.2x faster at 2 threads; training of
+// 50176x256, 8192x1024, 32768x512 1.19-1.27x (1.31-1.46x on one thread); backward 1.11-1.17x (1.15-1.33x), its
+// local sums alone (batch_norm_backward_reduce) 1.21-1.28x.
+template <class S, class M, class Col, class Elem, class Prefetch>
+inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, M m, Col&& col, Elem&& elem,
+                             Prefetch&& prefetch, double* s1, double* s2) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
   constexpr int W = V::width, R = kRowsTogether;
   constexpr int64_t kPanel = 8192 / static_cast<int64_t>(sizeof(Cp));
   alignas(64) Cp ga[kPanel], ha[kPanel];
-  const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
   for (int64_t c0 = 0; c0 < C; c0 += kPanel) {
     const int64_t pc = min64(kPanel, C - c0), cv = c0 + pc / W * W, pw = round_up(pc, W);
     const int tail = static_cast<int>(c0 + pc - cv);
-    auto step = [&](int64_t o, auto n, int64_t c, auto lanes) {
-      const typename V::reg ce = V::load(center + c);
+    auto step = [&](int64_t r, auto n, int64_t c, auto lanes) {
+      const typename V::reg k = col(c);
       typename V::reg g = V::load(ga + (c - c0)), h = V::load(ha + (c - c0));
       for (int64_t i = 0; i < n; ++i) {
-        typename V::reg dz, u;
-        bwd_elem<S, A, kFromY>(dy, x, y, o + i * C + c, lanes, ce, sl, isl, dz, u);
-        dz = keep<V>(lanes, dz, V::zero());
-        u = keep<V>(lanes, u, V::zero());
-        g = V::add(g, dz);
-        h = V::fmadd(dz, u, h);
+        typename V::reg p, q;
+        elem((r + i) * C + c, k, lanes, p, q);
+        g = V::add(g, p);
+        h = V::fmadd(p, q, h);
       }
       V::store(ga + (c - c0), g);
       V::store(ha + (c - c0), h);
@@ -1220,19 +1222,19 @@ inline void bwd_rows_cl(const S* dy, const S* x, const S* y, int64_t rows, int64
         const bool ahead = r + (kRowsAhead + 1) * R <= avail;
         for (int64_t c = c0; c < cv; c += W) {
           if (ahead) {
-            for (int i = 0; i < R; ++i) prefetch_inputs<S, A, kFromY>(dy, x, y, (r + kRowsAhead * R + i) * C + c);
+            for (int i = 0; i < R; ++i) prefetch((r + kRowsAhead * R + i) * C + c);
           }
-          step(r * C, std::integral_constant<int, R>{}, c, m);
+          step(r, std::integral_constant<int, R>{}, c, m);
         }
-        if (tail) step(r * C, std::integral_constant<int, R>{}, cv, tail);
+        if (tail) step(r, std::integral_constant<int, R>{}, cv, tail);
       }
       for (; r < end; ++r) {
-        for (int64_t c = c0; c < cv; c += W) step(r * C, 1, c, m);
-        if (tail) step(r * C, 1, cv, tail);
+        for (int64_t c = c0; c < cv; c += W) step(r, 1, c, m);
+        if (tail) step(r, 1, cv, tail);
       }
       for (int64_t c = 0; c < pw; c += W) {
-        V::add_to(g_out + c0 + c, V::load(ga + c));
-        V::add_to(h_out + c0 + c, V::load(ha + c));
+        V::add_to(s1 + c0 + c, V::load(ga + c));
+        V::add_to(s2 + c0 + c, V::load(ha + c));
       }
     }
   }
@@ -1255,8 +1257,17 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avai
   const int phase =
       phased ? column_phase(stride, dy, kFromY ? nullptr : x, A != Act::none || kFromY ? y : nullptr) : 0;
   if (phased && stride == C && C > kG * W) {
-    with_phase<S>(phase, Full{}, [&](auto lanes) {
-      bwd_rows_cl<S, A, kFromY>(dy, x, y, rows, avail, C, center, slope, inv_slope, lanes, g, h);
+    using V = Vec<compute_t<S>>;
+    const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
+    with_phase<S>(phase, Full{}, [&](auto m) {
+      rows_column_sums<S>(
+          rows, avail, C, m, [&](int64_t c) { return V::load(center + c); },
+          [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
+            bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
+            dz = keep<V>(lanes, dz, V::zero());
+            u = keep<V>(lanes, u, V::zero());
+          },
+          [&](int64_t o) { prefetch_inputs<S, A, kFromY>(dy, x, y, o); }, g, h);
     });
     return;
   }
@@ -1657,67 +1668,10 @@ inline void chunk_group_moments(const S* x, int64_t rows, int64_t C, int64_t til
   }
 }
 
-// shifted_group_cl over all C channels of `rows` <= kRound rows at once, kRowsTogether rows at a time: each
-// vector of columns down those rows, its float sums kept in u and q (round_up(C, W) entries each, in L1) in
-// between and moved into s1 and s2 at the end, so that each lane takes the same operations in the same order as
-// in shifted_group_cl (the same bits). The reads advance along the block's rows together, and the block
-// kRowsAhead blocks on (of the `avail` rows from x) is prefetched as stored, line after line. Reading a chunk
-// of rows in groups of G vectors down the chunk (2 KiB and more between a group's reads) costs a streaming read
-// twice its time on the EPYC Zen 4 VM (a micro-benchmark, 32 MiB beyond the cache, 2 threads: 2.3-3.3 ms for
-// rows of 256 to 4096 floats against 1.1-1.5 read in order); this walk took 1.1-1.3. In the kernels (one
-// process, order shuffled, 21-30 rounds): statistics of 32768x256, 16384x512, 8192x1024, 2048x4096 1.2-2.2x
-// faster at 2 threads; training of 50176x256, 8192x1024, 32768x512 1.19-1.27x (2 threads), 1.31-1.46x (1).
-template <class S, class M>
-inline void shifted_rows_cl(const S* x, int64_t rows, int64_t avail, int64_t C, M m, const compute_t<S>* k,
-                            compute_t<S>* u, compute_t<S>* q, double* s1, double* s2) {
-  using V = Vec<compute_t<S>>;
-  constexpr int W = V::width, R = kRowsTogether;
-  constexpr int64_t kLineBytes = 64, kStep = R * W * static_cast<int64_t>(sizeof(S));  // bytes a step reads
-  const int64_t cv = C / W * W, cw = round_up(C, W);
-  const int tail = static_cast<int>(C - cv);
-  std::fill(u, u + cw, compute_t<S>(0));
-  std::fill(q, q + cw, compute_t<S>(0));
-  auto step = [&](const S* p, auto n, int64_t c, auto lanes) {
-    const typename V::reg kc = V::load(k + c);
-    typename V::reg a = V::load(u + c), b = V::load(q + c);
-    for (int64_t i = 0; i < n; ++i) {
-      const typename V::reg d = V::sub(ld(p + i * C + c, lanes), kc);
-      a = V::add(a, d);
-      b = V::fmadd(d, d, b);
-    }
-    V::store(u + c, a);
-    V::store(q + c, b);
-  };
-  int64_t r = 0;
-  for (; r + R <= rows; r += R) {
-    const S* p = x + r * C;
-    const char* pf = reinterpret_cast<const char*>(p + kRowsAhead * R * C);
-    const bool ahead = r + (kRowsAhead + 1) * R <= avail;
-    for (int64_t c = 0; c < cv; c += W) {
-      if (ahead) {
-        for (int64_t o = 0; o < kStep; o += kLineBytes) __builtin_prefetch(pf + c * R * sizeof(S) + o, 0, 2);
-      }
-      step(p, std::integral_constant<int, R>{}, c, m);
-    }
-    if (tail) step(p, std::integral_constant<int, R>{}, cv, tail);
-  }
-  for (; r < rows; ++r) {
-    const S* p = x + r * C;
-    for (int64_t c = 0; c < cv; c += W) step(p, 1, c, m);
-    if (tail) step(p, 1, cv, tail);
-  }
-  for (int64_t c = 0; c < cw; c += W) {
-    V::add_to(s1 + c, V::load(u + c));
-    V::add_to(s2 + c, V::load(q + c));
-  }
-}
-
-// chunk_group_moments over all the channels of a chunk whose rows take several groups (C > kStatsGroup * W),
-// with the one-pass sums taken kRound rows at a time across the whole row rather than group by group down the
-// chunk: the chunk is read once, row after row, as stored, instead of in pieces of G vectors a row 4 KiB and
-// more apart. The same bits (a lane's float sum still spans the same kRound rows before it goes to double). A
-// group whose shift is off takes chunk_group_moments' two passes. k, d1, s1, s2: scratch of round_up(C, 16), and
-// 2 * round_up(C, 16) doubles past s2 (the float sums).
+// chunk_group_moments over all the channels of a chunk whose rows take several groups (C > kStatsGroup * W):
+// every group's shift, then the one-pass sums of all columns by rows_column_sums (the rows read as stored, not
+// one group down the chunk at a time; the same bits), then each group's check and merge. A group whose shift is
+// off takes chunk_group_moments' two passes. k, d1, s1, s2: scratch of round_up(C, 16).
 template <class S>
 inline void chunk_moments_rows(const S* x, int64_t rows, int64_t C, int64_t tile, int phase, compute_t<S>* k,
                                double* d1, double* s1, double* s2, double* pm, double* pq) {
@@ -1730,12 +1684,13 @@ inline void chunk_moments_rows(const S* x, int64_t rows, int64_t C, int64_t tile
     typename V::reg k0[G];
     with_phase<S>(phase, m0, [&](auto m) { group_shift_cl<S, G>(x + c, rows, C, m, k + c, k0); });
   });
-  compute_t<S>* u = reinterpret_cast<compute_t<S>*>(s2 + round_up(C, 16));
-  compute_t<S>* q = u + round_up(C, 16);
   with_phase<S>(phase, Full{}, [&](auto m) {
-    for (int64_t r0 = 0; r0 < rows; r0 += kRound) {
-      shifted_rows_cl(x + r0 * C, min64(kRound, rows - r0), rows - r0, C, m, k, u, q, s1, s2);
-    }
+    rows_column_sums<S>(
+        rows, rows, C, m, [&](int64_t c) { return V::load(k + c); },
+        [&](int64_t o, typename V::reg kc, auto lanes, typename V::reg& d, typename V::reg& d2) {
+          d = d2 = V::sub(ld(x + o, lanes), kc);
+        },
+        [&](int64_t o) { __builtin_prefetch(x + o, 0, 2); }, s1, s2);
   });
   for_column_groups<kStatsGroup, W>(C, [&](auto g, int64_t c, auto m0) {
     constexpr int G = decltype(g)::value;
@@ -2230,7 +2185,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
   constexpr int W = Vec<compute_t<S>>::width;
   const int64_t Cp = round_up(C, 16);
   compute_t<S>* k = kscratch + Cp * thread_id();
-  double* d1 = dscratch + 5 * Cp * thread_id();
+  double* d1 = dscratch + 3 * Cp * thread_id();
   double* s1 = d1 + Cp;
   double* s2 = s1 + Cp;
 #pragma omp for schedule(static)
@@ -2263,7 +2218,7 @@ struct ClStatsScratch {
   static int64_t bytes(const RowPlan& plan, int64_t C, int nt) {
     const int64_t Cp = round_up(C, 16);
     return 2 * Carver::bytes<double>(plan.nchunks * C) + Carver::bytes<compute_t<S>>(Cp * nt) +
-           Carver::bytes<double>(5 * Cp * nt) + Carver::bytes<Moments>(C);
+           Carver::bytes<double>(3 * Cp * nt) + Carver::bytes<Moments>(C);
   }
   static ClStatsScratch carve(Carver& cv, const RowPlan& plan, int64_t C, int nt) {
     const int64_t Cp = round_up(C, 16);
@@ -2271,7 +2226,7 @@ struct ClStatsScratch {
     s.pmean = cv.take<double>(plan.nchunks * C);
     s.pm2 = cv.take<double>(plan.nchunks * C);
     s.k = cv.take<compute_t<S>>(Cp * nt);
-    s.d = cv.take<double>(5 * Cp * nt);
+    s.d = cv.take<double>(3 * Cp * nt);
     s.mom = cv.take<Moments>(C);
     return s;
   }
