@@ -857,13 +857,19 @@ inline R fwd_value(const S* x, const S* r, int64_t i, const M& m, R center, R sc
 
 template <class S, Act A, class K>
 inline void fwd_span(const S* x, const S* r, S* y, int64_t n, bool stream, K& k, compute_t<S> slope,
-                     const S* pf = nullptr) {
+                     const S* pf = nullptr, int64_t period = 0) {
   using V = Vec<compute_t<S>>;
   const typename V::reg sl = V::set1(slope);
-  span(y, n, stream, k, [&](int64_t i, auto m) {
-    if (pf) __builtin_prefetch(pf + i, 0, 2);
-    return fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl);
-  });
+  span_rows(
+      y, n, period, stream, k,
+      [&](int64_t i, auto m) {
+        if (pf) __builtin_prefetch(pf + i, 0, 2);
+        return fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl);
+      },
+      [&](int64_t i) {
+        __builtin_prefetch(x + i, 0, 2);
+        if (r) __builtin_prefetch(r + i, 0, 2);
+      });
 }
 
 // `rows` runs of `len` values at stride `stride`, one channel.
@@ -906,22 +912,8 @@ struct FwdFlat {
 template <class S, Act A>
 void fwd_flat_cl(const FwdFlat<S>& b) {
   using C = compute_t<S>;
-  using V = Vec<C>;
   Cycling<C, 3> k{{b.center, b.sc, b.sh}, b.C};
-  if (rows_together<S>(b.C, b.stream)) {
-    const typename V::reg sl = V::set1(b.slope);
-    const S* const x = b.x;
-    const S* const r = b.r;
-    span_rows(
-        b.y, b.n, b.C, b.stream, k,
-        [&](int64_t i, auto m) { return fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl); },
-        [&](int64_t i) {
-          __builtin_prefetch(x + i, 0, 2);
-          if (r) __builtin_prefetch(r + i, 0, 2);
-        });
-    return;
-  }
-  fwd_span<S, A>(b.x, b.r, b.y, b.n, b.stream, k, b.slope);
+  fwd_span<S, A>(b.x, b.r, b.y, b.n, b.stream, k, b.slope, nullptr, rows_together<S>(b.C, b.stream) ? b.C : 0);
 }
 
 // n values of nc runs of L >= width values from value `first` of the tensor (see RunCycling); x, r and y point
