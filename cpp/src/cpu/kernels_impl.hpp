@@ -1169,7 +1169,8 @@ inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int6
   flush();
 }
 
-// Column sums of channels-last rows (stride C) beyond the cache, read kRowsTogether rows at a time: each vector of
+// Column sums of C columns of rows `stride` apart beyond the cache (channels-last rows: stride C; a channel group's
+// positions in short-run nc samples: stride C * L), read kRowsTogether rows at a time: each vector of
 // columns down those rows, its float sums kept in a panel of up to kPanel columns (on the stack, in L1) in between
 // and added into s1 and s2 (double) every kRound rows, so that each lane takes the operations of the group walks
 // (shifted_group_cl, bwd_group_cl) in the same order: the same bits. elem(o, k, lanes, p, q) gives the value at
@@ -1183,7 +1184,7 @@ inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int6
 // 50176x256, 8192x1024, 32768x512 1.19-1.27x (1.31-1.46x on one thread); backward 1.11-1.17x (1.15-1.33x), its
 // local sums alone (batch_norm_backward_reduce) 1.21-1.28x.
 template <class S, class M, class Col, class Elem, class Prefetch>
-inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, M m, Col&& col, Elem&& elem,
+inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, int64_t stride, M m, Col&& col, Elem&& elem,
                              Prefetch&& prefetch, double* s1, double* s2) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
@@ -1198,7 +1199,7 @@ inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, M m, Col&& 
       typename V::reg g = V::load(ga + (c - c0)), h = V::load(ha + (c - c0));
       for (int64_t i = 0; i < n; ++i) {
         typename V::reg p, q;
-        elem((r + i) * C + c, k, lanes, p, q);
+        elem((r + i) * stride + c, k, lanes, p, q);
         g = V::add(g, p);
         h = V::fmadd(p, q, h);
       }
@@ -1214,7 +1215,7 @@ inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, M m, Col&& 
         const bool ahead = r + (kRowsAhead + 1) * R <= avail;
         for (int64_t c = c0; c < cv; c += W) {
           if (ahead) {
-            for (int i = 0; i < R; ++i) prefetch((r + kRowsAhead * R + i) * C + c);
+            for (int i = 0; i < R; ++i) prefetch((r + kRowsAhead * R + i) * stride + c);
           }
           step(r, std::integral_constant<int, R>{}, c, m);
         }
@@ -1253,7 +1254,7 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avai
     const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
     with_phase<S>(phase, Full{}, [&](auto m) {
       rows_column_sums<S>(
-          rows, avail, C, m, [&](int64_t c) { return V::load(center + c); },
+          rows, avail, C, C, m, [&](int64_t c) { return V::load(center + c); },
           [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
             bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
             dz = keep<V>(lanes, dz, V::zero());
@@ -1678,7 +1679,7 @@ inline void chunk_moments_rows(const S* x, int64_t rows, int64_t C, int64_t tile
   });
   with_phase<S>(phase, Full{}, [&](auto m) {
     rows_column_sums<S>(
-        rows, rows, C, m, [&](int64_t c) { return V::load(k + c); },
+        rows, rows, C, C, m, [&](int64_t c) { return V::load(k + c); },
         [&](int64_t o, typename V::reg kc, auto lanes, typename V::reg& d, typename V::reg& d2) {
           d = d2 = V::sub(ld(x + o, lanes), kc);
         },
@@ -1929,13 +1930,26 @@ inline void nc_flat_group_stats(const S* x, const NcPlan& pl, int64_t C, int64_t
   std::fill(s1, s1 + round_up(np, 16), 0.0);
   std::fill(s2, s2 + round_up(np, 16), 0.0);
   const int phase = phased ? column_phase(P, x + p0) : 0;
-  for_column_groups<kStatsGroup, W>(np, [&](auto g, int64_t c, auto m0) {
-    constexpr int G = decltype(g)::value;
-    typename V::reg k0[G];
+  if (phased) {
+    // Beyond the cache the group's positions are read row by row (rows_column_sums, the same bits as the column
+    // groups): one group of G vectors down N rows far apart read at half a stream's rate (see rows_column_sums).
+    with_phase<S>(phase, Full{}, [&](auto m) {
+      rows_column_sums<S>(
+          N, N, np, P, m, [&](int64_t c) { return V::load(k + c); },
+          [&](int64_t o, typename V::reg kc, auto lanes, typename V::reg& d, typename V::reg& d2) {
+            d = d2 = V::sub(ld(x + p0 + o, lanes), kc);
+          },
+          [&](int64_t o) { __builtin_prefetch(x + p0 + o, 0, 2); }, s1, s2);
+    });
+  } else {
+    for_column_groups<kStatsGroup, W>(np, [&](auto g, int64_t c, auto m0) {
+      constexpr int G = decltype(g)::value;
+      typename V::reg k0[G];
 #pragma GCC unroll 8
-    for (int j = 0; j < G; ++j) k0[j] = V::load(k + c + j * W);  // k has whole vectors past np
-    with_phase<S>(phase, m0, [&](auto m) { shifted_group_cl<S, G>(x + p0 + c, N, P, m, k0, s1 + c, s2 + c); });
-  });
+      for (int j = 0; j < G; ++j) k0[j] = V::load(k + c + j * W);  // k has whole vectors past np
+      with_phase<S>(phase, m0, [&](auto m) { shifted_group_cl<S, G>(x + p0 + c, N, P, m, k0, s1 + c, s2 + c); });
+    });
+  }
   const double n = static_cast<double>(N * L);
   for (int64_t c = c0; c < c1; ++c) {
     const int64_t i0 = (c - c0) * L;
@@ -1990,9 +2004,17 @@ inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int6
 // sized for the last-level cache instead showed no gain on the EPYC Zen 4 VM (256x256x8x8, 512x128x7x7:
 // 0.96-1.2x, noisy). Groups span whole 64-byte lines of a row (a multiple of 64 / gcd(L * sizeof(S), 64)
 // channels), so that a group's loads stay aligned where the rows are, and the groups of a share are made even.
+// `rows`: the group's statistics read its rows as stored (nc_flat_group_stats beyond the cache), and segments of
+// kGroupMinRowsSegment bytes will do: 4 channels of 14x14 floats (3136 bytes a sample). Training forward of
+// 256x256x14x14 on the EPYC Zen 4 VM (one process, order shuffled, 30-40 rounds; statistics first and then the
+// flat range / groups of 4): 2 threads 4.03-4.17 -> 3.30-3.53 ms, one thread 5.12-5.44 -> 4.43-4.81; groups of 8
+// or 16 channels (beyond the core's cache) 3.46-4.07 ms; groups of 2 (1568 bytes), with the next group's sums
+// interleaved, 4.0-5.3 ms. Builds alternating (3 pairs, 2 threads): 256x512x7x7 1.96-2.47 -> 1.31-1.71 ms,
+// 512x256x7x7 2.66-2.90 -> 1.50-2.05, 128x256x14x14 1.65-1.92 -> 0.92-1.21, 64x1024x14x14 3.86-4.49 -> 2.45-3.21.
 constexpr int64_t kGroupMinSegment = 4096;
+constexpr int64_t kGroupMinRowsSegment = 3072;
 template <class S>
-inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t arrays, const Exec& ex) {
+inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t arrays, const Exec& ex, bool rows = false) {
   const int64_t line = 64, run = L * static_cast<int64_t>(sizeof(S));
   int64_t q = line;
   for (int64_t b = run % line; b != 0;) {  // q = line / gcd(run, line)
@@ -2005,47 +2027,21 @@ inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t array
   const int64_t g = max64(q, ex.cache_bytes / 2 / per_channel / q * q);
   if (share < 1) return 0;
   if (g >= share) return share;
-  if (g * run < kGroupMinSegment) return 0;
+  if (g * run < (rows ? kGroupMinRowsSegment : kGroupMinSegment)) return 0;
   return round_up(ceil_div(share, ceil_div(share, g)), q);
 }
 
 // Tensors from which a backward over short runs takes its sums first (see backward_nc).
 constexpr int64_t kRowsMinBackwardBytes = 1 << 20;
-// Channels a unit of nc_row_stats takes at most: their double lanes fill 64 KiB.
+// Channels a unit of nc_row_sums takes at most.
 constexpr int64_t kRowStatsBlock = 256;
-
-template <class S>
-struct RowStatsScratch {
-  double* pmean;
-  double* pm2;
-  double* lanes;  // per thread: 2 * kRowStatsBlock * W doubles
-  compute_t<S>* k;  // per thread: kRowStatsBlock shifts
-  compute_t<S>* f;  // per thread: 2 * kRowStatsBlock * W float sums
-  Moments* mom;
-  static constexpr int64_t kLanes = 2 * kRowStatsBlock * Vec<compute_t<S>>::width;
-  static int64_t bytes(const RowPlan& plan, int64_t C, int nt) {
-    return 2 * Carver::bytes<double>(plan.nchunks * C) + nt * Carver::bytes<double>(kLanes) +
-           nt * Carver::bytes<compute_t<S>>(kRowStatsBlock) + nt * Carver::bytes<compute_t<S>>(kLanes) +
-           Carver::bytes<Moments>(C);
-  }
-  static RowStatsScratch carve(Carver& cv, const RowPlan& plan, int64_t C, int nt) {
-    RowStatsScratch r;
-    r.pmean = cv.take<double>(plan.nchunks * C);
-    r.pm2 = cv.take<double>(plan.nchunks * C);
-    r.lanes = cv.take<double>(nt * kLanes);
-    r.k = cv.take<compute_t<S>>(nt * kRowStatsBlock);
-    r.f = cv.take<compute_t<S>>(nt * kLanes);
-    r.mom = cv.take<Moments>(C);
-    return r;
-  }
-};
 
 template <class S>
 inline RowPlan nc_row_plan(int64_t N, int64_t C, int64_t L) {
   return row_plan<S>(N, C * L, 1);
 }
 
-// Channels of a (chunk, channel block) unit of nc_row_stats and nc_row_sums: enough units for every thread of the
+// Channels of a (chunk, channel block) unit of nc_row_sums: enough units for every thread of the
 // team to take several, none over kRowStatsBlock channels. The bits do not depend on it.
 inline int64_t row_unit_channels(int64_t C, const RowPlan& plan) {
   return ceil_div(C, min64(C, max64(ceil_div(C, kRowStatsBlock), ceil_div(4 * team_size(), plan.nchunks))));
@@ -2066,107 +2062,22 @@ inline bool rows_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
   return !(L % IO<S>::width == 0 && L * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes &&
            bytes >= ex.stream_min_bytes);
 }
-// Whether those statistics go sample by sample (nc_row_stats) rather than block by block (nc_unit_stats): for
-// tensors beyond the last-level cache (those whose output streams). Paired as above, statistics alone, one
-// thread: 256x256x14x14 1.29x, 128x512x7x7 1.09x, 64x512x10x10 1.07x; two threads 0.99-1.2x; from the cache it
-// was no faster, or slower (128x256x12x12, 18.9 MB, 2 threads: 0.79x). Only runs of at most kRound vectors, which
-// nc_row_stats sums without a flush inside a run.
+// Whether a backward over such runs takes its sums sample by sample (nc_row_sums) rather than block by block: for
+// tensors beyond the last-level cache (those whose output streams). A channel's N runs lie C * L values apart,
+// and walked channel by channel every short run starts a new stream in another page (statistics alone, one thread,
+// 256x256x14x14 on the EPYC Zen 4 VM: 3.9-4.1 ms block by block, 3.0 ms sample by sample).
 template <class S>
-inline bool row_stats_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
-  return rows_nc<S>(N, C, L, ex) && ceil_div(L, Vec<compute_t<S>>::width) <= kRound &&
-         N * C * L * static_cast<int64_t>(sizeof(S)) >= ex.stream_min_bytes;
+inline bool row_sums_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
+  return rows_nc<S>(N, C, L, ex) && N * C * L * static_cast<int64_t>(sizeof(S)) >= ex.stream_min_bytes;
 }
 
-// Per-channel moments of an nc tensor of short runs (row_stats_nc), read sample by sample, each sample's C runs in
-// memory order, rather than channel by channel: a channel's N runs lie C * L values apart, and walked channel by
-// channel every short run starts a new stream in another page (on the EPYC Zen 4 VM, one thread, 256x256x14x14:
-// 3.9-4.1 ms block by block, 3.0 ms so). The samples are cut into chunks (row_plan over rows of C * L values: the
-// shape alone decides them). In each chunk every channel takes the shift of its first vector there (as
-// block_moments) and sums over its runs; a run's float sums go into the channel's float accumulators, moved into
-// double lanes every kRound vectors a lane. Each channel's sums are checked and, where the shift proves too far
-// from the mean, redone the careful way for that channel and chunk (careful_moments). The chunks' partials are
-// folded in chunk order, as cl_stats does. Threads take (chunk, channel block) units: a channel's sums do not
-// depend on its block, so neither do the bits. Call inside a parallel region; on return (after a barrier)
-// st.mom[c] is channel c's merge.
+// Whether an nc tensor's statistics are column sums over each sample's positions (nc_flat_stats and its channel
+// groups): short runs (flat_nc), and runs of a few vectors beyond the last-level cache, which the training forward
+// takes in channel groups whose second read comes from a core's cache (train_nc_flat), instead of statistics
+// sample by sample and then the flat range, two reads from memory. stats() asks the same, so that the bits agree.
 template <class S>
-inline void nc_row_stats(const S* x, int64_t N, int64_t C, int64_t L, const RowPlan& plan,
-                         const RowStatsScratch<S>& st) {
-  using Cp = compute_t<S>;
-  using V = Vec<Cp>;
-  constexpr int W = V::width;
-  const int64_t P = C * L;
-  const int64_t cb = row_unit_channels(C, plan), nblocks = ceil_div(C, cb);
-  double* const ds = st.lanes + thread_id() * RowStatsScratch<S>::kLanes;
-  double* const dq = ds + kRowStatsBlock * W;
-  Cp* const k = st.k + thread_id() * kRowStatsBlock;
-  Cp* const fs = st.f + thread_id() * 2 * kRowStatsBlock * W;
-  Cp* const fq = fs + kRowStatsBlock * W;
-  const Part<V> tail(static_cast<int>(L % W));
-  // Runs whose float sums an accumulator takes before they move into double lanes (kRound vectors a lane; a run
-  // has at most kRound: row_stats_nc).
-  const int64_t per_flush = kRound / ceil_div(L, W);
-#pragma omp for schedule(static)
-  for (int64_t u = 0; u < plan.nchunks * nblocks; ++u) {
-    const int64_t ch = u / nblocks, c0 = (u % nblocks) * cb, nc = min64(cb, C - c0);
-    const int64_t r0 = plan.chunk_begin(ch), rows = min64(plan.chunk, N - r0);
-    const S* const xc = x + r0 * P + c0 * L;
-    for (int64_t j = 0; j < nc; ++j) k[j] = first_vector_mean(xc + j * L, L);
-    std::fill(ds, ds + nc * W, 0.0);
-    std::fill(dq, dq + nc * W, 0.0);
-    std::fill(fs, fs + nc * W, Cp(0));
-    std::fill(fq, fq + nc * W, Cp(0));
-    for (int64_t r = 0; r < rows; ++r) {
-      const S* const xr = xc + r * P;
-      for (int64_t j = 0; j < nc; ++j) {
-        const S* const p = xr + j * L;
-        const typename V::reg kv = V::set1(k[j]);
-        typename V::reg a0 = V::zero(), a1 = V::zero(), q0 = V::zero(), q1 = V::zero();
-        int64_t o = 0;
-        for (; o + 2 * W <= L; o += 2 * W) {
-          const typename V::reg d0 = V::sub(ld(p + o, Full{}), kv), d1 = V::sub(ld(p + o + W, Full{}), kv);
-          a0 = V::add(a0, d0);
-          q0 = V::fmadd(d0, d0, q0);
-          a1 = V::add(a1, d1);
-          q1 = V::fmadd(d1, d1, q1);
-        }
-        if (o + W <= L) {
-          const typename V::reg d0 = V::sub(ld(p + o, Full{}), kv);
-          a0 = V::add(a0, d0);
-          q0 = V::fmadd(d0, d0, q0);
-          o += W;
-        }
-        if (o < L) {
-          const typename V::reg d1 = keep<V>(tail, V::sub(ld(p + o, tail), kv), V::zero());
-          a1 = V::add(a1, d1);
-          q1 = V::fmadd(d1, d1, q1);
-        }
-        V::store(fs + j * W, V::add(V::load(fs + j * W), V::add(a0, a1)));
-        V::store(fq + j * W, V::add(V::load(fq + j * W), V::add(q0, q1)));
-      }
-      if ((r + 1) % per_flush == 0 || r + 1 == rows) {
-        for (int64_t j = 0; j < nc; ++j) {
-          V::add_to(ds + j * W, V::load(fs + j * W));
-          V::add_to(dq + j * W, V::load(fq + j * W));
-        }
-        std::fill(fs, fs + nc * W, Cp(0));
-        std::fill(fq, fq + nc * W, Cp(0));
-      }
-    }
-    const double n = static_cast<double>(rows * L);
-    for (int64_t j = 0; j < nc; ++j) {
-      double s = 0.0, sq = 0.0;
-      for (int i = 0; i < W; ++i) {
-        s += ds[j * W + i];
-        sq += dq[j * W + i];
-      }
-      double& mean = st.pmean[ch * C + c0 + j];
-      double& m2 = st.pm2[ch * C + c0 + j];
-      if (!moments_if_close(n, static_cast<double>(k[j]), s, sq, mean, m2)) {
-        careful_moments(xc + j * L, P, rows, L, mean, m2);
-      }
-    }
-  }
-  fold_chunks(plan, N, L, C, st.pmean, st.pm2, st.mom);
+inline bool column_stats_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
+  return flat_nc(C, L) || row_sums_nc<S>(N, C, L, ex);
 }
 
 // Per-channel moments of a channels-last tensor: chunk partials in pmean / pm2 (nchunks * C each), merged
@@ -2543,6 +2454,20 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   }
 }
 
+// The forward over nc runs of L values as one flat range of `total` values whose coefficients (co, C + W entries)
+// change every L values (RunCycling), cut between the threads at lines of y: call inside a parallel region.
+template <class S>
+inline void fwd_runs_range(const S* x, const S* r, S* y, int64_t total, int64_t L, int64_t C,
+                           const ClCoef<compute_t<S>>& co, void (*runs)(const FwdRuns<S>&), compute_t<S> slope,
+                           bool stream) {
+  const Share sh = my_lines(total, y);
+  const int64_t b = sh.begin;
+  if (sh.end > b) {
+    runs({x + b, r ? r + b : nullptr, y + b, sh.end - b, b, L, C, {co.k[0], co.k[1], co.k[2]}, slope, stream});
+  }
+  if (stream) stream_fence();
+}
+
 // Short runs (NCHW 5x5 to 8x8): the statistics as column sums (nc_flat_stats), then the flat walk of inference with
 // this batch's coefficients, instead of N * C runs of a few vectors, each with a head and a tail (16x512x5x5 on one
 // thread: 102 us, against 33 for the statistics and 25 for the flat walk). The walk takes the activation at run
@@ -2558,12 +2483,14 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
   const Cp slope = static_cast<Cp>(a.epi.slope);
   void (*cl)(const FwdFlat<S>&) = fwd_fns<S>(a.epi.act).cl;
-  const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), a.residual ? 3 : 2, ex);
+  const bool phased = bytes >= ex.stream_min_bytes;
+  const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), a.residual ? 3 : 2, ex, phased);
   if (channels_balance(C, nt) && gc > 0) {
     // Each thread takes its channels a group at a time (group_channels): the group's statistics, then its y, whose
     // reads of x come from the core's cache. Same bits as below (a channel's statistics do not depend on its
     // group). On the EPYC Zen 4 VM (run-time switch, order shuffled, 30 rounds; old / new time): one thread
     // 1.00-1.10x (16x512x5x5 1.10x, 32x64x8x8 1.06x), two threads 1.02-1.25x (16x512x5x5 1.25x, 32x128x7x7 1.13x).
+    // Short runs beyond the cache (column_stats_nc: 14x14) too, where statistics first read the tensor twice.
     const int64_t own = group_scratch_bytes<S, 3>(gc, L);
     Carver gcv(ex.workspace->reserve(Carver::bytes<char>(nt * own) + Carver::bytes<FwdCoef<Cp>>(C) +
                                      Carver::bytes<Moments>(C)));
@@ -2575,7 +2502,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
     {
       probe.started();
       for_my_groups<S, 3>(C, L, gc, groups, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
-        nc_flat_group_stats(a.x, pl, C, c0, c1, cs, gmom, bytes >= ex.stream_min_bytes);
+        nc_flat_group_stats(a.x, pl, C, c0, c1, cs, gmom, phased);
         for (int64_t c = c0; c < c1; ++c) gcoef[c] = train_finish(a, c, gmom[c]);
         group_rows_walk<Cp, 3>(
             N, C * L, L, c0 * L, (c1 - c0) * L, a.y, stream, co,
@@ -2592,25 +2519,39 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
     }
     return;
   }
-  const int64_t per_thread = max64(fp.bytes_per_thread<Cp>(3), ColumnScratch<S>::bytes(C, L));
-  Carver carve(ex.workspace->reserve(Carver::bytes<Moments>(C) + Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread));
+  // Every channel's statistics, then y: short runs (flat_nc) in the flat walk, longer ones as the flat range of
+  // inference (fwd_runs_range).
+  const bool flat = flat_nc(C, L);
+  const int64_t per_thread = max64(flat ? fp.bytes_per_thread<Cp>(3) : 0, ColumnScratch<S>::bytes(C, L));
+  Carver carve(ex.workspace->reserve(Carver::bytes<Moments>(C) + Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread +
+                                     (flat ? 0 : ClCoef<Cp>::bytes(C, 3))));
   Moments* mom = carve.take<Moments>(C);
   FwdCoef<Cp>* coef = carve.take<FwdCoef<Cp>>(C);
   char* scratch = carve.take<char>(nt * per_thread);
+  ClCoef<Cp> co{};
+  if (!flat) co = ClCoef<Cp>::carve(carve, C, 3);
   StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    nc_flat_stats(a.x, pl, C, scratch, mom, bytes >= ex.stream_min_bytes);  // the scratch is free after its barrier
+    nc_flat_stats(a.x, pl, C, scratch, mom, phased);  // the scratch is free after its barrier
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
-    fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, stream, scratch, [&](int64_t c) { return coef[c]; });
-    if (stream) stream_fence();
+    if (flat) {
+      fwd_flat_walk(a.x, a.residual, a.y, N, fp, cl, slope, stream, scratch, [&](int64_t c) { return coef[c]; });
+      if (stream) stream_fence();
+    } else {
+#pragma omp for schedule(static)
+      for (int64_t c = 0; c < C; ++c) co.set(c, coef[c]);
+#pragma omp single
+      co.extend(C, 3);
+      fwd_runs_range(a.x, a.residual, a.y, N * C * L, L, C, co, fwd_fns<S>(a.epi.act).runs, slope, stream);
+    }
   }
 }
 
-// The backward's sums over an nc tensor of short runs, sample by sample as nc_row_stats reads (chunks from
-// nc_row_plan, (chunk, channel block) units): run_sums(r, c, g, h) gives the sums of sample r's run of channel c,
+// The backward's sums over an nc tensor of short runs, sample by sample, each sample's runs in memory order (chunks
+// from nc_row_plan, (chunk, channel block) units): run_sums(r, c, g, h) gives the sums of sample r's run of channel c,
 // added in sample order within a chunk, the chunks then in chunk order. On return (after a barrier) part[2 * c]
 // and part[2 * c + 1] hold channel c's sums; part holds 2 * C doubles per chunk. Call inside a parallel region.
 template <class RunSums>
@@ -2642,67 +2583,38 @@ inline void nc_row_sums(int64_t N, int64_t C, const RowPlan& plan, double* part,
 #pragma omp barrier
 }
 
-// The forward over nc runs of L values as one flat range of `total` values whose coefficients (co, C + W entries)
-// change every L values (RunCycling), cut between the threads at lines of y: call inside a parallel region.
-template <class S>
-inline void fwd_runs_range(const S* x, const S* r, S* y, int64_t total, int64_t L, int64_t C,
-                           const ClCoef<compute_t<S>>& co, void (*runs)(const FwdRuns<S>&), compute_t<S> slope,
-                           bool stream) {
-  const Share sh = my_lines(total, y);
-  const int64_t b = sh.begin;
-  if (sh.end > b) {
-    runs({x + b, r ? r + b : nullptr, y + b, sh.end - b, b, L, C, {co.k[0], co.k[1], co.k[2]}, slope, stream});
-  }
-  if (stream) stream_fence();
-}
-
-// Runs of a few vectors (rows_nc): every channel's statistics (sample by sample where row_stats_nc, else block by
-// block), then the flat range of inference with this batch's coefficients.
+// Runs of a few vectors (rows_nc) in the last-level cache: every channel's statistics block by block, then the
+// flat range of inference with this batch's coefficients (beyond that cache: train_nc_flat).
 template <class S>
 void train_nc_rows(const TrainArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner;
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
-  const bool by_rows = row_stats_nc<S>(N, C, L, ex);
-  const RowPlan plan = nc_row_plan<S>(N, C, L);
   const NcPlan pl = NcPlan::make<S>(N, C, L);
-  [[maybe_unused]] const int nt =
-      pick_threads(ex, bytes, by_rows ? plan.nchunks * ceil_div(C, kRowStatsBlock) : C * pl.nb);
+  [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
   const bool stream = can_stream(a.y, bytes, ex.stream_min_bytes);
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
-  Carver carve(ex.workspace->reserve((by_rows ? RowStatsScratch<S>::bytes(plan, C, nt)
-                                              : Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C)) +
+  Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
                                      ClCoef<Cp>::bytes(C, 3)));
-  RowStatsScratch<S> st{};
-  double* part = nullptr;
-  if (by_rows) {
-    st = RowStatsScratch<S>::carve(carve, plan, C, nt);
-  } else {
-    part = carve.take<double>(2 * C * pl.nb);
-    st.mom = carve.take<Moments>(C);
-  }
+  double* part = carve.take<double>(2 * C * pl.nb);
+  Moments* mom = carve.take<Moments>(C);
   ClCoef<Cp> co = ClCoef<Cp>::carve(carve, C, 3);
-  const int64_t total = N * C * L;
   StartProbe probe(nt);
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
-    if (by_rows) {
-      nc_row_stats(a.x, N, C, L, plan, st);
-    } else {
-      nc_unit_stats(a.x, pl, C, part, st.mom, bytes >= ex.stream_min_bytes);
-    }
+    nc_unit_stats(a.x, pl, C, part, mom, bytes >= ex.stream_min_bytes);
 #pragma omp for schedule(static)
-    for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, st.mom[c]));
+    for (int64_t c = 0; c < C; ++c) co.set(c, train_finish(a, c, mom[c]));
 #pragma omp single
     co.extend(C, 3);
-    fwd_runs_range(a.x, a.residual, a.y, total, L, C, co, fn.runs, static_cast<Cp>(a.epi.slope), stream);
+    fwd_runs_range(a.x, a.residual, a.y, N * C * L, L, C, co, fn.runs, static_cast<Cp>(a.epi.slope), stream);
   }
 }
 
 template <class S>
 void train_nc(const TrainArgs<S>& a, const Exec& ex) {
-  if (flat_nc(a.channels, a.inner)) return train_nc_flat(a, ex);
+  if (column_stats_nc<S>(a.outer, a.channels, a.inner, ex)) return train_nc_flat(a, ex);
   if (rows_nc<S>(a.outer, a.channels, a.inner, ex)) return train_nc_rows(a, ex);
   switch (a.epi.act) {
     case Act::relu:
@@ -2792,26 +2704,9 @@ void stats(const StatsArgs<S>& a, const Exec& ex) {
     }
     return;
   }
-  if (row_stats_nc<S>(N, C, L, ex)) {  // as the training forward does, so that the bits agree
-    const RowPlan plan = nc_row_plan<S>(N, C, L);
-    [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks * ceil_div(C, kRowStatsBlock));
-    Carver carve(ex.workspace->reserve(RowStatsScratch<S>::bytes(plan, C, nt)));
-    const RowStatsScratch<S> st = RowStatsScratch<S>::carve(carve, plan, C, nt);
-    StartProbe probe(nt);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-      probe.started();
-      nc_row_stats(a.x, N, C, L, plan, st);
-    }
-    for (int64_t c = 0; c < C; ++c) {
-      a.mean[c] = st.mom[c].mean;
-      a.m2[c] = st.mom[c].m2;
-    }
-    return;
-  }
   const NcPlan pl = NcPlan::make<S>(N, C, L);
   [[maybe_unused]] const int nt = pick_threads(ex, bytes, C * pl.nb);
-  const bool flat = flat_nc(C, L);  // as the training forward does, so that the bits agree
+  const bool flat = column_stats_nc<S>(N, C, L, ex);  // as the training forward does, so that the bits agree
   const int64_t per_thread = flat ? ColumnScratch<S>::bytes(C, L) : 0;
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * C * pl.nb) + Carver::bytes<Moments>(C) +
                                      nt * per_thread));
@@ -3088,14 +2983,14 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     return;
   }
   // Runs of a few vectors (rows_nc), as the training forward: every channel's sums first (sample by sample where
-  // row_stats_nc, nc_row_sums, else block by block), then dx as one flat range. In the reduce phase too, so that
+  // row_sums_nc, nc_row_sums, else block by block), then dx as one flat range. In the reduce phase too, so that
   // its sums are the full backward's. Builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
   // stream): 128x512x7x7 0.23-0.24 -> 0.35-0.40, 64x256x14x14 0.38-0.43 -> 0.48-0.51, 64x512x10x10 0.30-0.35 ->
   // 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone 3.8-4.2
   // -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
   // (8x64x14x14, 0.4 MB: 28 -> 34 us; 16x128x14x14, 1.6 MB: 80 -> 70 us).
   const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
-  const bool by_rows = rows && row_stats_nc<S>(N, C, L, ex);
+  const bool by_rows = rows && row_sums_nc<S>(N, C, L, ex);
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
   if (a.phase == Phase::full && !su.scale_only && !flat && !rows &&
       team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
