@@ -465,34 +465,40 @@ def test_long_channels_last_rows_give_the_bits_of_the_plain_walk(restore_threads
 
 # NCHW runs of a few vectors beyond the cache (streaming on) take their statistics as column sums over each
 # sample's positions, the training forward channel group by channel group (the group's y read from the core's
-# cache) where groups leave segments of 3 KiB, else every channel's statistics and then one flat range.
-# (70, 24, 14, 14): groups of 4 channels (3136 bytes a sample); (45, 20, 10, 10): groups where the core's cache
-# holds several (default cache), the flat range where it does not (64 KiB) or the channels do not split evenly (3
-# threads); (60, 32, 7, 7): groups of 16 channels of 7x7.
-SHORT_RUN_SHAPES = [(70, 24, 14, 14), (45, 20, 10, 10), (60, 32, 7, 7)]
+# cache) where groups leave segments of 3 KiB, else every channel's statistics and then one flat range; the
+# backward's sums of 7x7 runs are column sums read by rows too. (70, 24, 14, 14): groups of 4 channels (3136 bytes
+# a sample); (45, 20, 10, 10): groups where the core's cache holds several (default cache), the flat range where it
+# does not (64 KiB) or the channels do not split evenly (3 threads); (60, 32, 7, 7): groups of 16 channels of 7x7;
+# (16, 400, 7, 7): a period too long for the flat walk, the backward's column sums.
+SHORT_RUN_SHAPES = [(70, 24, 14, 14), (45, 20, 10, 10), (60, 32, 7, 7), (16, 400, 7, 7)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("shape", SHORT_RUN_SHAPES)
 def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_threads, small_core_cache, shape, dtype):
-    """Training (plain, and with a residual and ReLU) and batch_norm_stats of NCHW short runs with streaming on give,
-    on 1 to 3 threads and with the default or a 64 KiB core cache (channel groups or the flat range), the bits of
-    one thread; batch_norm_stats gives the training forward's mean; and the float64 reference, with a channel of a
-    large mean and one whose first sample is far from its mean (the careful path)."""
+    """Training (plain, and with a residual and ReLU), batch_norm_stats, the backward and a distributed backward's
+    local sums of NCHW short runs with streaming on give, on 1 to 3 threads and with the default or a 64 KiB core
+    cache (channel groups or the flat range), the bits of one thread; batch_norm_stats gives the training forward's
+    statistics; and the float64 reference, with a channel of a large mean and one whose first sample is far from
+    its mean (the careful path)."""
     rng = np.random.default_rng(12)
     x64 = rng.standard_normal(shape) * 2 + 3
     x64[:, 3] += 1e4  # a large mean
     x64[0, 5] += 300  # the first sample's mean, the shift, is off
     x = x64.astype(dtype)
     res = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
     gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))
     beta = np.linspace(-1, 1, shape[1]).astype(param_dtype(x))
+    count = x.size // shape[1]
 
     def run():
         y, mean, var = fastbn.batch_norm_train(x, gamma, beta)
         yr, _, _ = fastbn.batch_norm_train(x, gamma, beta, activation="relu", residual=res)
         _, smean, sm2 = fastbn.batch_norm_stats(x)
-        return [y, mean, var, yr, smean, sm2]
+        dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma)
+        sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, smean, sm2 / count, gamma)
+        return [y, mean, var, yr, smean, sm2, dx, dg, db, sdy, sdyx]
 
     fastbn.set_num_threads(1)
     try:
@@ -510,8 +516,7 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
                     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
     finally:
         fastbn._core.reset_stream_min_bytes()
-    y, mean, var, yr, smean, sm2 = expected
-    count = x.size // shape[1]
+    y, mean, var, yr, smean, sm2, dx, dg, db, sdy, sdyx = expected
     np.testing.assert_array_equal(mean, smean.astype(mean.dtype))
     np.testing.assert_array_equal(var, (sm2 / count).astype(var.dtype))
     xr = x.astype(np.float64)
@@ -523,3 +528,6 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
     np.testing.assert_allclose(y.astype(np.float64), y_ref, rtol=tol, atol=tol)
     relu = np.maximum(y_ref + res.astype(np.float64), 0)
     np.testing.assert_allclose(yr.astype(np.float64), relu, rtol=tol, atol=tol)
+    dx_ref, dg_ref, db_ref = ref_backward(dy.astype(np.float64), xr, mean_ref, var_ref, gamma.astype(np.float64))
+    for got, want in [(dg, dg_ref), (db, db_ref), (sdyx, dg_ref), (sdy, db_ref), (dx, dx_ref)]:
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * np.abs(want).max())

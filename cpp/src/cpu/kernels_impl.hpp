@@ -1235,7 +1235,8 @@ inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, int64_t str
 
 // Sums over `rows` rows (row r at r * stride) of the C columns of each, one entry per column in g and h (centers
 // per column): channels-last tiles (stride C), and the positions of short-run NCHW tensors (stride C * L).
-// `phased`: whole vectors off a vector boundary are read as Phased (see with_phase; tensors beyond the cache).
+// `phased`: whole vectors off a vector boundary are read as Phased (see with_phase; tensors beyond the cache), and
+// rows of several column groups are read by rows_column_sums.
 template <class S, Act A, bool kFromY>
 void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avail, int64_t C, int64_t stride,
                  const compute_t<S>* center, compute_t<S> slope, compute_t<S> inv_slope, double* g, double* h,
@@ -1249,12 +1250,12 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avai
   auto at = [](const S* p, int64_t c) { return p ? p + c : nullptr; };
   const int phase =
       phased ? column_phase(stride, dy, kFromY ? nullptr : x, A != Act::none || kFromY ? y : nullptr) : 0;
-  if (phased && stride == C && C > kG * W) {
+  if (phased && C > kG * W) {
     using V = Vec<compute_t<S>>;
     const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
     with_phase<S>(phase, Full{}, [&](auto m) {
       rows_column_sums<S>(
-          rows, avail, C, C, m, [&](int64_t c) { return V::load(center + c); },
+          rows, avail, C, stride, m, [&](int64_t c) { return V::load(center + c); },
           [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
             bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
             dz = keep<V>(lanes, dz, V::zero());
@@ -2982,15 +2983,20 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     backward_flat_groups(a, su, ex, nt, arrays);
     return;
   }
-  // Runs of a few vectors (rows_nc), as the training forward: every channel's sums first (sample by sample where
-  // row_sums_nc, nc_row_sums, else block by block), then dx as one flat range. In the reduce phase too, so that
-  // its sums are the full backward's. Builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
+  // Runs of a few vectors (rows_nc): every channel's sums first (beyond the last-level cache, row_sums_nc, sample by
+  // sample, nc_row_sums, or for runs of at most kFlatMaxRun as the column sums of flat_nc, read by rows; else block
+  // by block), then dx as one flat range. In the reduce phase too, so that its sums are the full backward's. The
+  // column sums of 7x7 runs, builds alternating (3 pairs, 2 threads): 256x512x7x7 backward 0.30 -> 0.47-0.51 of the
+  // 3S stream, its reduce phase on one thread 4.5-4.6 -> 2.2-2.3 ms; of longer runs they were slower (one process,
+  // order shuffled, reduce phase: 256x256x14x14 3.9 -> 6.0 ms on one thread, 2.9 -> 3.9 on two; 128x512x10x10
+  // 2.6 -> 3.0, 1.4 -> 1.7). Sample by sample, builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
   // stream): 128x512x7x7 0.23-0.24 -> 0.35-0.40, 64x256x14x14 0.38-0.43 -> 0.48-0.51, 64x512x10x10 0.30-0.35 ->
   // 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone 3.8-4.2
   // -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
   // (8x64x14x14, 0.4 MB: 28 -> 34 us; 16x128x14x14, 1.6 MB: 80 -> 70 us).
   const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
-  const bool by_rows = rows && row_sums_nc<S>(N, C, L, ex);
+  const bool row_cols = rows && row_sums_nc<S>(N, C, L, ex) && L <= kFlatMaxRun;
+  const bool by_rows = rows && row_sums_nc<S>(N, C, L, ex) && !row_cols;
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
   if (a.phase == Phase::full && !su.scale_only && !flat && !rows &&
       team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes)) {
@@ -3068,7 +3074,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
 
   const FlatPlan fp = FlatPlan::make<S>(N, C, L);
   const int64_t per_thread = flat ? fp.bytes_per_thread<Cp>(4) : 0;
-  const bool flat_sums = su.sums && flat_nc(C, L);
+  const bool flat_sums = su.sums && (flat_nc(C, L) || row_cols);
   const int64_t pos_bytes = flat_sums ? ColumnScratch<S>::bytes(C, L) : 0;
   const RowPlan plan = nc_row_plan<S>(N, C, L);
   const int64_t parts = by_rows ? plan.nchunks * C : C * pl.nb;
