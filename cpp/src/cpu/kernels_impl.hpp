@@ -1978,16 +1978,15 @@ inline void nc_flat_stats(const S* x, const NcPlan& pl, int64_t C, char* scratch
 #pragma omp barrier
 }
 
-// Folds the chunks' partial moments (pmean / pm2: C per chunk, rows of `per_row` values per channel) in chunk
+// Folds the chunks' partial moments (pmean / pm2: C per chunk, a value per row and channel) in chunk
 // order into chunk 0's (merge's step: every chunk has one count for all channels), each thread over its own
 // channels, reading the partials row by row; then out[c] is channel c's merge, after a barrier. Call inside a
 // parallel region.
-inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t per_row, int64_t C, double* pmean, double* pm2,
-                        Moments* out) {
+inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t C, double* pmean, double* pm2, Moments* out) {
   const Share mine = my_share(C);
-  double n_acc = static_cast<double>(min64(plan.chunk, rows) * per_row);
+  double n_acc = static_cast<double>(min64(plan.chunk, rows));
   for (int64_t ch = 1; ch < plan.nchunks; ++ch) {
-    const double nb = static_cast<double>(min64(plan.chunk, rows - plan.chunk_begin(ch)) * per_row);
+    const double nb = static_cast<double>(min64(plan.chunk, rows - plan.chunk_begin(ch)));
     const double n = n_acc + nb, f = nb / n;
     const double* pm = pmean + ch * C;
     const double* pq = pm2 + ch * C;
@@ -2109,7 +2108,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
       });
     });
   }
-  fold_chunks(plan, R, 1, C, pmean, pm2, out);
+  fold_chunks(plan, R, C, pmean, pm2, out);
 }
 
 template <class S>
@@ -2472,7 +2471,8 @@ inline void fwd_runs_range(const S* x, const S* r, S* y, int64_t total, int64_t 
 // Short runs (NCHW 5x5 to 8x8): the statistics as column sums (nc_flat_stats), then the flat walk of inference with
 // this batch's coefficients, instead of N * C runs of a few vectors, each with a head and a tail (16x512x5x5 on one
 // thread: 102 us, against 33 for the statistics and 25 for the flat walk). The walk takes the activation at run
-// time, so this driver is not a template on it.
+// time, so this driver is not a template on it. Runs of a few vectors beyond the last-level cache (column_stats_nc)
+// come here too: channel groups, else the statistics and then the flat range (fwd_runs_range).
 template <class S>
 void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   using Cp = compute_t<S>;
