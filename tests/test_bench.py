@@ -7,8 +7,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
+import fastbn
 from fastbn import bench
 from fastbn.__main__ import main
 
@@ -127,15 +129,38 @@ def test_bench_reports_floors_half_ratios_and_the_fused_table(tmp_path):
     r = run_cli("--shapes", "8x4x6x6,64x8", "--repeat", "3", "--dtypes", "float32,bfloat16,float16", "--threads",
                 "1", "--no-torch", "--no-numpy", "--fused", "--json", str(out))  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "of floor" in r.stdout and "Fused batch norm + residual + ReLU" in r.stdout
+    assert "of floor" in r.stdout and "of reads" in r.stdout and "Fused batch norm + residual + ReLU" in r.stdout
     report = json.loads(out.read_text())
     floors = {(row["layout"], row["pass_"]): row["floor"] for row in report["results"]}
     assert floors[("nchw", "train")] == 2 and floors[("nchw", "backward")] == 3
     assert floors[("nhwc", "train")] == 3 and floors[("nc", "backward")] == 5 and floors[("nhwc", "infer")] == 2
+    reads = {(row["layout"], row["pass_"]): row["reads"] for row in report["results"]}
+    assert reads[("nchw", "train")] == 1 and reads[("nchw", "infer")] == 1 and reads[("nchw", "backward")] == 2
+    assert reads[("nhwc", "train")] == 2 and reads[("nc", "backward")] == 4 and reads[("nhwc", "infer")] == 1
     for row in report["results"]:
-        assert row["floor_fraction"] > 0
+        assert row["floor_fraction"] > 0 and row["read_fraction"] > 0
         assert (row["vs_float32"] is not None) == (row["dtype"] != "float32")
     fused = report["fused"]
     assert {(f["shape"], f["layout"]) for f in fused} == {("8x4x6x6", "nchw"), ("8x4x6x6", "nhwc"), ("64x8", "nc")}
     for f in fused:
         assert f["fwd_vs_plain"] > 0 and f["unfused_fwd_speedup"] > 0 and f["bwd_vs_plain"] > 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 17, 16384, 16385, 1 << 20])
+def test_read_yardstick_sums_what_it_reads(simd, n):
+    """The read yardstick (a sum that writes nothing) reads every value once: its sum is the float64 sum's, to
+    float32 rounding, on every SIMD path and thread count, and it leaves its input alone."""
+    rng = np.random.default_rng(n)
+    x = rng.random(n).astype(np.float32)
+    before = x.copy()
+    want = float(x.astype(np.float64).sum())
+    threads = fastbn.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            fastbn.set_num_threads(t)
+            assert fastbn._core.stream_read(x) == pytest.approx(want, rel=1e-5, abs=1e-6)
+    finally:
+        fastbn.set_num_threads(threads)
+    np.testing.assert_array_equal(x, before)
+    with pytest.raises(TypeError, match="src"):
+        fastbn._core.stream_read(x.astype(np.float64))

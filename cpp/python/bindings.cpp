@@ -518,6 +518,13 @@ void stream_add(const py::array& a, const py::array& b, const py::array& dst) {
   fastbn::detail::stream_add(p<float>(pa), p<float>(pb), p<float>(pd), n);
 }
 
+double stream_read(const py::array& src) {
+  const int64_t n = static_cast<int64_t>(src.size());
+  void* a = check(src, "src", Code::f32, n, false, false);
+  py::gil_scoped_release nogil;
+  return fastbn::detail::stream_read(p<float>(a), n);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // CUDA: device pointers arrive as integers from fastbn/cuda.py, which has already checked every shape and
 // dtype against the arrays' __cuda_array_interface__.
@@ -950,6 +957,8 @@ PYBIND11_MODULE(_core, m) {
       }, py::arg("src"));
   m.def("stream_add", &stream_add, py::arg("a"), py::arg("b"), py::arg("dst"),
         "dst = a + b (float32) with streaming stores on all threads: the benchmark's 3S yardstick.");
+  m.def("stream_read", &stream_read, py::arg("src"),
+        "The sum of float32 src, read on all threads: the benchmark's read-only yardstick (S bytes, no writes).");
   m.def("stream_copy", &stream_copy, py::arg("src"), py::arg("dst"),
         "Copy float32 src into dst with streaming stores on all threads (the benchmark's bandwidth yardstick).");
 }

@@ -41,6 +41,9 @@ FASTBN_API void reset_core_cache_bytes();
 
 // dst = a + b, the same way: two streams in, one out (3S of traffic).
 FASTBN_API void stream_add(const float* a, const float* b, float* dst, int64_t count);
+// The sum of `count` floats on all threads (float lanes, double per 64 KiB): a read of S bytes that writes
+// nothing, the benchmark's yardstick of a machine's read rate.
+FASTBN_API double stream_read(const float* src, int64_t count);
 
 }  // namespace detail
 }  // namespace fastbn

@@ -23,6 +23,13 @@ FLOORS = {
 }
 # Yardsticks: the streaming copy of S bytes moves 2S; the two-reads-one-write stream 3S; 5S is both in turn.
 YARDSTICK_OF_FLOOR = {2: ("copy",), 3: ("add",), 5: ("copy", "add")}
+# The reads of each floor, in multiples of S: where a machine reads slower than it writes (reads its limit), the
+# pass cannot beat this many reads of S bytes (the read yardstick, a sum that writes nothing), whatever its floor.
+READS = {
+    "nchw": {"train": 1, "infer": 1, "backward": 2},
+    "nc": {"train": 2, "infer": 1, "backward": 4},
+    "nhwc": {"train": 2, "infer": 1, "backward": 4},
+}
 
 
 @dataclass
@@ -44,6 +51,8 @@ class Result:
     copy_fraction: float = 0.0  # gbs / (2S / copy_ms)
     floor: int = 0  # this layout's floor in multiples of S (FLOORS)
     floor_fraction: float = 0.0  # median over rounds of (yardstick time of the floor) / (fastbn time)
+    reads: int = 0  # the floor's reads in multiples of S (READS)
+    read_fraction: float = 0.0  # median over rounds of (reads * read yardstick time) / (fastbn time)
     in_cache: bool = False  # the working set fits in the last-level cache: the fraction is an in-cache one
     speedup: float | None = None  # torch_ms / fastbn_ms
     fresh_speedup: float | None = None  # torch_ms / fresh_ms
@@ -142,7 +151,8 @@ def _fmt(v, spec=".2f", none="-"):
 def format_table(report: dict, copy_bytes: int) -> str:
     rows = report["results"]
     head = ["shape", "layout", "pass", "dtype", "thr", "fastbn ms", "fresh ms", "torch ms", "torch out ms",
-            "numpy ms", "speed-up", "fresh x", "out= x", "GB/s", "roofline", "floor", "of floor", "vs f32"]  # fmt: skip
+            "numpy ms", "speed-up", "fresh x", "out= x", "GB/s", "roofline", "floor", "of floor", "of reads",
+            "vs f32"]  # fmt: skip
     lines = [head]
     for r in rows:
         lines.append(
@@ -164,6 +174,7 @@ def format_table(report: dict, copy_bytes: int) -> str:
                 _fmt(r["roofline"], ".2f"),
                 f"{r['floor']}S" if r.get("floor") else "-",
                 _fmt(r.get("floor_fraction") or None, ".2f") + (" (in LLC)" if r.get("in_cache") else ""),
+                _fmt(r.get("read_fraction") or None, ".2f"),
                 _fmt(r.get("vs_float32"), ".2f"),
             ]
         )
@@ -177,7 +188,9 @@ def format_table(report: dict, copy_bytes: int) -> str:
         f"medians of {report['repeat']} samples. roofline: least traffic (train/infer 2S, backward 3S) / time / B. "
         "of floor: this layout's floor (NCHW 2S/2S/3S; NHWC and 2-D 3S/2S/5S) timed as a streaming copy (2S) or "
         "2-reads-1-write stream (3S) of S bytes interleaved with the call, over its time (median of paired "
-        "ratios); (in LLC): the working set fits the last-level cache",
+        "ratios); (in LLC): the working set fits the last-level cache. of reads: the floor's reads alone (NCHW "
+        "1S/1S/2S; NHWC and 2-D 2S/1S/4S) timed as a sum of S bytes that writes nothing, over the call's time: "
+        "where reads are the machine's limit, 1.0 is that limit",
         "",
     ]
     for i, row in enumerate(lines):

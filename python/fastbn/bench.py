@@ -27,6 +27,7 @@ import fastbn
 from . import _bench_cuda
 from ._bench_common import (
     FLOORS,
+    READS,
     TRAFFIC,
     YARDSTICK_OF_FLOOR,
     Result,
@@ -310,12 +311,16 @@ def _fastbn_fns(x, axis, gamma, beta, dy, eps=1e-5):
 
 
 def _yardsticks(x):
-    """The per-case yardsticks over x's S bytes: a streaming copy (2S) and dst = a + b (3S)."""
+    """The per-case yardsticks over x's S bytes: a streaming copy (2S), dst = a + b (3S) and a read (S)."""
     raw = x.reshape(-1).view(np.uint8)
     src = raw[: raw.size // 4 * 4].view(np.float32)
     other = src.copy()
     dst = np.empty_like(src)
-    return {"copy": lambda: fastbn._core.stream_copy(src, dst), "add": lambda: fastbn._core.stream_add(src, other, dst)}
+    return {
+        "copy": lambda: fastbn._core.stream_copy(src, dst),
+        "add": lambda: fastbn._core.stream_add(src, other, dst),
+        "read": lambda: fastbn._core.stream_read(src),
+    }
 
 
 def _fused_case(args, torch, shape, layout, rng, threads) -> list[dict]:
@@ -450,6 +455,7 @@ def run_cpu(args, torch) -> dict:
                     if pass_ in nfns:  # slow: fewer samples, timed on its own
                         ms["numpy"] = time_interleaved({"numpy": nfns[pass_]}, min(3, args.repeat), 1)["numpy"]
                     floor = FLOORS["nchw" if layout == "nchw" else layout][pass_]
+                    reads = READS["nchw" if layout == "nchw" else layout][pass_]
                     r = Result(
                         shape="x".join(map(str, shape)),
                         layout=layout,
@@ -464,6 +470,8 @@ def run_cpu(args, torch) -> dict:
                         numpy_ms=ms.get("numpy"),
                         floor=floor,
                         floor_fraction=paired(smp, YARDSTICK_OF_FLOOR[floor], "fastbn"),
+                        reads=reads,
+                        read_fraction=paired(smp, ("read",) * reads, "fastbn"),
                         in_cache=0 < llc and 3 * x.nbytes <= llc,
                     )
                     r.gbs = TRAFFIC[pass_] * x.nbytes / (r.fastbn_ms * 1e-3) / 1e9

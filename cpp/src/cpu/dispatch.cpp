@@ -341,6 +341,8 @@ void stream_copy(const float* src, float* dst, int64_t count) {
 void stream_add(const float* a, const float* b, float* dst, int64_t count) {
   cpu::active().add(a, b, dst, count, cpu::exec_here());
 }
+
+double stream_read(const float* src, int64_t count) { return cpu::active().read(src, count, cpu::exec_here()); }
 }  // namespace detail
 
 const char* simd() { return cpu::active().name; }

@@ -151,9 +151,10 @@ struct KernelTable {
   Kernels<bfloat16> bf16;
   Kernels<float16> f16;
   // The yardsticks of the benchmark, with this path's streaming stores on all threads: a copy (2S of traffic)
-  // and dst = a + b (3S).
+  // and dst = a + b (3S); and a read of S bytes (their sum).
   void (*copy)(const float* src, float* dst, int64_t count, const Exec&);
   void (*add)(const float* a, const float* b, float* dst, int64_t count, const Exec&);
+  double (*read)(const float* src, int64_t count, const Exec&);
 };
 
 template <class S>

@@ -3268,7 +3268,8 @@ void backward(const BackwardArgs<S>& a, const Exec& ex) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Yardsticks: a streaming copy (2S) and dst = a + b (3S), as fast as this path's loops can move bytes
+// Yardsticks: a streaming copy (2S), dst = a + b (3S) and a read of S bytes (their sum), as fast as this path's
+// loops can move bytes
 
 template <class F>
 void yardstick(float* dst, int64_t count, int arrays, const Exec& ex, F&& f) {
@@ -3299,6 +3300,37 @@ void add(const float* a, const float* b, float* dst, int64_t count, const Exec& 
   yardstick(dst, count, 3, ex, [&](int64_t i, auto m) { return Vec<float>::add(ld(a + i, m), ld(b + i, m)); });
 }
 
+// The sum of src in float lanes (four chains, so that the adds keep up with the loads), in double per unit.
+double read(const float* src, int64_t count, const Exec& ex) {
+  using V = Vec<float>;
+  constexpr int W = V::width;
+  constexpr int64_t kUnit = 16 * 1024;  // floats per work unit
+  const int64_t units = ceil_div(count, kUnit);
+  [[maybe_unused]] const int nt = pick_threads(ex, count * static_cast<int64_t>(sizeof(float)), units);
+  double total = 0.0;
+  StartProbe probe(nt);
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
+  {
+    probe.started();
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const float* p = src + u * kUnit;
+      const int64_t n = min64(kUnit, count - u * kUnit);
+      typename V::reg a[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+      int64_t i = 0;
+      for (; i + 4 * W <= n; i += 4 * W) {
+        for (int j = 0; j < 4; ++j) a[j] = V::add(a[j], ld(p + i + j * W, Full{}));
+      }
+      for (; i < n; i += W) {
+        const int m = static_cast<int>(min64(W, n - i));
+        a[0] = V::add(a[0], keep<V>(m, ld(p + i, m), V::zero()));
+      }
+      total += V::hsum(V::add(V::add(a[0], a[1]), V::add(a[2], a[3])));
+    }
+  }
+  return total;
+}
+
 template <class S>
 constexpr Kernels<S> kernels() {
   return {&train<S>, &apply<S>, &stats<S>, &backward<S>};
@@ -3308,7 +3340,7 @@ constexpr Kernels<S> kernels() {
 
 const KernelTable& table() {
   static const KernelTable t{FASTBN_ISA_NAME,  kernels<float>(), kernels<double>(), kernels<bfloat16>(),
-                             kernels<float16>(), &copy,          &add};
+                             kernels<float16>(), &copy,          &add,           &read};
   return t;
 }
 
