@@ -396,3 +396,29 @@ np.savez(sys.argv[2], **out)
         n = inputs["x0"].size  # the largest count per channel bounds the sums' rounding
         atol = 1e-4 * np.sqrt(n) if key[:2] in ("dg", "db") else 3e-5
         np.testing.assert_allclose(resident[key], staged[key], rtol=3e-5, atol=atol, err_msg=key)
+
+
+def test_gpu_bench_times_every_layout_of_every_rank(tmp_path):
+    # `bench --device cuda` once stopped at a 3-D shape's channels-last case (torch's channels_last takes rank 4
+    # only); every (shape, layout, pass) must come back timed, with channels last in C-innermost memory.
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "gpu.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "fastbn", "bench", "--device", "cuda", "--shapes", "4x8x64,2x8x6x6,64x16",
+         "--dtypes", "float32", "--repeat", "3", "--json", str(path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = {(r["shape"], r["layout"], r["pass_"]) for r in json.loads(path.read_text())["results"]}
+    want = {
+        (s, lay, p)
+        for s, lays in (("4x8x64", ("nchw", "nhwc")), ("2x8x6x6", ("nchw", "nhwc")), ("64x16", ("nc",)))
+        for lay in lays
+        for p in ("train", "infer", "backward")
+    }
+    assert got == want
+    results = json.loads(path.read_text())["results"]
+    assert all(r["fastbn_ms"] > 0 and r["torch_ms"] > 0 for r in results)

@@ -49,8 +49,8 @@ def _run_case(torch, args, shape, layout, dtype, bw):
     eps = 1e-5
     tdt = torch.float32 if dtype == "float32" else torch.float64
     x = torch.randn(shape, dtype=tdt, device="cuda")
-    if layout == "nhwc":
-        x = x.contiguous(memory_format=torch.channels_last)
+    if layout == "nhwc":  # channels last at any rank: C the innermost dimension in memory
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)
     c = shape[1]
     w = torch.rand(c, dtype=tdt, device="cuda") + 0.5
     b = torch.randn(c, dtype=tdt, device="cuda")
