@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -209,7 +212,6 @@ def test_gil_is_released_while_kernels_run():
     """Another Python thread makes progress while a long kernel runs: a tick stamped between a call's start and
     its end can only come from the window where the call had released the GIL. Over 10 calls, so that a busy
     machine that gives the ticker no CPU during one call does not fail the test."""
-    import time
 
     x = np.random.default_rng(0).standard_normal((64, 64, 64, 64)).astype(np.float32)
     ticks = []
@@ -246,10 +248,6 @@ def _digest(shapes):
 def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_threads):
     """OpenMP may run fewer threads than requested (OMP_THREAD_LIMIT, or a call from inside another parallel
     region); the work must still be split over the team that actually runs."""
-    import os
-    import subprocess
-    import sys
-
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]); import fastbn, test_threads as t; "
         "fastbn._core.set_min_bytes_per_thread(16 << 10); fastbn.set_num_threads(4); print(t._digest(t.SHAPES))"
@@ -265,19 +263,23 @@ def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_th
 
 def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_while():
     """While another process holds the CPU a second thread would use, its start delay (0.1 ms and more) makes
-    the default per-thread minimum give way to 3 MiB for 10 ms; a chosen minimum always holds."""
+    the default per-thread minimum give way to 3 MiB for 10 ms; a chosen minimum always holds. A slow start while
+    every runnable thread has a CPU (a wake-up from sleep) changes nothing."""
     core = fastbn._core
+    cpus = os.cpu_count()
     before = core.min_bytes_per_thread()
     core.reset_min_bytes_per_thread()
     core._forget_crowding()
     try:
         default = core.min_bytes_per_thread()
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(900_000, 7)  # a first region with 7 threads: it created them
+        core._note_thread_start(900_000, 7, cpus + 1)  # a first region with 7 threads: it created them
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(40_000, 7)  # a sleeping thread's wake-up: not a crowded machine
+        core._note_thread_start(40_000, 7, cpus + 1)  # a sleeping thread's wake-up: not a crowded machine
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(150_000, 7)
+        core._note_thread_start(150_000, 7, cpus)  # slow, but no thread waits for a CPU
+        assert core.min_bytes_per_thread_now() == default
+        core._note_thread_start(150_000, 7, cpus + 1)
         assert core.min_bytes_per_thread_now() == max(default, 3 << 20)
         core.set_min_bytes_per_thread(default)  # chosen: it holds, crowded or not
         assert core.min_bytes_per_thread_now() == default
@@ -286,6 +288,38 @@ def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_whi
         time.sleep(0.05)
         assert core.min_bytes_per_thread_now() == default
     finally:
+        core._forget_crowding()
+        core.set_min_bytes_per_thread(before)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/loadavg"), reason="the runnable count is read from Linux's /proc")
+def test_the_runnable_count_is_read_from_the_system_and_sees_busy_processes():
+    """The crowding check reads how many threads the system could run now: with a busy process on every CPU
+    beside this one, more than there are CPUs, and a slow start then counts."""
+    core = fastbn._core
+    cpus = len(os.sched_getaffinity(0))
+    assert core._runnable_threads() >= 1  # this thread, at least
+    spin = "import time\nt = time.time() + 30\nwhile time.time() < t: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cpus + 1)]
+    before = core.min_bytes_per_thread()
+    core.reset_min_bytes_per_thread()
+    core._forget_crowding()
+    try:
+        seen = 0
+        deadline = time.time() + 20
+        while time.time() < deadline and seen <= cpus:
+            seen = max(seen, core._runnable_threads())
+        assert seen > cpus, f"{seen} runnable with {cpus + 1} busy processes on {cpus} CPUs"
+        core._note_thread_start(150_000, 5, cpus + 1)  # this team size's first region: not counted
+        crowded = False
+        while time.time() < deadline and not crowded:
+            core._note_thread_start(150_000, 5)  # the count read from the system
+            crowded = core.min_bytes_per_thread_now() == max(core.min_bytes_per_thread(), 3 << 20)
+        assert crowded
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
         core._forget_crowding()
         core.set_min_bytes_per_thread(before)
 

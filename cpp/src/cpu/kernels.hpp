@@ -51,7 +51,10 @@ void reset_min_bytes_per_thread();
 // dispatch.cpp: a delay of kCrowdedDelayNs or more raises min_bytes_per_thread to kCrowdedMinBytes for
 // kCrowdedHoldNs, unless the value was chosen; the first region of a team size does not count).
 int64_t now_ns();
-void note_thread_start(int64_t delay_ns, int threads);
+// A delay counts only while more threads are runnable than this process has CPUs: `runnable` that count, or -1 to
+// read it from the system (runnable_threads(): /proc/loadavg, -1 where it cannot be read).
+void note_thread_start(int64_t delay_ns, int threads, int64_t runnable = -1);
+int64_t runnable_threads();
 // Whether such a delay was seen within the last kCrowdedHoldNs; forget_crowding() forgets it (tests).
 bool crowded();
 void forget_crowding();
