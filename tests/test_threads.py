@@ -266,7 +266,7 @@ def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_whi
     the default per-thread minimum give way to 3 MiB for 10 ms; a chosen minimum always holds. A slow start while
     every runnable thread has a CPU (a wake-up from sleep) changes nothing."""
     core = fastbn._core
-    cpus = os.cpu_count()
+    cpus = len(os.sched_getaffinity(0))
     before = core.min_bytes_per_thread()
     core.reset_min_bytes_per_thread()
     core._forget_crowding()

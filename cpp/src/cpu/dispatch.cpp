@@ -12,6 +12,7 @@
 #include <string>
 
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #if defined(_OPENMP)
@@ -176,9 +177,13 @@ int64_t runnable_threads() {
 }
 
 namespace {
-int usable_cpus() {
+int usable_cpus() {  // the CPUs of this process's affinity mask
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+#endif
 #if defined(_OPENMP)
-  return omp_get_num_procs();  // the CPUs of this process's affinity mask
+  return omp_get_num_procs();
 #else
   const long n = sysconf(_SC_NPROCESSORS_ONLN);
   return n > 0 ? static_cast<int>(n) : 1;
