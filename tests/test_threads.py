@@ -14,7 +14,7 @@ import pytest
 
 import fastbn
 
-from conftest import ref_backward, ref_train
+from conftest import ref_backward, ref_stats, ref_train
 
 
 @pytest.fixture
@@ -565,3 +565,43 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
     dx_ref, dg_ref, db_ref = ref_backward(dy.astype(np.float64), xr, mean_ref, var_ref, gamma.astype(np.float64))
     for got, want in [(dg, dg_ref), (db, db_ref), (sdyx, dg_ref), (sdy, db_ref), (dx, dx_ref)]:
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+# Runs of 1-10 KiB whose channels are read in groups side by side (statistics, reduce phase): a group shorter than a
+# thread's share (1000 floats: 16 channels a group), one longer (300 doubles), a share of 3 channels in groups of 6
+# (2500 floats), channels that do not split evenly over 2 threads (7, in order then), pieces of long runs.
+SIDE_BY_SIDE = [((6, 40, 1000), np.float32), ((5, 24, 300), np.float64), ((4, 9, 2500), np.float32),
+                ((8, 7, 1200), np.float32), ((3, 4, 9000), np.float32), ((6, 48, 520), ml_dtypes.bfloat16)]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "shape,dtype", SIDE_BY_SIDE, ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None
+)
+def test_channels_read_side_by_side_give_every_block_once(restore_threads, shape, dtype):
+    """batch_norm_stats and batch_norm_backward_reduce read short runs of several channels side by side: each
+    channel's statistics and sums must take every block once, whatever the thread count, and agree bit for bit
+    across 1-3 threads and with the training forward's statistics."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(shape) * 2 + 3 + np.arange(shape[1])[:, None]).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    ref_mean, ref_var = ref_stats(x64)
+    xhat = (x64 - ref_mean[:, None]) / np.sqrt(ref_var[:, None] + 1e-5)
+    ref_sum_dy, ref_sum_dy_xhat = dy64.sum(axis=(0, 2)), (dy64 * xhat).sum(axis=(0, 2))
+    got = []
+    for threads in (1, 2, 3):
+        fastbn.set_num_threads(threads)
+        n, mean, m2 = fastbn.batch_norm_stats(x)
+        var = m2 / n
+        sums = fastbn.batch_norm_backward_reduce(dy, x, mean, var)
+        got.append((mean.tobytes(), m2.tobytes(), sums[0].tobytes(), sums[1].tobytes()))
+        assert n == shape[0] * shape[2]
+        tol = 1e-2 if dtype == ml_dtypes.bfloat16 else 1e-6
+        np.testing.assert_allclose(mean, ref_mean, rtol=tol)
+        np.testing.assert_allclose(var, ref_var, rtol=tol * 10)
+        np.testing.assert_allclose(sums[0], ref_sum_dy, rtol=1e-9, atol=1e-9 * np.abs(dy64).sum())
+        np.testing.assert_allclose(sums[1], ref_sum_dy_xhat, rtol=tol * 10, atol=tol * np.abs(dy64).sum())
+        if dtype != ml_dtypes.bfloat16:
+            _, train_mean, train_var = fastbn.batch_norm_train(x)
+            assert np.array_equal(train_mean.astype(np.float64), mean.astype(train_mean.dtype).astype(np.float64))
+    assert got[1] == got[0] and got[2] == got[0]
