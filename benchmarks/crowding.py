@@ -1,8 +1,9 @@
 """Whether fastbn's crowding back-off (a slow thread start keeps calls under 3 MiB per thread on fewer threads for
 10 ms) fires where it should not: calls back to back with the default per-thread minimum against the same minimum
 chosen (set_min_bytes_per_thread, which the back-off never overrides), on every core, with the share of calls the
-back-off was on for. On an idle machine the two should match; with another process holding a CPU
-(`--busy N` starts N spinning processes) the default should stay on fewer threads.
+back-off was on for. On an idle machine the two should match (calls back to back find the team awake, and a slow
+start there counts only while a CPU is held elsewhere); with another process holding a CPU (`--busy N` starts N
+spinning processes) the default should stay on fewer threads.
 
     python benchmarks/crowding.py [--threads T] [--busy N] [--calls K]
 """

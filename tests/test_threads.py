@@ -262,9 +262,10 @@ def test_a_smaller_openmp_team_than_asked_for_still_does_all_the_work(restore_th
 
 
 def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_while():
-    """While another process holds the CPU a second thread would use, its start delay (0.1 ms and more) makes
-    the default per-thread minimum give way to 3 MiB for 10 ms; a chosen minimum always holds. A slow start while
-    every runnable thread has a CPU (a wake-up from sleep) changes nothing."""
+    """A second thread slow to start (0.1 ms and more) because it had gone to sleep (the team sat idle longer than
+    its spin) or because another process holds the CPU it would use makes the default per-thread minimum give way
+    to 3 MiB for 10 ms; a chosen minimum always holds. A slow start of a team that had just run, while every
+    runnable thread has a CPU, is a hiccup and changes nothing."""
     core = fastbn._core
     cpus = len(os.sched_getaffinity(0))
     before = core.min_bytes_per_thread()
@@ -272,19 +273,25 @@ def test_a_second_thread_slow_to_start_keeps_small_calls_on_one_thread_for_a_whi
     core._forget_crowding()
     try:
         default = core.min_bytes_per_thread()
+        backed_off = max(default, 3 << 20)
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(900_000, 7, cpus + 1)  # a first region with 7 threads: it created them
+        core._note_thread_start(900_000, 7, idle_ns=10**9, runnable=cpus + 1)  # a first region with 7 threads
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(40_000, 7, cpus + 1)  # a sleeping thread's wake-up: not a crowded machine
+        core._note_thread_start(40_000, 7, idle_ns=10**9, runnable=cpus + 1)  # a quick start
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(150_000, 7, cpus)  # slow, but no thread waits for a CPU
+        core._note_thread_start(150_000, 7, idle_ns=0, runnable=cpus)  # just ran, no thread waits for a CPU
         assert core.min_bytes_per_thread_now() == default
-        core._note_thread_start(150_000, 7, cpus + 1)
-        assert core.min_bytes_per_thread_now() == max(default, 3 << 20)
+        core._note_thread_start(150_000, 7, idle_ns=20_000, runnable=cpus)  # idle less than a spin
+        assert core.min_bytes_per_thread_now() == default
+        core._note_thread_start(150_000, 7, idle_ns=1_000_000, runnable=cpus)  # the team had gone to sleep
+        assert core.min_bytes_per_thread_now() == backed_off
+        core._forget_crowding()
+        core._note_thread_start(150_000, 7, idle_ns=0, runnable=cpus + 1)  # a CPU held by another thread
+        assert core.min_bytes_per_thread_now() == backed_off
         core.set_min_bytes_per_thread(default)  # chosen: it holds, crowded or not
         assert core.min_bytes_per_thread_now() == default
         core.reset_min_bytes_per_thread()
-        assert core.min_bytes_per_thread_now() == max(default, 3 << 20)
+        assert core.min_bytes_per_thread_now() == backed_off
         time.sleep(0.05)
         assert core.min_bytes_per_thread_now() == default
     finally:
@@ -310,10 +317,10 @@ def test_the_runnable_count_is_read_from_the_system_and_sees_busy_processes():
         while time.time() < deadline and seen <= cpus:
             seen = max(seen, core._runnable_threads())
         assert seen > cpus, f"{seen} runnable with {cpus + 1} busy processes on {cpus} CPUs"
-        core._note_thread_start(150_000, 5, cpus + 1)  # this team size's first region: not counted
+        core._note_thread_start(150_000, 5, runnable=cpus + 1)  # this team size's first region: not counted
         crowded = False
         while time.time() < deadline and not crowded:
-            core._note_thread_start(150_000, 5)  # the count read from the system
+            core._note_thread_start(150_000, 5, idle_ns=0)  # a team that just ran: the count from the system
             crowded = core.min_bytes_per_thread_now() == max(core.min_bytes_per_thread(), 3 << 20)
         assert crowded
     finally:

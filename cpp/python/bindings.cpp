@@ -879,7 +879,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("reset_min_bytes_per_thread", &fastbn::detail::reset_min_bytes_per_thread);
   m.def("min_bytes_per_thread_now", &fastbn::detail::min_bytes_per_thread_now);
   m.def("_note_thread_start", &fastbn::detail::note_thread_start, py::arg("delay_ns"), py::arg("threads"),
-        py::arg("runnable") = -1);
+        py::arg("idle_ns") = 0, py::arg("runnable") = -1);
   m.def("_runnable_threads", &fastbn::detail::runnable_threads);
   m.def("_forget_crowding", &fastbn::detail::forget_crowding);
   m.def("set_stream_min_bytes", &fastbn::detail::set_stream_min_bytes, py::arg("bytes"));

@@ -21,11 +21,12 @@ FASTBN_API int64_t min_bytes_per_thread();
 // Back to the default (FASTBN_MIN_BYTES_PER_THREAD at load, else 256 KiB), which gives way while crowded.
 FASTBN_API void reset_min_bytes_per_thread();
 // What the next kernel call on this thread uses: min_bytes_per_thread(), or 3 MiB while a second thread was
-// recently slow to start while more threads were runnable than there are CPUs (see cpu/dispatch.cpp).
-// note_thread_start reports such a start delay (tests), with the runnable count or -1 to read it from the system;
-// runnable_threads is that reading (-1 where the system does not tell); forget_crowding forgets the last delay.
+// recently slow to start after sleeping, or while more threads were runnable than there are CPUs (see
+// cpu/dispatch.cpp). note_thread_start reports such a start delay (tests) after the team sat idle idle_ns, with the
+// runnable count or -1 to read it from the system; runnable_threads is that reading (-1 where the system does not
+// tell); forget_crowding forgets the last delay.
 FASTBN_API int64_t min_bytes_per_thread_now();
-FASTBN_API void note_thread_start(int64_t delay_ns, int threads, int64_t runnable = -1);
+FASTBN_API void note_thread_start(int64_t delay_ns, int threads, int64_t idle_ns, int64_t runnable = -1);
 FASTBN_API int64_t runnable_threads();
 FASTBN_API void forget_crowding();
 // The output size from which kernels write with streaming stores (FASTBN_STREAM_MIN_BYTES at load, else half the

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cctype>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -97,11 +98,15 @@ int64_t initial_min_bytes_per_thread() {
 // for kCrowdedHoldNs; the first call with two threads after that measures again: while the machine stays
 // crowded, one slow call per 10 ms (~1% of the time of back-to-back calls); after a passing hiccup, 10 ms of
 // calls on one thread (with a 0.1 s hold, one hiccup in a benchmark's calibration kept all its samples there).
-// A slow start counts only while the system has more runnable threads than this process has CPUs (Linux's run
-// queues, /proc/loadavg): on a 16-vCPU Xeon VM with nothing else running, a thread woken from sleep took 0.1 ms
-// and more often enough that, without that check, a 6.4 MB training forward ran on 2 threads most of the time
-// (0.39 ms, against 0.07 ms on 16).
+// A slow start after the team sat idle longer than its spin (kSpinIdleNs: its threads had gone to sleep) always
+// counts: sporadic calls then stay on one thread rather than wake the others every time (the EPYC VM, training
+// forwards 1 ms apart: 1 MiB 0.11-0.19 ms with the back-off, 0.26 without; 512 KiB 0.10-0.16 against 0.19). A
+// slow start of a team that had just run counts only while more threads are runnable than this process has CPUs
+// (Linux's run queues, /proc/loadavg): on a 16-vCPU Xeon VM with nothing else running, such hiccups of 0.1 ms
+// came often enough that, counted, they kept a 6.4 MB training forward called back to back on 2 threads most of
+// the time (0.39 ms, against 0.07 ms on 16).
 constexpr int64_t kCrowdedDelayNs = 100'000;
+constexpr int64_t kSpinIdleNs = 50'000;  // GOMP_SPINCOUNT=2000, as fastbn sets it: ~46 us on the EPYC VM
 constexpr int64_t kCrowdedHoldNs = 10'000'000;
 constexpr int64_t kCrowdedMinBytes = int64_t{3} << 20;
 std::atomic<int64_t> g_crowded_until{0};
@@ -191,14 +196,26 @@ int usable_cpus() {  // the CPUs of this process's affinity mask
 }
 }  // namespace
 
-void note_thread_start(int64_t delay_ns, int threads, int64_t runnable) {
+void note_thread_start(int64_t delay_ns, int threads, int64_t idle_ns, int64_t runnable) {
   if (g_last_team.exchange(threads, std::memory_order_relaxed) != threads) return;
   if (delay_ns < kCrowdedDelayNs) return;
-  // Read right after the region, while its threads still spin: they count among the runnable ones, so a second
-  // process on a 2-CPU machine makes 3. Where the count cannot be read, every slow start counts.
-  if (runnable < 0) runnable = runnable_threads();
-  if (runnable >= 0 && runnable <= usable_cpus()) return;  // a wake-up, not a CPU held by another thread
+  if (idle_ns < kSpinIdleNs) {
+    // Read right after the region, while its threads still spin: they count among the runnable ones, so a
+    // second process on a 2-CPU machine makes 3. Where the count cannot be read, every slow start counts.
+    if (runnable < 0) runnable = runnable_threads();
+    if (runnable >= 0 && runnable <= usable_cpus()) return;  // a hiccup, not a CPU held by another thread
+  }
   g_crowded_until.store(now_ns() + kCrowdedHoldNs, std::memory_order_relaxed);
+}
+
+namespace {
+std::atomic<int64_t> g_last_region_end{0};  // when the last multi-threaded region ended (0: none yet)
+}  // namespace
+
+void note_region(int64_t start_ns, int64_t delay_ns, int threads) {
+  const int64_t end = now_ns();
+  const int64_t last = g_last_region_end.exchange(end, std::memory_order_relaxed);
+  note_thread_start(delay_ns, threads, last == 0 ? INT64_MAX : start_ns - last);
 }
 
 bool crowded() {
@@ -358,8 +375,8 @@ void set_min_bytes_per_thread(int64_t bytes) { cpu::set_min_bytes_per_thread(byt
 int64_t min_bytes_per_thread() { return cpu::min_bytes_per_thread(); }
 void reset_min_bytes_per_thread() { cpu::reset_min_bytes_per_thread(); }
 int64_t min_bytes_per_thread_now() { return cpu::exec_here().min_bytes_per_thread; }
-void note_thread_start(int64_t delay_ns, int threads, int64_t runnable) {
-  cpu::note_thread_start(delay_ns, threads, runnable);
+void note_thread_start(int64_t delay_ns, int threads, int64_t idle_ns, int64_t runnable) {
+  cpu::note_thread_start(delay_ns, threads, idle_ns, runnable);
 }
 void forget_crowding() { cpu::forget_crowding(); }
 int64_t runnable_threads() { return cpu::runnable_threads(); }

@@ -51,9 +51,12 @@ void reset_min_bytes_per_thread();
 // dispatch.cpp: a delay of kCrowdedDelayNs or more raises min_bytes_per_thread to kCrowdedMinBytes for
 // kCrowdedHoldNs, unless the value was chosen; the first region of a team size does not count).
 int64_t now_ns();
-// A delay counts only while more threads are runnable than this process has CPUs: `runnable` that count, or -1 to
-// read it from the system (runnable_threads(): /proc/loadavg, -1 where it cannot be read).
-void note_thread_start(int64_t delay_ns, int threads, int64_t runnable = -1);
+// A delay counts where the team had sat idle idle_ns >= kSpinIdleNs before the region (its threads slept), else only
+// while more threads are runnable than this process has CPUs: `runnable` that count, or -1 to read it from the
+// system (runnable_threads(): /proc/loadavg, -1 where it cannot be read). note_region reports a region that started
+// at start_ns (now_ns()), its idle time taken from the end of the previous multi-threaded region.
+void note_thread_start(int64_t delay_ns, int threads, int64_t idle_ns, int64_t runnable = -1);
+void note_region(int64_t start_ns, int64_t delay_ns, int threads);
 int64_t runnable_threads();
 // Whether such a delay was seen within the last kCrowdedHoldNs; forget_crowding() forgets it (tests).
 bool crowded();

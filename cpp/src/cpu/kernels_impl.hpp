@@ -105,8 +105,8 @@ inline int team_size() {
 }
 
 // Times how long thread 1 of a parallel region took to start, and reports it when the region is over
-// (note_thread_start: a second thread that waits for a CPU another process holds makes fastbn keep small calls
-// on one thread for a while). Declared before the region, started() first thing inside it.
+// (note_region: a second thread that had gone to sleep, or that waits for a CPU another process holds, makes
+// fastbn keep small calls on one thread for a while). Declared before the region, started() first thing inside it.
 class StartProbe {
  public:
   explicit StartProbe(int threads) : t0_(threads > 1 ? now_ns() : 0), threads_(threads) {}
@@ -116,7 +116,7 @@ class StartProbe {
     if (t0_ != 0 && thread_id() == 1) delay_ = now_ns() - t0_;  // read after the region's closing barrier
   }
   ~StartProbe() {
-    if (delay_ > 0) note_thread_start(delay_, threads_);
+    if (delay_ > 0) note_region(t0_, delay_, threads_);
   }
 
  private:
