@@ -1858,8 +1858,6 @@ inline RowPlan row_plan(int64_t rows, int64_t C, int64_t arrays) {
 // ---------------------------------------------------------------------------------------------------------
 // Statistics passes (used by the training forward and by stats())
 
-// Per-channel moments of an nc tensor over (channel, block) units shared out over the team: call inside a
-// parallel region; `part` holds 2 doubles per unit; on return (after a barrier) out[c] is the channel's merge.
 // This thread's units (channel u / nb, block u % nb) of a pass that reads each block once, on its own (the
 // statistics pass, the backward's reduce phase): f(u, pf), pf the distance from unit u to the unit read next (0
 // after the last). Where blocks are whole runs and the channels split evenly, channels go in groups whose runs of
@@ -1899,6 +1897,8 @@ inline void for_my_units(const NcPlan& pl, int64_t C, F&& f) {
   for (int64_t u = 0; u < units; ++u) f(u, pl.to_next(u, units));
 }
 
+// Per-channel moments of an nc tensor over (channel, block) units shared out over the team: call inside a
+// parallel region; `part` holds 2 doubles per unit; on return (after a barrier) out[c] is the channel's merge.
 template <class S>
 inline void nc_unit_stats(const S* x, const NcPlan& pl, int64_t C, double* part, Moments* out, bool prefetch) {
   for_my_units<S>(pl, C, [&](int64_t u, int64_t pf) {
