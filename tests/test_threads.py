@@ -341,8 +341,9 @@ STEP_SHAPES = [(24, 8, 16, 20), (16, 6, 32, 32), (12, 5, 64, 64), (4, 3, 112, 11
 def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_core_cache, shape, dtype):
     """Where the output streams and runs are whole vectors, the training pipelines normalize a block of channel c
     in the loop that takes the moments of the same block of channel c + 1; the results are the bits of the two
-    loops (streaming off), into outputs at every offset from a vector boundary, with an activation and a
-    residual, on one thread and two, and against a float64 reference."""
+    loops (streaming off), into outputs at every offset from a vector boundary and at page offsets where the
+    loads of channel c + 1 alias the stores of channel c (the two loops run) and where not, with an activation
+    and a residual, on one thread and two, and against a float64 reference."""
     rng = np.random.default_rng(8)
     x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
     res = rng.standard_normal(shape).astype(dtype)
@@ -354,6 +355,19 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
         out = buf[offset : offset + x.size].reshape(shape)
         y, mean, var = fastbn.batch_norm_train(x, gamma, beta, out=out, **kw)
         assert y is out
+        return [y, mean, var]
+
+    # y placed so that the next channel's loads lie `gap` bytes past its stores modulo a page: 0 and -64 alias
+    # them (the two loops then run), 1 KiB and 2 KiB do not (the one loop where runs are long or shares small).
+    item = x.dtype.itemsize
+    run = shape[2] * shape[3] * item
+
+    def train_gap(gap, **kw):
+        buf = np.full(x.size + 4096 // item, np.nan, dtype)
+        skip = ((x.ctypes.data + run - gap - buf.ctypes.data) % 4096) // item
+        out = buf[skip : skip + x.size].reshape(shape)
+        assert (x.ctypes.data + run - out.ctypes.data) % 4096 == gap % 4096
+        y, mean, var = fastbn.batch_norm_train(x, gamma, beta, out=out, **kw)
         return [y, mean, var]
 
     variants = [{}, {"activation": "relu", "residual": res}]
@@ -370,6 +384,10 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
             for offset in range(16):
                 for kw, want in zip(variants, expected):
                     for g, w in zip(train(offset, **kw), want):
+                        np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+            for gap in (0, -64, 1024, 2048):
+                for kw, want in zip(variants, expected):
+                    for g, w in zip(train_gap(gap, **kw), want):
                         np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
     finally:
         fastbn._core.reset_stream_min_bytes()

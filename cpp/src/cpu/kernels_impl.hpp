@@ -63,6 +63,11 @@ namespace {
 constexpr int64_t kBlockBytes = 32 * 1024;
 // Bytes of one sample's runs that the statistics and reduce passes read side by side (see for_my_units).
 constexpr int64_t kSideBySideBytes = 64 * 1024;
+// Distances (bytes, modulo a page) from a store ahead of which (kAliasBelow) or behind which (kAliasAbove) a load
+// that follows it counts as aliasing it (loads_alias_stores).
+constexpr int64_t kAliasBelow = 256, kAliasAbove = 64;
+// Runs at least this long that the training forward fuses whatever the share of a channel (see train_nc_act).
+constexpr int64_t kFuseMinRunBytes = 8 * 1024;
 // Bytes of one array a channels-last tile spans (its reductions re-read it from L1/L2).
 constexpr int64_t kTileBytes = 256 * 1024;
 // Rows a channels-last chunk spans, in bytes: the unit of parallel work there.
@@ -249,6 +254,15 @@ constexpr int64_t kPageBytes = 4096;
 inline int64_t page_gap(const char* at, const void* away) {
   const uintptr_t want = (reinterpret_cast<uintptr_t>(away) & ~uintptr_t{63}) + kPageBytes / 2;
   return static_cast<int64_t>((want - reinterpret_cast<uintptr_t>(at)) & (kPageBytes - 1));
+}
+
+// Whether loads at `load` + i issued just after stores at `store` + i (a loop that writes one array while it reads
+// another at the same offsets) share the low 12 address bits of a store still in flight: the load then waits on
+// it (4K aliasing). Measured where the training forward's fused step reads the next channel (see train_nc_act).
+inline bool loads_alias_stores(const void* load, const void* store) {
+  const auto d = static_cast<int64_t>((reinterpret_cast<uintptr_t>(load) - reinterpret_cast<uintptr_t>(store)) &
+                                      static_cast<uintptr_t>(kPageBytes - 1));
+  return d < kAliasAbove || d >= kPageBytes - kAliasBelow;
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -2392,16 +2406,23 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t channel_bytes = N * L * static_cast<int64_t>(sizeof(S));
   const bool team = team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes);
   // Normalizes block b of channel c and takes the moments of block b of channel c + 1: in one loop
-  // (fwd_block_with_moments) where the output streams, runs are whole vectors and a thread's share of two channels
-  // fits in half its cache. Paired on the EPYC VM, 2 threads, run-time switch, order shuffled, 300-400 pairs a
-  // run: NCL 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 32x256x28x28 0.98-1.05x;
-  // builds alternating (4 pairs, fraction of the copy): NCL 0.80-0.82 -> 0.85-0.92, 128x64x32x32 0.79-0.82 ->
-  // 0.82-0.92. Where the shares take more (the re-read then comes partly from L3) it did not pay: 64x64x48x48
-  // 1.04-1.05x in one process but 0.85-0.89 -> 0.84-0.86 with builds alternating, 64x128x56x56 0.98-1.03x,
-  // 128x64x40x40 0.99-1.00x, 64x3x224x224 0.98-1.00x; nor over 14x14 runs (a head and a tail per 12 vectors):
-  // 0.94-0.95x.
+  // (fwd_block_with_moments) where the output streams, runs are whole vectors, a thread's share of two channels
+  // fits in half its cache or runs are at least kFuseMinRunBytes long, and the loads of channel c + 1 do not alias
+  // the stores of channel c's output (loads_alias_stores: a run of a multiple of 4 KiB, x and y at one offset in a
+  // page, as NumPy puts large arrays). Earlier, paired on the EPYC VM, 2 threads, 300-400 pairs a run: NCL
+  // 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 32x256x28x28 0.98-1.05x. Measured again on
+  // the EPYC Zen 4 VM, one process switching per call (40-60 pairs, 2 threads, median ratio to the two loops):
+  // where y's page offset is x's, 4 KiB runs lost (NCL 128x64x1024 0.82-0.86x, 128x64x32x32 0.88x), 16 KiB runs
+  // too (64x64x64x64 0.88-0.93x, bfloat16 64x64x64x64 0.76x); with x moved 64 B to 2 KiB from that offset
+  // 64x64x64x64 gained 1.06-1.15x (x 16 or 64 B below it: 4 KiB runs still lost, 0.83-0.87x). Runs of 8 KiB and more
+  // gained also where shares take more of the cache (not aliasing): 64x128x56x56 1.06-1.12x, 64x64x48x48 1.13x,
+  // 64x64x52x52 1.17x, 32x64x80x80 1.14x, 16x64x112x112 1.11x, 32x64x96x96 1.08x, float64 64x128x56x56 1.15x; shorter
+  // ones not (128x64x40x40, 6400-byte runs, 0.93-1.01x; 256x128x32x32 0.78-0.89x, 256x64x1024 0.72-0.94x), nor 14x14
+  // runs earlier (a head and a tail per 12 vectors: 0.94-0.95x).
   const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
-  const bool fuses = stream && whole_vector_runs<S>(pl) && 4 * share <= ex.cache_bytes;
+  const int64_t run_bytes = pl.plen * static_cast<int64_t>(sizeof(S));
+  const bool fits = 4 * share <= ex.cache_bytes || run_bytes >= kFuseMinRunBytes;
+  const bool fuses = stream && whole_vector_runs<S>(pl) && fits && !loads_alias_stores(a.x + L, a.y);
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
       fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
@@ -2487,7 +2508,8 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < C; ++c) coef[c] = train_finish(a, c, mom[c]);
     for_my_runs(N * C, C, [&](int64_t r, int64_t c) {
-      fwd_block_nc<S, A>({a.x + r * L, a.residual ? a.residual + r * L : nullptr, a.y + r * L, L, 1, L, coef[c], slope, stream});
+      const S* res = a.residual ? a.residual + r * L : nullptr;
+      fwd_block_nc<S, A>({a.x + r * L, res, a.y + r * L, L, 1, L, coef[c], slope, stream});
     });
     if (stream) stream_fence();
   }
