@@ -3174,8 +3174,11 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) coef[c] = finish_bwd(a, c, part[2 * c], part[2 * c + 1]);
     } else if (su.sums) {
+      // Prefetching as the statistics pass does, beyond the last-level cache, whether or not dx streams (the
+      // reduce phase writes none).
+      const bool prefetch = bytes >= ex.stream_min_bytes;
       for_my_units<S>(pl, C, [&](int64_t u, int64_t pf) {
-        block_sums(u / pl.nb, u % pl.nb, stream ? pf : 0, part[2 * u], part[2 * u + 1]);
+        block_sums(u / pl.nb, u % pl.nb, prefetch ? pf : 0, part[2 * u], part[2 * u + 1]);
       });
 #pragma omp for schedule(static)
       for (int64_t c = 0; c < C; ++c) {
