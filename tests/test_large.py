@@ -123,3 +123,46 @@ def test_every_offset_within_a_vector_gives_the_same_bits(simd, streaming, rng, 
     for kx, ky in [(k, k) for k in range(1, lanes)] + [(0, lanes // 2), (lanes // 4, 0)]:
         for i, (want, got) in enumerate(zip(base, run(kx, ky))):
             assert np.array_equal(want.view(np.uint8), got.view(np.uint8)), f"output {i}, offsets x {kx}, out {ky}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "shape, axis", [((1001, 1024), 1), ((250, 3, 1024), -1), ((130, 2048), 1)], ids=["2d-1024", "nlc-1024", "2d-2048"]
+)
+def test_inference_of_long_rows_by_chunks_gives_the_flat_walks_bits(simd, streaming, rng, dtype, shape, axis):
+    """Inference of channels-last and 2-D rows of at least 4 KiB that stream goes chunk by chunk of whole rows, 8
+    rows at a time (1001 rows: a remnant of 1; outputs one element off their alignment: a peeled head); it must
+    give the bits of the flat walk that runs where outputs do not stream, and the float64 reference."""
+    x = (rng.standard_normal(shape, dtype=np.float32) * 2 + 1).astype(dtype)
+    r = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    c = shape[axis]
+    pd = np.float64 if dtype == np.float64 else np.float32
+    mean = rng.standard_normal(c).astype(pd)
+    var = rng.uniform(0.5, 2.0, c).astype(pd)
+    g = rng.uniform(0.5, 1.5, c).astype(pd)
+    b = rng.uniform(-0.5, 0.5, c).astype(pd)
+
+    def infer(**kw):
+        out = misaligned_like(x)
+        got = fastbn.batch_norm_infer(x, mean, var, g, b, axis=axis, out=out, **kw)
+        assert got is out
+        return out
+
+    variants = [{}, {"activation": "relu", "residual": r}]
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        streamed = [infer(**kw) for kw in variants]
+        try:
+            fastbn._core.set_stream_min_bytes(1 << 40)  # nothing streams: the flat walk
+            flat = [infer(**kw) for kw in variants]
+        finally:
+            fastbn._core.set_stream_min_bytes(streaming)
+        for s, f in zip(streamed, flat):
+            np.testing.assert_array_equal(s.view(np.uint8), f.view(np.uint8))
+    from conftest import ref_infer
+
+    t = tol(dtype)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(streamed[0].astype(np.float64), ref_infer(x64, mean, var, g, b, axis), rtol=t, atol=t)
+    z = ref_infer(x64, mean, var, g, b, axis) + r.astype(np.float64)
+    np.testing.assert_allclose(streamed[1].astype(np.float64), np.maximum(z, 0), rtol=t, atol=t)

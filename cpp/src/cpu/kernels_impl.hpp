@@ -2809,10 +2809,13 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   const FwdFns<S> fn = fwd_fns<S>(a.epi.act);
   const Cp slope = static_cast<Cp>(a.epi.slope);
 
-  if (L == 1 && C > kFlatBlock) {
+  if (L == 1 && (C > kFlatBlock || rows_together<S>(C, stream))) {
     // Channels-last rows longer than a flat block: chunks of whole rows, as training normalizes them, rather than
     // the flat walk's blocks of columns, which would give each thread a block of columns down every row (a read
-    // of 4 KiB in each row: (4096, 2048) inference 2.5-2.8 ms against 1.4-1.5 for (8192, 1024)).
+    // of 4 KiB in each row: (4096, 2048) inference 2.5-2.8 ms against 1.4-1.5 for (8192, 1024)). Rows that the
+    // chunks take 8 at a time (rows_together) too: one process switching per call on the EPYC Zen 4 VM (40 pairs,
+    // fraction of a copy), 2 threads: (8192, 1024) 0.73 -> 0.90-0.93, (2048, 4, 1024) channels-last 0.79 -> 1.04;
+    // one thread 0.81 -> 0.91 and 0.78 -> 0.88; rows under 4 KiB even either way ((32768, 256) 0.81-0.83).
     const RowPlan plan = row_plan<S>(N, C, 1);
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, plan.nchunks);
     Carver carve(ex.workspace->reserve(ClCoef<Cp>::bytes(C, 3)));
