@@ -134,11 +134,15 @@ GROUP_CASES = [((8, 64, 8, 8), 192 << 10), ((4, 128, 5, 5), 120 << 10), ((6, 96,
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("shape,cache", GROUP_CASES)
-def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_threads, shape, cache, dtype):
+def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_threads, shape, cache, stream, dtype):
+    """Streaming (as beyond the last-level cache), a group's y pass also prefetches the next group's x."""
     x = (np.random.default_rng(6).standard_normal(shape) * 2 + 5).astype(dtype)
     gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))  # run_all's
     dy = np.cos(np.arange(x.size, dtype=x.dtype)).reshape(shape)
+    if stream:
+        fastbn._core.set_stream_min_bytes(1 << 10)
     try:
         fastbn.set_num_threads(1)
         fastbn._core.reset_core_cache_bytes()  # every thread's channels in one group
@@ -157,6 +161,7 @@ def test_flat_passes_by_channel_groups_give_the_bits_of_one_group(simd, restore_
             assert np.array_equal(sum_dy_xhat.astype(expected[4].dtype), expected[4])
     finally:
         fastbn._core.reset_core_cache_bytes()
+        fastbn._core.reset_stream_min_bytes()
     x64 = x.astype(np.float64)
     c = shape[1]
     gamma = gamma.astype(np.float64)

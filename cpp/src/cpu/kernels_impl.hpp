@@ -923,13 +923,14 @@ struct FwdFlat {
   const compute_t<S>* sh;
   compute_t<S> slope;
   bool stream;
+  const S* pf = nullptr;  // values of the same geometry to prefetch meanwhile (the next group's, train_nc_flat)
 };
 
 template <class S, Act A>
 void fwd_flat_cl(const FwdFlat<S>& b) {
   using C = compute_t<S>;
   Cycling<C, 3> k{{b.center, b.sc, b.sh}, b.C};
-  fwd_span<S, A>(b.x, b.r, b.y, b.n, b.stream, k, b.slope, nullptr, rows_together<S>(b.C, b.stream) ? b.C : 0);
+  fwd_span<S, A>(b.x, b.r, b.y, b.n, b.stream, k, b.slope, b.pf, rows_together<S>(b.C, b.stream) ? b.C : 0);
 }
 
 // n values of nc runs of L >= width values from value `first` of the tensor (see RunCycling); x, r and y point
@@ -2553,6 +2554,11 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
     // group). On the EPYC Zen 4 VM (run-time switch, order shuffled, 30 rounds; old / new time): one thread
     // 1.00-1.10x (16x512x5x5 1.10x, 32x64x8x8 1.06x), two threads 1.02-1.25x (16x512x5x5 1.25x, 32x128x7x7 1.13x).
     // Short runs beyond the cache (column_stats_nc: 14x14) too, where statistics first read the tensor twice.
+    // Beyond the last-level cache, the y pass of a group prefetches the next group's x line by line (its position
+    // in the same sample), so that the reads of the next statistics overlap the streaming writes instead of
+    // following them: one process switching per call on the EPYC Zen 4 VM (30-50 pairs): 2 threads 256x256x14x14
+    // 1.09-1.15x, 256x512x7x7 1.12x, 512x256x7x7 1.12x, 64x512x14x14 1.13x; one thread 256x256x14x14 1.11x,
+    // 256x512x7x7 1.09x. (The next group is not there for the last group of a thread, nor whole for a shorter one.)
     const int64_t own = group_scratch_bytes<S, 3>(gc, L);
     Carver gcv(ex.workspace->reserve(Carver::bytes<char>(nt * own) + Carver::bytes<FwdCoef<Cp>>(C) +
                                      Carver::bytes<Moments>(C)));
@@ -2563,6 +2569,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
       probe.started();
+      const int64_t my_end = my_share(C).end;
       for_my_groups<S, 3>(C, L, gc, groups, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
         nc_flat_group_stats(a.x, pl, C, c0, c1, cs, gmom, phased);
         for (int64_t c = c0; c < c1; ++c) gcoef[c] = train_finish(a, c, gmom[c]);
@@ -2574,7 +2581,9 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
               v[2] = gcoef[c].sh;
             },
             [&](int64_t q, int64_t len, Cp* const* k, bool st) {
-              cl({a.x + q, a.residual ? a.residual + q : nullptr, a.y + q, len, len, k[0], k[1], k[2], slope, st});
+              const S* pf = stream && c1 + (c1 - c0) <= my_end ? a.x + q + (c1 - c0) * L : nullptr;
+              cl({a.x + q, a.residual ? a.residual + q : nullptr, a.y + q, len, len, k[0], k[1], k[2], slope, st,
+                  pf});
             });
       });
       if (stream) stream_fence();
