@@ -2422,8 +2422,8 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   // runs earlier (a head and a tail per 12 vectors: 0.94-0.95x).
   const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
   const int64_t run_bytes = pl.plen * static_cast<int64_t>(sizeof(S));
-  const bool fits = 4 * share <= ex.cache_bytes || run_bytes >= kFuseMinRunBytes;
-  const bool fuses = stream && whole_vector_runs<S>(pl) && fits && !loads_alias_stores(a.x + L, a.y);
+  const bool pays = 4 * share <= ex.cache_bytes || run_bytes >= kFuseMinRunBytes;  // measured: see above
+  const bool fuses = stream && whole_vector_runs<S>(pl) && pays && !loads_alias_stores(a.x + L, a.y);
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
       fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
