@@ -85,6 +85,12 @@ constexpr int kShiftRows = 16;
 // Rows that the channels-last row walks (rows_column_sums, span_rows) read together, and how many of their
 // blocks of rows ahead they prefetch.
 constexpr int kRowsTogether = 8;
+// Rows the backward's column sums (bwd_sums_cl: two or three arrays, dy and x or y) take together. One process
+// switching per call on the EPYC Zen 4 VM (30 pairs, two runs; the bits do not depend on it), against 8, 2 threads:
+// backward 8192x1024 1.09-1.11x, 50176x256 1.03-1.05x, 32768x512 1.01-1.06x, 512x256x8x8 1.09x, 256x512x7x7 1.02x;
+// its reduce phase 1.14-1.19x, 1.10-1.13x, 1.02-1.13x, 1.19x, 1.05x; one thread backward 1.01-1.16x, reduce
+// 1.04-1.31x. 4 rows gained less (0.97-1.24x).
+constexpr int kSumsRowsTogether = 2;
 constexpr int kRowsAhead = 2;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
@@ -1187,25 +1193,25 @@ inline void bwd_group_cl(const S* dy, const S* x, const S* y, int64_t rows, int6
 }
 
 // Column sums of C columns of rows `stride` apart beyond the cache (channels-last rows: stride C; a channel group's
-// positions in short-run nc samples: stride C * L), read kRowsTogether rows at a time: each vector of
-// columns down those rows, its float sums kept in a panel of up to kPanel columns (on the stack, in L1) in between
-// and added into s1 and s2 (double) every kRound rows, so that each lane takes the operations of the group walks
-// (shifted_group_cl, bwd_group_cl) in the same order: the same bits. elem(o, k, lanes, p, q) gives the value at
-// offset o as the pair (p, q) of s1 += p, s2 += p * q, with k = col(c) for its vector of columns (a shift or a
-// center, loaded once for the rows of a block). The rows kRowsAhead blocks on (of the `avail`
-// rows from the first) are prefetched (prefetch(o) per vector). Reading a chunk of rows one group of G vectors
-// down the whole chunk at a time (512 bytes of a row, the next row 1-16 KiB on) cost twice a read in order on the
-// EPYC Zen 4 VM (a micro-benchmark, 32 MiB beyond the cache, 2 threads: 2.3-3.3 ms for rows of 256 to 4096
-// floats against 1.1-1.5; this walk 1.1-1.3). In the kernels, one process, order shuffled, against the group
-// walk: statistics of 32768x256, 16384x512, 8192x1024, 2048x4096 1.2-2.2x faster at 2 threads; training of
-// 50176x256, 8192x1024, 32768x512 1.19-1.27x (1.31-1.46x on one thread); backward 1.11-1.17x (1.15-1.33x), its
-// local sums alone (batch_norm_backward_reduce) 1.21-1.28x.
-template <class S, class M, class Col, class Elem, class Prefetch>
+// positions in short-run nc samples: stride C * L), read R rows at a time (kRowsTogether; the backward's sums
+// kSumsRowsTogether): each vector of columns down those rows, its float sums kept in a panel of up to kPanel columns
+// (on the stack, in L1) in between and added into s1 and s2 (double) every kRound rows, so that each lane takes the
+// operations of the group walks (shifted_group_cl, bwd_group_cl) in the same order: the same bits (for any R). elem(o,
+// k, lanes, p, q) gives the value at offset o as the pair (p, q) of s1 += p, s2 += p * q, with k = col(c) for its
+// vector of columns (a shift or a center, loaded once for the rows of a block). The rows kRowsAhead blocks on (of the
+// `avail` rows from the first) are prefetched (prefetch(o) per vector). Reading a chunk of rows one group of G vectors
+// down the whole chunk at a time (512 bytes of a row, the next row 1-16 KiB on) cost twice a read in order on the EPYC
+// Zen 4 VM (a micro-benchmark, 32 MiB beyond the cache, 2 threads: 2.3-3.3 ms for rows of 256 to 4096 floats against
+// 1.1-1.5; this walk 1.1-1.3). In the kernels, one process, order shuffled, against the group walk: statistics of
+// 32768x256, 16384x512, 8192x1024, 2048x4096 1.2-2.2x faster at 2 threads; training of 50176x256, 8192x1024, 32768x512
+// 1.19-1.27x (1.31-1.46x on one thread); backward 1.11-1.17x (1.15-1.33x), its local sums alone
+// (batch_norm_backward_reduce) 1.21-1.28x.
+template <class S, int R = kRowsTogether, class M, class Col, class Elem, class Prefetch>
 inline void rows_column_sums(int64_t rows, int64_t avail, int64_t C, int64_t stride, M m, Col&& col, Elem&& elem,
                              Prefetch&& prefetch, double* s1, double* s2) {
   using Cp = compute_t<S>;
   using V = Vec<Cp>;
-  constexpr int W = V::width, R = kRowsTogether;
+  constexpr int W = V::width;
   constexpr int64_t kPanel = 8192 / static_cast<int64_t>(sizeof(Cp));
   alignas(64) Cp ga[kPanel], ha[kPanel];
   for (int64_t c0 = 0; c0 < C; c0 += kPanel) {
@@ -1270,16 +1276,19 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avai
   if (phased && C > kG * W) {
     using V = Vec<compute_t<S>>;
     const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
-    with_phase<S>(phase, Full{}, [&](auto m) {
-      rows_column_sums<S>(
-          rows, avail, C, stride, m, [&](int64_t c) { return V::load(center + c); },
-          [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
-            bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
-            dz = keep<V>(lanes, dz, V::zero());
-            u = keep<V>(lanes, u, V::zero());
-          },
-          [&](int64_t o) { prefetch_inputs<S, A, kFromY>(dy, x, y, o); }, g, h);
-    });
+    auto run = [&](auto rr) {  // rr: the rows taken together (rows_column_sums' R)
+      with_phase<S>(phase, Full{}, [&](auto m) {
+        rows_column_sums<S, decltype(rr)::value>(
+            rows, avail, C, stride, m, [&](int64_t c) { return V::load(center + c); },
+            [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
+              bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
+              dz = keep<V>(lanes, dz, V::zero());
+              u = keep<V>(lanes, u, V::zero());
+            },
+            [&](int64_t o) { prefetch_inputs<S, A, kFromY>(dy, x, y, o); }, g, h);
+      });
+    };
+    run(std::integral_constant<int, kSumsRowsTogether>{});
     return;
   }
   for_column_groups<kG, W>(C, [&](auto gr, int64_t c, auto m) {
