@@ -530,11 +530,13 @@ def test_long_channels_last_rows_give_the_bits_of_the_plain_walk(restore_threads
 # NCHW runs of a few vectors beyond the cache (streaming on) take their statistics as column sums over each
 # sample's positions, the training forward channel group by channel group (the group's y read from the core's
 # cache) where groups leave segments of 3 KiB, else every channel's statistics and then one flat range; the
-# backward's sums of 7x7 runs are column sums read by rows too. (70, 24, 14, 14): groups of 4 channels (3136 bytes
-# a sample); (45, 20, 10, 10): groups where the core's cache holds several (default cache), the flat range where it
-# does not (64 KiB) or the channels do not split evenly (3 threads); (60, 32, 7, 7): groups of 16 channels of 7x7;
-# (16, 400, 7, 7): a period too long for the flat walk, the backward's column sums.
-SHORT_RUN_SHAPES = [(70, 24, 14, 14), (45, 20, 10, 10), (60, 32, 7, 7), (16, 400, 7, 7)]
+# backward's sums of 7x7 runs are column sums read by rows too, and the backward of runs up to 64 values takes them
+# by channel groups as well. (70, 24, 14, 14): groups of 4 channels (3136 bytes a sample); (45, 20, 10, 10): groups
+# where the core's cache holds several (default cache), of 8 channels (3200 bytes a sample) beyond it (64 KiB), or
+# none where the channels do not split evenly (3 threads); (60, 32, 7, 7): groups of 16 channels of 7x7;
+# (16, 400, 7, 7): a period too long for the flat walk, the backward by groups of 16 channels or more;
+# (16, 300, 8, 8): the same with 64-value runs, groups of 12 channels where the 64 KiB cache holds 2 or 4.
+SHORT_RUN_SHAPES = [(70, 24, 14, 14), (45, 20, 10, 10), (60, 32, 7, 7), (16, 400, 7, 7), (16, 300, 8, 8)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
@@ -578,6 +580,14 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
                     fastbn._core.set_core_cache_bytes(cache)
                 for got, want in zip(run(), expected):
                     np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+            # a distributed backward (never by channel groups) with the forward's statistics: its local sums are
+            # the full backward's dbeta and dgamma, and its apply phase gives the full backward's dx
+            mean, var, dx, dg, db = (expected[i] for i in (1, 2, 6, 7, 8))
+            sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
+            np.testing.assert_array_equal(sdy.astype(db.dtype), db)
+            np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
+            dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
+            np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
     finally:
         fastbn._core.reset_stream_min_bytes()
     y, mean, var, yr, smean, sm2, dx, dg, db, sdy, sdyx = expected

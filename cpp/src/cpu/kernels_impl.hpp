@@ -1119,13 +1119,14 @@ struct BwdFlat {
   const compute_t<S>* d;
   compute_t<S> slope, inv_slope;
   bool stream;
+  int64_t pf = 0;  // where values of the same geometry to prefetch meanwhile start, from these (the next group's)
 };
 
 template <class S, Act A, bool kFromY, bool kScaleOnly>
 void bwd_flat_cl(const BwdFlat<S>& f) {
   using C = compute_t<S>;
   Cycling<C, 4> k{{f.center, f.a, f.b, f.d}, f.C};
-  bwd_span<S, A, kFromY, kScaleOnly>(f.dy, f.x, f.y, f.dx, f.dres, f.n, f.stream, k, f.slope, f.inv_slope);
+  bwd_span<S, A, kFromY, kScaleOnly>(f.dy, f.x, f.y, f.dx, f.dres, f.n, f.stream, k, f.slope, f.inv_slope, f.pf);
 }
 
 // n values of nc runs of L >= width values from value `first` of the tensor (see RunCycling); the arrays point at
@@ -2074,6 +2075,13 @@ inline void fold_chunks(const RowPlan& plan, int64_t rows, int64_t C, double* pm
 // or 16 channels (beyond the core's cache) 3.46-4.07 ms; groups of 2 (1568 bytes), with the next group's sums
 // interleaved, 4.0-5.3 ms. Builds alternating (3 pairs, 2 threads): 256x512x7x7 1.96-2.47 -> 1.31-1.71 ms,
 // 512x256x7x7 2.66-2.90 -> 1.50-2.05, 128x256x14x14 1.65-1.92 -> 0.92-1.21, 64x1024x14x14 3.86-4.49 -> 2.45-3.21.
+// With `rows`, where half the core's cache holds too few channels for such a segment, a group takes as many as
+// make one anyway (its second read then comes from the last-level cache), rather than none. Training forward, one
+// process switching per call on the EPYC Zen 4 VM (30 pairs, 2 threads, float32; against statistics first and then
+// the flat range): 128x512x8x8 1.15-1.43x, 256x256x8x8 1.21-1.59x, 256x1024x5x5 1.11-1.15x, 256x512x6x6 1.12x,
+// 128x1024x10x10 1.28x, 256x512x10x10 1.11x, 128x512x12x12 1.00x; float64 128x1024x10x10 1.40x, 128x512x8x8 1.02x;
+// bfloat16 1.05-1.06x; one thread 128x1024x10x10 1.18x, 128x512x8x8 0.96x. (7x7 and 14x14 floats already made
+// groups of 16 and 4 channels.) The backward: see backward_nc.
 constexpr int64_t kGroupMinSegment = 4096;
 constexpr int64_t kGroupMinRowsSegment = 3072;
 template <class S>
@@ -2087,10 +2095,14 @@ inline int64_t group_channels(int64_t N, int64_t L, int64_t share, int64_t array
   }
   q = line / q;
   const int64_t per_channel = max64(1, arrays * N * run);
-  const int64_t g = max64(q, ex.cache_bytes / 2 / per_channel / q * q);
+  int64_t g = max64(q, ex.cache_bytes / 2 / per_channel / q * q);
   if (share < 1) return 0;
   if (g >= share) return share;
-  if (g * run < (rows ? kGroupMinRowsSegment : kGroupMinSegment)) return 0;
+  if (g * run < (rows ? kGroupMinRowsSegment : kGroupMinSegment)) {
+    if (!rows) return 0;
+    g = round_up(ceil_div(kGroupMinRowsSegment, run), q);  // beyond half the core's cache: see above
+    if (g >= share) return share;
+  }
   return round_up(ceil_div(share, ceil_div(share, g)), q);
 }
 
@@ -2946,17 +2958,18 @@ inline void flat_group_sums(const BackwardArgs<S>& a, const BwdSetup<S>& su, int
   }
 }
 
-// The full backward of short runs (flat_nc) by channel groups: each thread takes its channels a group at a time
-// (group_channels), the group's sums as column sums down the N rows (as the flat sums below, same bits),
-// then its dx row by row over blocks of kFlatBlock positions, whose coefficients stay in L1.
+// The full backward of short runs (flat_nc, or runs of up to kFlatMaxRun values beyond the last-level cache) by
+// channel groups: each thread takes its channels gc at a time (group_channels), the group's sums as column sums down
+// the N rows (as the sums below, same bits), then its dx row by row over blocks of kFlatBlock positions, whose
+// coefficients stay in L1. Beyond the last-level cache dx prefetches the next group's inputs at the same position of
+// each sample (as train_nc_flat's y pass), so that the next sums' reads overlap the streaming writes.
 template <class S>
-void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const Exec& ex, int nt, int64_t arrays) {
+void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const Exec& ex, int nt, int64_t gc) {
   using Cp = compute_t<S>;
   const int64_t N = a.outer, C = a.channels, L = a.inner, P = C * L;
   const int64_t bytes = N * P * static_cast<int64_t>(sizeof(S));
   const bool phased = bytes >= ex.stream_min_bytes;
   const bool stream = can_stream(a.dx, bytes, ex.stream_min_bytes);
-  const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex);
   const int64_t per_thread = group_scratch_bytes<S, 4>(gc, L);
   Carver carve(ex.workspace->reserve(nt * per_thread + Carver::bytes<BwdCoef<Cp>>(C)));
   char* scratch = carve.take<char>(nt * per_thread);
@@ -2966,8 +2979,10 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     probe.started();
+    const int64_t my_end = my_share(C).end;
     for_my_groups<S, 4>(C, L, gc, scratch, [&](int64_t c0, int64_t c1, const ColumnScratch<S>& cs, char* co) {
       flat_group_sums(a, su, c0, c1, cs, phased, coef);
+      const int64_t pf = stream && c1 + (c1 - c0) <= my_end ? (c1 - c0) * L : 0;  // the next group, if whole
       group_rows_walk<Cp, 4>(
           N, P, L, c0 * L, (c1 - c0) * L, a.dx, stream, co,
           [&](int64_t c, Cp* v) {
@@ -2978,7 +2993,7 @@ void backward_flat_groups(const BackwardArgs<S>& a, const BwdSetup<S>& su, const
           },
           [&](int64_t q, int64_t len, Cp* const* k, bool st) {
             su.fn.flat_cl({a.dy + q, off(a.x, q), off(a.y, q), a.dx + q, a.dresidual ? a.dresidual + q : nullptr,
-                           len, len, k[0], k[1], k[2], k[3], su.slope, su.inv_slope, st});
+                           len, len, k[0], k[1], k[2], k[3], su.slope, su.inv_slope, st, pf});
           });
     });
     if (stream) stream_fence();
@@ -3059,11 +3074,24 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
 
   // Short runs (NCHW 5x5 to 8x8): the sums as column sums per position, then dx in the flat walk with each
   // channel's coefficients, as the training forward does.
+  // Beyond the last-level cache, runs of up to kFlatMaxRun values whose period is too long for the flat walk too
+  // (row_cols below: the same column sums), in groups of at least kGroupMinRowsSegment bytes a sample, which may
+  // leave the core's cache for the last-level one. One process switching per call on the EPYC Zen 4 VM (20-30
+  // pairs, 2 threads, float32; against the sums of all channels and then dx from memory): 512x256x7x7 1.27-1.31x,
+  // 256x512x7x7 1.05-1.45x, 128x2048x7x7 1.16-1.39x, 64x2048x7x7 1.21-1.49x, 256x256x8x8 1.29-1.36x, 128x512x8x8
+  // 0.96-1.24x, 256x1024x5x5 1.17-1.33x, 256x512x6x6 0.94-1.28x; float64 512x256x7x7 1.55x, 256x1024x5x5 1.38x,
+  // 128x512x8x8 1.00x; bfloat16 (bound by its conversions) 0.98-1.04x; one thread 512x256x7x7 1.70x, 256x1024x5x5
+  // 0.95-1.17x, 256x512x6x6 1.21x, 128x512x8x8 0.91-0.95x. The prefetch of the next group is 1.04-1.15x of that.
   const bool flat = su.elementwise && flat_nc(C, L);
-  if (flat && su.sums && !su.scale_only && a.phase == Phase::full && channels_balance(C, nt) &&
-      group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex) > 0) {
-    backward_flat_groups(a, su, ex, nt, arrays);
-    return;
+  const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
+  const bool row_cols = rows && row_sums_nc<S>(N, C, L, ex) && L <= kFlatMaxRun;
+  if ((flat || (su.elementwise && row_cols)) && su.sums && !su.scale_only && a.phase == Phase::full &&
+      channels_balance(C, nt)) {
+    const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex, bytes >= ex.stream_min_bytes);
+    if (gc > 0) {
+      backward_flat_groups(a, su, ex, nt, gc);
+      return;
+    }
   }
   // Runs of a few vectors (rows_nc): every channel's sums first (beyond the last-level cache, row_sums_nc, sample by
   // sample, nc_row_sums, or for runs of at most kFlatMaxRun as the column sums of flat_nc, read by rows; else block
@@ -3076,8 +3104,6 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone 3.8-4.2
   // -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
   // (8x64x14x14, 0.4 MB: 28 -> 34 us; 16x128x14x14, 1.6 MB: 80 -> 70 us).
-  const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
-  const bool row_cols = rows && row_sums_nc<S>(N, C, L, ex) && L <= kFlatMaxRun;
   const bool by_rows = rows && row_sums_nc<S>(N, C, L, ex) && !row_cols;
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
   if (a.phase == Phase::full && !su.scale_only && !flat && !rows &&
