@@ -166,3 +166,49 @@ def test_inference_of_long_rows_by_chunks_gives_the_flat_walks_bits(simd, stream
     np.testing.assert_allclose(streamed[0].astype(np.float64), ref_infer(x64, mean, var, g, b, axis), rtol=t, atol=t)
     z = ref_infer(x64, mean, var, g, b, axis) + r.astype(np.float64)
     np.testing.assert_allclose(streamed[1].astype(np.float64), np.maximum(z, 0), rtol=t, atol=t)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(172, 256, 7, 7), (128, 256, 8, 8), (176, 512, 5, 5)], ids=str)
+def test_short_runs_of_large_tensors_give_the_flat_walks_bits(simd, streaming, rng, dtype, shape):
+    """From 4 MiB on, the elementwise passes over NCHW runs of 5x5 to 8x8 values (a 64-byte line or more; bfloat16
+    5x5 is not) go as one flat range in memory order instead of the flat walk. Inference (plain, and ReLU with a
+    residual), a frozen-statistics backward and a distributed backward's apply phase, into outputs one element off
+    their alignment, must give sample by sample the bits of the same call on 8 samples (under 4 MiB: the flat
+    walk), on 1 and 2 threads, and the float64 reference."""
+    x = (rng.standard_normal(shape, dtype=np.float32) * 2 + 1).astype(dtype)
+    dy = rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    c = shape[1]
+    pd = np.float64 if dtype == np.float64 else np.float32
+    mean = rng.standard_normal(c).astype(pd)
+    var = rng.uniform(0.5, 2.0, c).astype(pd)
+    g = rng.uniform(0.5, 1.5, c).astype(pd)
+    b = rng.uniform(-0.5, 0.5, c).astype(pd)
+    sums = (rng.standard_normal(c).astype(pd), rng.standard_normal(c).astype(pd))
+    count = 1000
+
+    def calls(x, dy):
+        outs = [misaligned_like(x) for _ in range(4)]
+        fastbn.batch_norm_infer(x, mean, var, g, b, out=outs[0])
+        fastbn.batch_norm_infer(x, mean, var, g, b, activation="relu", residual=dy, out=outs[1])
+        fastbn.batch_norm_backward(dy, x, mean, var, g, batch_stats=False, out=outs[2])
+        fastbn.batch_norm_backward_apply(dy, x, mean, var, g, b, sums[0], sums[1], count, out=outs[3])
+        return outs
+
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        whole, part = calls(x, dy), calls(x[:8], dy[:8])
+        for i, (w, p) in enumerate(zip(whole, part)):
+            assert np.array_equal(w[:8].view(np.uint8), p.view(np.uint8)), f"output {i}, {threads} threads"
+    from conftest import ref_infer
+
+    t = tol(dtype)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    y_ref = ref_infer(x64, mean, var, g, b)
+    np.testing.assert_allclose(whole[0].astype(np.float64), y_ref, rtol=t, atol=t)
+    np.testing.assert_allclose(whole[1].astype(np.float64), np.maximum(y_ref + dy64, 0), rtol=t, atol=t)
+    inv = (g / np.sqrt(var.astype(np.float64) + 1e-5))[:, None, None]
+    np.testing.assert_allclose(whole[2].astype(np.float64), dy64 * inv, rtol=t, atol=t)
+    xhat = (x64 - mean[:, None, None]) / np.sqrt(var.astype(np.float64) + 1e-5)[:, None, None]
+    dx_ref = inv * (dy64 - sums[0][:, None, None] / count - xhat * (sums[1] / count)[:, None, None])
+    np.testing.assert_allclose(whole[3].astype(np.float64), dx_ref, rtol=t, atol=t * np.abs(dx_ref).max())

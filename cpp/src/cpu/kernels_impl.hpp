@@ -210,6 +210,19 @@ inline bool flat_nc(int64_t C, int64_t L) { return L <= kFlatMaxRun && C * L <= 
 
 // Positions of a flat period normalized together over a group of rows (3 coefficient arrays of 4-8 KiB: L1).
 constexpr int64_t kFlatBlock = 1024;
+// Tensors from which the elementwise pass over short runs of a vector and a line or more (runs_not_walked) is one
+// flat range whose coefficients change every L values (RunCycling: fwd_runs_range, dx_runs), in memory order,
+// rather than the flat walk, whose blocks of a period go down a thread's rows (a 4 KiB read in each row, the
+// next ~50 KiB on for 256 channels of 7x7), which reads slowly beyond the cores' caches. Same bits (the same
+// coefficients, element by element). One process switching per call on the EPYC Zen 4 VM (30 pairs, against the
+// flat walk): inference, 2 threads, float32 512x256x7x7 (25.7 MB) 1.72-1.83x, 512x256x8x8 1.83x, 1024x128x6x6
+// 1.89x, 256x512x5x5 1.69-1.72x, 128x256x7x7 (6.4 MB) 1.17-1.63x, 64x256x8x8 (4.2 MB) 0.93-1.22x; one thread
+// 1.37-2.6x; float64 1.9x; bfloat16 7x7 1.0-1.4x, 8x8 1.33x, 6x6 1.2x, but 5x5 (50-byte runs) 0.70x, hence the
+// line. Tensors under 4 MiB were even or slower (2 threads: 32x256x7x7 0.94x, 64x512x5x5 0.78x). The training
+// forward's y and the backward's dx, where they do not go by channel groups: 128x256x7x7 1.20x and 1.26x,
+// 256x256x5x5 1.14x and 1.10x.
+constexpr int64_t kFlatWalkMaxBytes = 4 << 20;
+constexpr int64_t kFlatWalkRunBytes = 64;
 // Rows of a flat walk per thread from which the threads split the rows rather than the blocks (flat_walk).
 constexpr int64_t kFlatRowsPerThread = 8;
 
@@ -222,6 +235,11 @@ constexpr int64_t kRunsFlatMaxBytes = 1024;
 template <class S>
 inline bool runs_flat(int64_t L) {
   return L >= Vec<compute_t<S>>::width && L * static_cast<int64_t>(sizeof(S)) < kRunsFlatMaxBytes;
+}
+
+template <class S>
+inline bool runs_not_walked(int64_t L, int64_t bytes) {
+  return runs_flat<S>(L) && L * static_cast<int64_t>(sizeof(S)) >= kFlatWalkRunBytes && bytes >= kFlatWalkMaxBytes;
 }
 
 template <class S>
@@ -2613,7 +2631,7 @@ void train_nc_flat(const TrainArgs<S>& a, const Exec& ex) {
   }
   // Every channel's statistics, then y: short runs (flat_nc) in the flat walk, longer ones as the flat range of
   // inference (fwd_runs_range).
-  const bool flat = flat_nc(C, L);
+  const bool flat = flat_nc(C, L) && !runs_not_walked<S>(L, bytes);
   const int64_t per_thread = max64(flat ? fp.bytes_per_thread<Cp>(3) : 0, ColumnScratch<S>::bytes(C, L));
   Carver carve(ex.workspace->reserve(Carver::bytes<Moments>(C) + Carver::bytes<FwdCoef<Cp>>(C) + nt * per_thread +
                                      (flat ? 0 : ClCoef<Cp>::bytes(C, 3))));
@@ -2831,8 +2849,8 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   const int64_t bytes = N * C * L * static_cast<int64_t>(sizeof(S));
   // Short runs (NCHW 5x5 to 8x8): the (C, L) slab of each sample is one flat period of C * L coefficients, so the
   // whole tensor is one flat loop (as channels-last), instead of N * C runs of a few vectors, each with a head
-  // and a tail.
-  const bool flat = L == 1 || flat_nc(C, L);
+  // and a tail; in tensors of kFlatWalkMaxBytes or more, the flat range below (runs_not_walked).
+  const bool flat = L == 1 || (flat_nc(C, L) && !runs_not_walked<S>(L, bytes));
   const int64_t P = flat ? C * L : C;  // entries of the coefficient arrays
   const bool stream = flat ? can_stream(a.y, bytes, ex.stream_min_bytes)
                           : can_stream_runs(a.y, bytes, L, ex.stream_min_bytes);
@@ -2881,7 +2899,7 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   for (int64_t c = 0; c < C; ++c) co.set(c, fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps));
   co.extend(P, 3);
 
-  // Runs of a few vectors (NCHW 10x10 to 14x14, and 5x5 to 8x8 whose period is too long for the flat walk): the
+  // Runs of a few vectors (NCHW 10x10 to 14x14, and 5x5 to 8x8 not in the flat walk: see runs_not_walked): the
   // tensor as one flat range whose coefficients change every L values (RunCycling), cut between the threads at
   // lines of y, instead of N * C runs, each a call with a head and a tail at a different offset within a vector.
   if (runs_flat<S>(L)) {
@@ -3186,7 +3204,8 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   const int64_t pos_bytes = flat_sums ? ColumnScratch<S>::bytes(C, L) : 0;
   const RowPlan plan = nc_row_plan<S>(N, C, L);
   const int64_t parts = by_rows ? plan.nchunks * C : C * pl.nb;
-  const bool rows_dx = rows && su.elementwise;
+  const bool runs_dx = flat && runs_not_walked<S>(L, bytes);
+  const bool rows_dx = (rows && su.elementwise) || runs_dx;
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * parts) + Carver::bytes<BwdCoef<Cp>>(C) +
                                      nt * per_thread + nt * pos_bytes + (rows_dx ? ClCoef<Cp>::bytes(C, 4) : 0)));
   double* part = carve.take<double>(2 * parts);
@@ -3237,7 +3256,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         coef[c] = finish_bwd(a, c, sdz, sum_u);
       }
     }
-    if (flat) {
+    if (flat && !runs_dx) {
       flat_walk<Cp, 4>(
           N, fp, scratch, span_phase(a.dx, flat_stream), a.dx,
           [&](int64_t c, Cp* v) {
