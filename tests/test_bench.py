@@ -164,3 +164,18 @@ def test_read_yardstick_sums_what_it_reads(simd, n):
     np.testing.assert_array_equal(x, before)
     with pytest.raises(TypeError, match="src"):
         fastbn._core.stream_read(x.astype(np.float64))
+
+
+def test_machine_names_the_cpu_with_its_family_and_model(tmp_path):
+    """A VM's /proc/cpuinfo may name only the vendor's line; the family and model numbers of the first processor
+    go with it into every report."""
+    from fastbn._bench_common import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n\n"
+        "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 98\nmodel name\t: other\n"
+    )
+    assert machine(str(cpuinfo))["cpu"] == "AMD EPYC (family 25, model 17)"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert machine(str(cpuinfo))["cpu"] == "Some CPU"

@@ -131,16 +131,25 @@ def cases(args):
                 yield shape, layout, dtype
 
 
-def machine() -> dict[str, object]:
+def machine(cpuinfo: str = "/proc/cpuinfo") -> dict[str, object]:
+    """The CPU as /proc/cpuinfo names it, with its family and model numbers where it gives them: a VM may name
+    only the vendor's line ("AMD EPYC"), and the numbers tell its generations apart (family 25 model 17: Zen 4)."""
     cpu = platform.processor() or platform.machine()
+    info: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, sep, value = line.partition(":")
+                key = key.strip()
+                if not sep:
+                    break  # the first processor's block ends
+                if key in ("model name", "cpu family", "model"):
+                    info.setdefault(key, value.strip())
     except OSError:
         pass
+    cpu = info.get("model name", cpu)
+    if "cpu family" in info and "model" in info:
+        cpu = f"{cpu} (family {info['cpu family']}, model {info['model']})"
     return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.platform(), "llc_bytes": last_level_cache_bytes()}
 
 
