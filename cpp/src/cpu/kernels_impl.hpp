@@ -1295,19 +1295,16 @@ void bwd_sums_cl(const S* dy, const S* x, const S* y, int64_t rows, int64_t avai
   if (phased && C > kG * W) {
     using V = Vec<compute_t<S>>;
     const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
-    auto run = [&](auto rr) {  // rr: the rows taken together (rows_column_sums' R)
-      with_phase<S>(phase, Full{}, [&](auto m) {
-        rows_column_sums<S, decltype(rr)::value>(
-            rows, avail, C, stride, m, [&](int64_t c) { return V::load(center + c); },
-            [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
-              bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
-              dz = keep<V>(lanes, dz, V::zero());
-              u = keep<V>(lanes, u, V::zero());
-            },
-            [&](int64_t o) { prefetch_inputs<S, A, kFromY>(dy, x, y, o); }, g, h);
-      });
-    };
-    run(std::integral_constant<int, kSumsRowsTogether>{});
+    with_phase<S>(phase, Full{}, [&](auto m) {
+      rows_column_sums<S, kSumsRowsTogether>(
+          rows, avail, C, stride, m, [&](int64_t c) { return V::load(center + c); },
+          [&](int64_t o, typename V::reg ce, auto lanes, typename V::reg& dz, typename V::reg& u) {
+            bwd_elem<S, A, kFromY>(dy, x, y, o, lanes, ce, sl, isl, dz, u);
+            dz = keep<V>(lanes, dz, V::zero());
+            u = keep<V>(lanes, u, V::zero());
+          },
+          [&](int64_t o) { prefetch_inputs<S, A, kFromY>(dy, x, y, o); }, g, h);
+    });
     return;
   }
   for_column_groups<kG, W>(C, [&](auto gr, int64_t c, auto m) {

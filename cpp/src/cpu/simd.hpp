@@ -210,7 +210,9 @@ struct Vec<float> {
   static inline __m256i first(int n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  static inline reg keep_first(int n, reg v, reg fill) { return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(first(n))); }
+  static inline reg keep_first(int n, reg v, reg fill) {
+    return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(first(n)));
+  }
   using pmask = __m256i;
   static inline pmask part(int n) { return first(n); }
   static inline reg keep_part(pmask m, reg v, reg fill) { return _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m)); }
@@ -265,7 +267,9 @@ struct Vec<double> {
   static inline __m256i first(int n) {
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
   }
-  static inline reg keep_first(int n, reg v, reg fill) { return _mm256_blendv_pd(fill, v, _mm256_castsi256_pd(first(n))); }
+  static inline reg keep_first(int n, reg v, reg fill) {
+    return _mm256_blendv_pd(fill, v, _mm256_castsi256_pd(first(n)));
+  }
   using pmask = __m256i;
   static inline pmask part(int n) { return first(n); }
   static inline reg keep_part(pmask m, reg v, reg fill) { return _mm256_blendv_pd(fill, v, _mm256_castsi256_pd(m)); }
