@@ -3087,20 +3087,19 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     return;
   }
 
-  // Short runs (NCHW 5x5 to 8x8): the sums as column sums per position, then dx in the flat walk with each
-  // channel's coefficients, as the training forward does.
-  // Beyond the last-level cache, runs of up to kFlatMaxRun values whose period is too long for the flat walk too
-  // (row_cols below: the same column sums), in groups of at least kGroupMinRowsSegment bytes a sample, which may
-  // leave the core's cache for the last-level one. One process switching per call on the EPYC Zen 4 VM (20-30
+  // Short runs (NCHW 5x5 to 8x8) by channel groups (backward_flat_groups), as the training forward goes: the flat
+  // periods, and beyond the last-level cache runs of up to kFlatMaxRun values whose period is too long for the flat
+  // walk too (row_cols below: the same column sums), in groups of at least kGroupMinRowsSegment bytes a sample, which
+  // may leave the core's cache for the last-level one. One process switching per call on the EPYC Zen 4 VM (20-30
   // pairs, 2 threads, float32; against the sums of all channels and then dx from memory): 512x256x7x7 1.27-1.31x,
   // 256x512x7x7 1.05-1.45x, 128x2048x7x7 1.16-1.39x, 64x2048x7x7 1.21-1.49x, 256x256x8x8 1.29-1.36x, 128x512x8x8
   // 0.96-1.24x, 256x1024x5x5 1.17-1.33x, 256x512x6x6 0.94-1.28x; float64 512x256x7x7 1.55x, 256x1024x5x5 1.38x,
   // 128x512x8x8 1.00x; bfloat16 (bound by its conversions) 0.98-1.04x; one thread 512x256x7x7 1.70x, 256x1024x5x5
-  // 0.95-1.17x, 256x512x6x6 1.21x, 128x512x8x8 0.91-0.95x. The prefetch of the next group is 1.04-1.15x of that.
+  // 0.95-1.17x, 256x512x6x6 1.21x, 128x512x8x8 0.91-0.95x. The next group's prefetch gave 0.98-1.14x of that.
   const bool flat = su.elementwise && flat_nc(C, L);
   const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
   const bool row_cols = rows && row_sums_nc<S>(N, C, L, ex) && L <= kFlatMaxRun;
-  if ((flat || (su.elementwise && row_cols)) && su.sums && !su.scale_only && a.phase == Phase::full &&
+  if (su.elementwise && (flat_nc(C, L) || row_cols) && su.sums && !su.scale_only && a.phase == Phase::full &&
       channels_balance(C, nt)) {
     const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex, bytes >= ex.stream_min_bytes);
     if (gc > 0) {
@@ -3196,12 +3195,12 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   }
 
   const FlatPlan fp = FlatPlan::make<S>(N, C, L);
-  const int64_t per_thread = flat ? fp.bytes_per_thread<Cp>(4) : 0;
+  const bool runs_dx = flat && runs_not_walked<S>(L, bytes);  // dx as the flat range, not the flat walk
+  const int64_t per_thread = flat && !runs_dx ? fp.bytes_per_thread<Cp>(4) : 0;
   const bool flat_sums = su.sums && (flat_nc(C, L) || row_cols);
   const int64_t pos_bytes = flat_sums ? ColumnScratch<S>::bytes(C, L) : 0;
   const RowPlan plan = nc_row_plan<S>(N, C, L);
   const int64_t parts = by_rows ? plan.nchunks * C : C * pl.nb;
-  const bool runs_dx = flat && runs_not_walked<S>(L, bytes);
   const bool rows_dx = (rows && su.elementwise) || runs_dx;
   Carver carve(ex.workspace->reserve(Carver::bytes<double>(2 * parts) + Carver::bytes<BwdCoef<Cp>>(C) +
                                      nt * per_thread + nt * pos_bytes + (rows_dx ? ClCoef<Cp>::bytes(C, 4) : 0)));
