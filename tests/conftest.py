@@ -4,19 +4,50 @@ from __future__ import annotations
 
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import Phase, settings
 
 import fastbn
 
-SIMD_PATHS = [p for p in ("avx512", "avx2", "scalar") if fastbn._core.simd_supported(p)]
+SIMD_PATHS = [p for p in ("avx512_bf16", "avx512", "avx2", "scalar") if fastbn._core.simd_supported(p)]
+# avx512_bf16 differs from avx512 in its bfloat16 kernels alone (they narrow with AVX512-BF16's conversion).
+BF16_ONLY_PATHS = ("avx512_bf16",)
+# The paths whose float32, float64 and float16 kernels are each their own code.
+FLOAT_PATHS = [p for p in SIMD_PATHS if p not in BF16_ONLY_PATHS]
+
+
+def _is_bfloat16(value) -> bool:
+    if isinstance(value, (tuple, list)):
+        return any(_is_bfloat16(v) for v in value)
+    if isinstance(value, str) or value is None:
+        return value == "bfloat16"
+    try:
+        return np.dtype(value) == np.dtype(ml_dtypes.bfloat16)
+    except TypeError:
+        return False
 
 
 def pytest_collection_modifyitems(config, items):
-    """In .ci/run's sanitizer job (FASTBN_SANITIZED=1) the tests marked not_sanitized are skipped: they need the
+    """Tests taking the `simd` fixture run on a path of BF16_ONLY_PATHS only where a parameter is bfloat16 or the
+    test is marked `bfloat16` (the other cases would run the avx512 path's code again): the rest are deselected.
+
+    In .ci/run's sanitizer job (FASTBN_SANITIZED=1) the tests marked not_sanitized are skipped: they need the
     real allocator (ASan holds freed memory in quarantine and reserves terabytes of address space, so an
     address-space limit cannot mean there what it means in production)."""
+    again = [
+        item
+        for item in items
+        if hasattr(item, "callspec")
+        and item.callspec.params.get("simd") in BF16_ONLY_PATHS
+        and not item.get_closest_marker("bfloat16")
+        and not any(_is_bfloat16(v) for k, v in item.callspec.params.items() if k != "simd")
+    ]
+    if again:
+        config.hook.pytest_deselected(items=again)
+        dropped = set(map(id, again))
+        items[:] = [item for item in items if id(item) not in dropped]
     if os.environ.get("FASTBN_SANITIZED") != "1":
         return
     skip = pytest.mark.skip(reason="needs the real allocator, not ASan's (FASTBN_SANITIZED=1)")

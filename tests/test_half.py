@@ -97,6 +97,32 @@ def test_outputs_round_once_to_nearest_even_subnormals_included(simd, dtype):
         np.testing.assert_array_equal(y.view(np.uint16), expected.view(np.uint16))
 
 
+@pytest.mark.bfloat16
+def test_bfloat16_rounding_of_every_float32_high_half(simd):
+    """Every sign, exponent and top mantissa (the 65536 high halves of a float32), each with the low halves that
+    decide its rounding (0, 1, just under, at and just over a tie, all ones), rounded to bfloat16 by the path.
+    gamma = 0 makes y exactly beta (+0 for -0), so the path's one rounding is to bfloat16; the reference rounds
+    to nearest even on the bits, subnormals included, and quiets NaNs keeping their sign and payload's top bits
+    (what VCVTNEPS2BF16 does for normal numbers and NaNs, while it flushes subnormals)."""
+    lows = np.array([0x0000, 0x0001, 0x4000, 0x7FFF, 0x8000, 0x8001, 0xC000, 0xFFFF], np.uint32)
+    bits = (np.arange(1 << 16, dtype=np.uint32)[:, None] << 16 | lows).ravel()
+    beta = bits.view(np.float32)
+    c = beta.size
+    x = np.ones((2, c), BF16)
+    y = fastbn.batch_norm_infer(
+        x, np.zeros(c, np.float32), np.ones(c, np.float32), np.zeros(c, np.float32), beta, eps=1e-5
+    )
+    with np.errstate(invalid="ignore"):
+        u = (np.float32(0) + beta).view(np.uint32).astype(np.uint64)
+    expected = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(beta)
+    expected[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    assert np.isnan(beta).sum() == 2 * (127 * 8 + 7)  # the sweep reaches NaNs of both signs...
+    assert (np.abs(beta[beta != 0]) < np.finfo(np.float32).tiny).sum() == 2 * 128 * 8 - 2  # ...and subnormals
+    for row in y.view(np.uint16):
+        np.testing.assert_array_equal(row, expected)
+
+
 @pytest.mark.parametrize("dtype", HALVES)
 @pytest.mark.parametrize("activation", [None, "relu", "leaky_relu", "sigmoid"])
 def test_fused_epilogue_in_half_precision(simd, rng, dtype, activation):

@@ -71,7 +71,7 @@ from hypothesis import strategies as st
 
 import fastbn
 
-from conftest import SIMD_PATHS, ref_backward, ref_infer, ref_stats, ref_train
+from conftest import FLOAT_PATHS, ref_backward, ref_infer, ref_stats, ref_train
 
 K = 84
 E64 = float(np.finfo(np.float64).eps)
@@ -109,7 +109,7 @@ def simd(path: str):
         fastbn.set_simd(before)
 
 
-each_path = pytest.mark.parametrize("path", SIMD_PATHS)
+each_path = pytest.mark.parametrize("path", FLOAT_PATHS)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -142,8 +142,8 @@ def get_num_threads() -> int:
 
 
 def set_simd(name: str) -> None:
-    """Switch the CPU kernels to the SIMD path ``name`` ("avx512", "avx2" or "scalar"). Raises ValueError for a
-    path this build or CPU cannot run. The environment variable FASTBN_SIMD sets the path at import."""
+    """Switch the CPU kernels to the SIMD path ``name`` ("avx512_bf16", "avx512", "avx2" or "scalar"). Raises
+    ValueError for a path this build or CPU cannot run. The environment variable FASTBN_SIMD sets the path at import."""
     if not isinstance(name, str):
         raise TypeError(f"fastbn: the SIMD path must be a str, got {type(name).__name__}")
     _core.set_simd(name)
@@ -158,7 +158,7 @@ class BuildInfo(_TypedDict):
     """What :func:`build_info` returns."""
 
     version: str
-    simd: str  # the active path: "avx512", "avx2" or "scalar"
+    simd: str  # the active path: "avx512_bf16", "avx512", "avx2" or "scalar"
     simd_compiled: str  # the paths in this build, best first
     openmp: bool
     openmp_version: int

@@ -129,7 +129,7 @@ void check_shape(const fastbn::Shape& s, double tol) {
 void test_passes() {
   const std::vector<fastbn::Shape> shapes = {{7, 5, 9}, {40, 3, 1}, {64, 3, 256}, {16, 48, 49}, {3000, 37, 1},
                                              {2, 1, 5}, {128, 96, 1}};
-  for (const char* path : {"avx512", "avx2", "scalar"}) {
+  for (const char* path : {"avx512_bf16", "avx512", "avx2", "scalar"}) {
     if (!fastbn::simd_supported(path)) continue;
     fastbn::set_simd(path);
     CHECK(std::string(fastbn::simd()) == path);

@@ -179,9 +179,9 @@ FASTBN_API void backward_apply(const T* dy, const same_t<T>* x, const same_t<T>*
 FASTBN_API void set_num_threads(int n);
 FASTBN_API int get_num_threads();
 
-// SIMD path. simd() is the active one ("avx512", "avx2" or "scalar"), chosen at load time as the best the CPU
-// supports, or forced by the environment variable FASTBN_SIMD; set_simd() switches at run time and throws
-// Error(bad_argument) for a name that is unknown or that this CPU or build cannot run.
+// SIMD path. simd() is the active one ("avx512_bf16", "avx512", "avx2" or "scalar"), chosen at load time as the
+// best the CPU supports, or forced by the environment variable FASTBN_SIMD; set_simd() switches at run time and
+// throws Error(bad_argument) for a name that is unknown or that this CPU or build cannot run.
 FASTBN_API const char* simd();
 FASTBN_API bool simd_supported(const char* name);
 FASTBN_API void set_simd(const char* name);

@@ -248,7 +248,8 @@ FASTBN_API const char* fastbn_last_error_message(void);
 FASTBN_API int fastbn_set_num_threads(int n);
 FASTBN_API int fastbn_get_num_threads(void);
 
-/* The library version ("0.2.0") and the instruction set the CPU kernels run with ("avx512", "avx2", "scalar"). */
+/* The library version ("0.2.0") and the instruction set the CPU kernels run with ("avx512_bf16", "avx512", "avx2",
+   "scalar"). */
 FASTBN_API const char* fastbn_version(void);
 FASTBN_API const char* fastbn_simd(void);
 

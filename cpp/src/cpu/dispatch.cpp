@@ -267,6 +267,9 @@ bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
 }
+#if defined(FASTBN_X86_BF16_KERNELS)
+bool has_avx512_bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
 bool has_avx2() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
@@ -276,6 +279,9 @@ bool always() { return true; }
 // Best first.
 const Isa kIsas[] = {
 #if defined(FASTBN_X86_KERNELS)
+#if defined(FASTBN_X86_BF16_KERNELS)
+    {"avx512_bf16", &avx512_bf16::table, &has_avx512_bf16},
+#endif
     {"avx512", &avx512::table, &has_avx512},
     {"avx2", &avx2::table, &has_avx2},
 #endif

@@ -191,6 +191,9 @@ const KernelTable& table();
 namespace avx512 {
 const KernelTable& table();
 }
+namespace avx512_bf16 {
+const KernelTable& table();
+}
 
 // The table in use, and the names of the paths this build has, best first (see dispatch.cpp).
 const KernelTable& active();

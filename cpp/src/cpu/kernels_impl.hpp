@@ -1,5 +1,6 @@
 // CPU batch-norm kernels. Included once per instruction set by kernels_<isa>.cpp, which defines FASTBN_ISA_NS
-// (and FASTBN_ISA_AVX512 / FASTBN_ISA_AVX2), so this one source becomes one namespace per ISA.
+// (and FASTBN_ISA_AVX512 / FASTBN_ISA_AVX2, with FASTBN_ISA_AVX512_BF16 for the bfloat16 kernels alone), so this
+// one source becomes one namespace per ISA.
 //
 // Two layouts of the (outer, C, inner) view:
 //  - inner > 1 ("nc"): each channel is `outer` contiguous runs of `inner` values, cut into blocks small enough
@@ -3391,6 +3392,7 @@ void backward(const BackwardArgs<S>& a, const Exec& ex) {
   }
 }
 
+#if !defined(FASTBN_ISA_AVX512_BF16)  // that path's table takes avx512's
 // ---------------------------------------------------------------------------------------------------------
 // Yardsticks: a streaming copy (2S), dst = a + b (3S) and a read of S bytes (their sum), as fast as this path's
 // loops can move bytes
@@ -3454,6 +3456,7 @@ double read(const float* src, int64_t count, const Exec& ex) {
   }
   return total;
 }
+#endif
 
 template <class S>
 constexpr Kernels<S> kernels() {
@@ -3462,11 +3465,25 @@ constexpr Kernels<S> kernels() {
 
 }  // namespace
 
+#if defined(FASTBN_ISA_AVX512_BF16)
+// Only bfloat16 outputs differ from the avx512 path (in how they are rounded, not in their bits), so only its
+// kernels are compiled again.
+const KernelTable& table() {
+  static const KernelTable t = [] {
+    KernelTable k = avx512::table();
+    k.name = FASTBN_ISA_NAME;
+    k.bf16 = kernels<bfloat16>();
+    return k;
+  }();
+  return t;
+}
+#else
 const KernelTable& table() {
   static const KernelTable t{FASTBN_ISA_NAME,  kernels<float>(), kernels<double>(), kernels<bfloat16>(),
                              kernels<float16>(), &copy,          &add,           &read};
   return t;
 }
+#endif
 
 }  // namespace FASTBN_ISA_NS
 }  // namespace cpu
