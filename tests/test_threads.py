@@ -607,6 +607,59 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
         np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
 
 
+# Runs of up to 64 values whose C * L period is too long for the flat walk, from 1 MiB on and within the last-level
+# cache (streaming off): the backward's sums are column sums there too (by channel groups where a core's cache holds
+# them, else read by rows), as beyond that cache.
+IN_CACHE_SHORT_RUNS = [(32, 300, 8, 8), (48, 512, 6, 6), (40, 1024, 5, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", IN_CACHE_SHORT_RUNS, ids=lambda s: "x".join(map(str, s)))
+def test_short_runs_within_the_cache_backward_gives_the_bits_of_one_thread(
+    simd, restore_threads, small_core_cache, shape, dtype
+):
+    """The backward of short NCHW runs within the last-level cache gives, on 1 to 3 threads and with the default or a
+    64 KiB core cache (channel groups, or the column sums read by rows), the bits of one thread; a distributed
+    backward's reduce phase gives its dbeta and dgamma and its apply phase its dx bit for bit; and the float64
+    reference, with a channel of a large mean."""
+    rng = np.random.default_rng(21)
+    x64 = rng.standard_normal(shape) * 2 + 3
+    x64[:, 3] += 1e4
+    x = x64.astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))
+    count = x.size // shape[1]
+    fastbn._core.set_stream_min_bytes(1 << 40)  # within the cache, whatever this machine's cache is
+    try:
+        _, mean, var = fastbn.batch_norm_train(x)
+        fastbn.set_num_threads(1)
+        fastbn._core.reset_core_cache_bytes()
+        dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma)
+        for threads in (1, 2, 3):
+            fastbn.set_num_threads(threads)
+            for cache in (None, small_core_cache):
+                if cache is None:
+                    fastbn._core.reset_core_cache_bytes()
+                else:
+                    fastbn._core.set_core_cache_bytes(cache)
+                for got, want in zip(fastbn.batch_norm_backward(dy, x, mean, var, gamma), (dx, dg, db)):
+                    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+                sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
+                np.testing.assert_array_equal(sdy.astype(db.dtype), db)
+                np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
+                dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
+                np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    dx_ref, dg_ref, db_ref = ref_backward(
+        dy.astype(np.float64), x.astype(np.float64), mean.astype(np.float64), var.astype(np.float64),
+        gamma.astype(np.float64),
+    )  # fmt: skip
+    tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)
+    for got, want in [(dg, dg_ref), (db, db_ref), (dx, dx_ref)]:
+        np.testing.assert_allclose(got.astype(np.float64), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
 # Runs of 1-10 KiB whose channels are read in groups side by side (statistics, reduce phase): a group shorter than a
 # thread's share (1000 floats: 16 channels a group), one longer (300 doubles), a share of 3 channels in groups of 6
 # (2500 floats), channels that do not split evenly over 2 threads (7, in order then), pieces of long runs.

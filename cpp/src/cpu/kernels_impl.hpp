@@ -3115,9 +3115,15 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // 0.96-1.24x, 256x1024x5x5 1.17-1.33x, 256x512x6x6 0.94-1.28x; float64 512x256x7x7 1.55x, 256x1024x5x5 1.38x,
   // 128x512x8x8 1.00x; bfloat16 (bound by its conversions) 0.98-1.04x; one thread 512x256x7x7 1.70x, 256x1024x5x5
   // 0.95-1.17x, 256x512x6x6 1.21x, 128x512x8x8 0.91-0.95x. The next group's prefetch gave 0.98-1.14x of that.
+  // Within the last-level cache such runs (from kRowsMinBackwardBytes) take the column sums as well, by groups where a
+  // core's cache holds them, else read by rows: channel by channel, block by block, each run of a few lines had been
+  // a new stream met cold. The same process switching (21-31 pairs, 2 threads, against block by block): backward
+  // bfloat16 128x512x8x8 1.40-1.61x, 96x512x6x6 1.20x, 128x1024x5x5 1.24x, float32 96x512x6x6 1.41x, 128x1024x5x5
+  // 1.62x, 64x300x8x8 1.22x, 16x512x8x8 1.10x; the reduce phase 1.2-2.4x; one thread 1.12-1.63x and 1.05-2.43x; the
+  // rest even. Runs of more than kFlatMaxRun values read by rows within that cache lost (0.40-0.83x).
   const bool flat = su.elementwise && flat_nc(C, L);
   const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
-  const bool row_cols = rows && row_sums_nc<S>(N, C, L, ex) && L <= kFlatMaxRun;
+  const bool row_cols = rows && L <= kFlatMaxRun;
   if (su.elementwise && (flat_nc(C, L) || row_cols) && su.sums && !su.scale_only && a.phase == Phase::full &&
       channels_balance(C, nt)) {
     const int64_t gc = group_channels<S>(N, L, ceil_div(C, nt), arrays + 1, ex, bytes >= ex.stream_min_bytes);
