@@ -28,6 +28,18 @@ def restore_threads():
     fastbn._core.set_min_bytes_per_thread(min_bytes)
 
 
+def threads_and_caches(small_cache: int):
+    """Sets 1, 2 and 3 threads, each with the default core cache and with `small_cache` bytes, yielding each."""
+    for threads in (1, 2, 3):
+        fastbn.set_num_threads(threads)
+        for cache in (None, small_cache):
+            if cache is None:
+                fastbn._core.reset_core_cache_bytes()
+            else:
+                fastbn._core.set_core_cache_bytes(cache)
+            yield threads, cache
+
+
 def param_dtype(x):
     """Parameters are float64 for float64 data, float32 otherwise (halves included)."""
     return np.float64 if x.dtype == np.float64 else np.float32
@@ -571,15 +583,9 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
         fastbn._core.set_stream_min_bytes(1 << 10)
         fastbn._core.reset_core_cache_bytes()
         expected = run()
-        for threads in (1, 2, 3):
-            fastbn.set_num_threads(threads)
-            for cache in (None, small_core_cache):
-                if cache is None:
-                    fastbn._core.reset_core_cache_bytes()
-                else:
-                    fastbn._core.set_core_cache_bytes(cache)
-                for got, want in zip(run(), expected):
-                    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+        for _ in threads_and_caches(small_core_cache):
+            for got, want in zip(run(), expected):
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
             # a distributed backward (never by channel groups) with the forward's statistics: its local sums are
             # the full backward's dbeta and dgamma, and its apply phase gives the full backward's dx
             mean, var, dx, dg, db = (expected[i] for i in (1, 2, 6, 7, 8))
@@ -635,20 +641,14 @@ def test_short_runs_within_the_cache_backward_gives_the_bits_of_one_thread(
         fastbn.set_num_threads(1)
         fastbn._core.reset_core_cache_bytes()
         dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma)
-        for threads in (1, 2, 3):
-            fastbn.set_num_threads(threads)
-            for cache in (None, small_core_cache):
-                if cache is None:
-                    fastbn._core.reset_core_cache_bytes()
-                else:
-                    fastbn._core.set_core_cache_bytes(cache)
-                for got, want in zip(fastbn.batch_norm_backward(dy, x, mean, var, gamma), (dx, dg, db)):
-                    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
-                sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
-                np.testing.assert_array_equal(sdy.astype(db.dtype), db)
-                np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
-                dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
-                np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
+        for _ in threads_and_caches(small_core_cache):
+            for got, want in zip(fastbn.batch_norm_backward(dy, x, mean, var, gamma), (dx, dg, db)):
+                np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+            sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
+            np.testing.assert_array_equal(sdy.astype(db.dtype), db)
+            np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
+            dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
+            np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
     finally:
         fastbn._core.reset_stream_min_bytes()
     dx_ref, dg_ref, db_ref = ref_backward(
