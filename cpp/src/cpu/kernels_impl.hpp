@@ -2169,9 +2169,10 @@ inline bool row_sums_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
 // switching per call on the EPYC Zen 4 VM (21 pairs, 2 threads, against no prefetch): backward 64x256x14x14
 // 1.11-1.22x, 32x128x28x28 1.16-1.40x, 128x256x10x10 1.11-1.14x, 64x256x12x12 1.08-1.22x, bfloat16 128x256x14x14
 // 1.29-1.42x, NCL 64x64x1024 1.08-1.50x; the reduce phase alone 1.08-1.70x; tensors within the cores' caches and
-// 128x256x7x7 even, bfloat16 128x512x8x8 0.89-1.08x (backward) and 0.90-1.38x (reduce) in four runs. Runs of 4 KiB
-// and more (NCL 1024 floats, 56x56 maps) gained nothing. The training forward's statistics, which read one array,
-// did not gain either (0.92-1.22x), so it keeps to tensors beyond the last-level cache.
+// 128x256x7x7 even, bfloat16 128x512x8x8 0.89-1.08x (backward) and 0.90-1.38x (reduce) in four runs (it takes the
+// column sums now: see backward_nc). Runs of 4 KiB and more (NCL 1024 floats, 56x56 maps) gained nothing. The
+// training forward's statistics, which read one array, did not gain either (0.92-1.22x), so it keeps to tensors
+// beyond the last-level cache.
 constexpr int64_t kPrefetchRunBytes = 4096;
 
 template <class S>
