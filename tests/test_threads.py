@@ -40,6 +40,16 @@ def threads_and_caches(small_cache: int):
             yield threads, cache
 
 
+def assert_phases_give_the_full_backward(dy, x, mean, var, gamma, dx, dgamma, dbeta):
+    """A distributed backward's reduce phase gives the full backward's dbeta and dgamma, and its apply phase (over all
+    of x's values per channel) the full backward's dx, bit for bit."""
+    sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
+    np.testing.assert_array_equal(sdy.astype(dbeta.dtype), dbeta)
+    np.testing.assert_array_equal(sdyx.astype(dgamma.dtype), dgamma)
+    dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, x.size // x.shape[1])
+    np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
+
+
 def param_dtype(x):
     """Parameters are float64 for float64 data, float32 otherwise (halves included)."""
     return np.float64 if x.dtype == np.float64 else np.float32
@@ -586,14 +596,9 @@ def test_short_runs_beyond_the_cache_give_the_bits_of_one_thread(simd, restore_t
         for _ in threads_and_caches(small_core_cache):
             for got, want in zip(run(), expected):
                 np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
-            # a distributed backward (never by channel groups) with the forward's statistics: its local sums are
-            # the full backward's dbeta and dgamma, and its apply phase gives the full backward's dx
+            # a distributed backward (never by channel groups) with the forward's statistics
             mean, var, dx, dg, db = (expected[i] for i in (1, 2, 6, 7, 8))
-            sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
-            np.testing.assert_array_equal(sdy.astype(db.dtype), db)
-            np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
-            dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
-            np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
+            assert_phases_give_the_full_backward(dy, x, mean, var, gamma, dx, dg, db)
     finally:
         fastbn._core.reset_stream_min_bytes()
     y, mean, var, yr, smean, sm2, dx, dg, db, sdy, sdyx = expected
@@ -634,7 +639,6 @@ def test_short_runs_within_the_cache_backward_gives_the_bits_of_one_thread(
     x = x64.astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     gamma = np.linspace(0.5, 1.5, shape[1]).astype(param_dtype(x))
-    count = x.size // shape[1]
     fastbn._core.set_stream_min_bytes(1 << 40)  # within the cache, whatever this machine's cache is
     try:
         _, mean, var = fastbn.batch_norm_train(x)
@@ -644,11 +648,7 @@ def test_short_runs_within_the_cache_backward_gives_the_bits_of_one_thread(
         for _ in threads_and_caches(small_core_cache):
             for got, want in zip(fastbn.batch_norm_backward(dy, x, mean, var, gamma), (dx, dg, db)):
                 np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
-            sdy, sdyx = fastbn.batch_norm_backward_reduce(dy, x, mean, var, gamma)
-            np.testing.assert_array_equal(sdy.astype(db.dtype), db)
-            np.testing.assert_array_equal(sdyx.astype(dg.dtype), dg)
-            dxa = fastbn.batch_norm_backward_apply(dy, x, mean, var, gamma, None, sdy, sdyx, count)
-            np.testing.assert_array_equal(dxa.view(np.uint8), dx.view(np.uint8))
+            assert_phases_give_the_full_backward(dy, x, mean, var, gamma, dx, dg, db)
     finally:
         fastbn._core.reset_stream_min_bytes()
     dx_ref, dg_ref, db_ref = ref_backward(
