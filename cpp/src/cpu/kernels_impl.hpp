@@ -445,11 +445,13 @@ struct NoHook {
 // streaming stores need, whole vectors, a tail. The walk goes row by row, each from its start, offsets rising: a
 // vector past the row's end starts the next row. The row's head is written there, then a whole vector `head`
 // values on from each vector the walk takes while it fits in the row, and the rest of the row when it ends
-// (finish() for the last). out(o, m) writes the values at o: m is Full or a count.
+// (finish() for the last). out(o, m) writes the values at o: m is Full or a count. With a skew of k vectors, the
+// row's whole vectors are written in a rotated order, vector (j + k) mod n with the walk's j-th (see train_nc_act).
 template <int W, class S, class Out>
 class RowPieces {
  public:
-  RowPieces(const S* out, int64_t len, bool stream, Out& f) : out_(out), len_(len), stream_(stream), f_(f) {}
+  RowPieces(const S* out, int64_t len, bool stream, Out& f, int64_t skew = 0)
+      : out_(out), len_(len), stream_(stream), f_(f), skew_(skew) {}
   template <class M>
   void operator()(int64_t o, const M&) {
     if (o > row_end_) {
@@ -458,8 +460,13 @@ class RowPieces {
       row_end_ = o + len_ - 1;
       head_ = stream_ ? static_cast<int>(min64((W - vector_phase<W>(out_ + o)) % W, len_)) : 0;
       if (head_) f_(o, head_);
+      whole_ = (len_ - head_) / W;
+      next_ = whole_ > 0 ? skew_ % whole_ : 0;
     }
-    if (o + head_ + W <= row_end_ + 1) f_(o + head_, Full{});
+    if (o + head_ + W <= row_end_ + 1) {
+      f_(row_ + head_ + next_ * W, Full{});
+      if (++next_ == whole_) next_ = 0;
+    }
   }
   void finish() {
     if (row_end_ < 0) return;
@@ -473,7 +480,8 @@ class RowPieces {
   int64_t len_;
   bool stream_;
   Out& f_;
-  int64_t row_ = 0, row_end_ = -1;
+  int64_t skew_;
+  int64_t row_ = 0, row_end_ = -1, whole_ = 0, next_ = 0;
   int head_ = 0;
 };
 
@@ -1486,7 +1494,8 @@ inline void block_moments(const S* p, int64_t stride, int64_t rows, int64_t len,
 // the reads from memory and the streaming writes interleave as in a copy rather than block by block. The moments
 // are block_moments' bits; the output goes in the pieces span() would cut (RowPieces).
 template <class S, Act A>
-FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, double& mean, double& m2, int64_t pf) {
+FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, double& mean, double& m2, int64_t pf,
+                                           int64_t skew = 0) {
   using C = compute_t<S>;
   using V = Vec<C>;
   constexpr int W = IO<S>::width;
@@ -1498,7 +1507,7 @@ FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, d
   const bool stream = b.stream;
   const int64_t len = b.len;
   auto out = [&](int64_t o, auto m) { put(y + o, fwd_value<S, A>(x, res, o, m, center, sc, sh, sl), m, stream); };
-  RowPieces<W, S, decltype(out)> pieces(y, len, stream, out);
+  RowPieces<W, S, decltype(out)> pieces(y, len, stream, out, skew);
   block_moments(x + next, b.stride, b.rows, len, mean, m2, pf, pieces);
   pieces.finish();
 }
@@ -2462,26 +2471,34 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   const int64_t channel_bytes = N * L * static_cast<int64_t>(sizeof(S));
   const bool team = team_pipeline(nt, pl.nb, channel_bytes, ex.cache_bytes);
   // Normalizes block b of channel c and takes the moments of block b of channel c + 1: in one loop
-  // (fwd_block_with_moments) where the output streams, runs are whole vectors, a thread's share of two channels
-  // fits in half its cache or runs are at least kFuseMinRunBytes long, and the loads of channel c + 1 do not alias
-  // the stores of channel c's output (loads_alias_stores: a run of a multiple of 4 KiB, x and y at one offset in a
-  // page, as NumPy puts large arrays). Earlier, paired on the EPYC VM, 2 threads, 300-400 pairs a run: NCL
-  // 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 32x256x28x28 0.98-1.05x. Measured again on
-  // the EPYC Zen 4 VM, one process switching per call (40-60 pairs, 2 threads, median ratio to the two loops):
-  // where y's page offset is x's, 4 KiB runs lost (NCL 128x64x1024 0.82-0.86x, 128x64x32x32 0.88x), 16 KiB runs
-  // too (64x64x64x64 0.88-0.93x, bfloat16 64x64x64x64 0.76x); with x moved 64 B to 2 KiB from that offset
-  // 64x64x64x64 gained 1.06-1.15x (x 16 or 64 B below it: 4 KiB runs still lost, 0.83-0.87x). Runs of 8 KiB and more
-  // gained also where shares take more of the cache (not aliasing): 64x128x56x56 1.06-1.12x, 64x64x48x48 1.13x,
-  // 64x64x52x52 1.17x, 32x64x80x80 1.14x, 16x64x112x112 1.11x, 32x64x96x96 1.08x, float64 64x128x56x56 1.15x; shorter
-  // ones not (128x64x40x40, 6400-byte runs, 0.93-1.01x; 256x128x32x32 0.78-0.89x, 256x64x1024 0.72-0.94x), nor 14x14
-  // runs earlier (a head and a tail per 12 vectors: 0.94-0.95x).
+  // (fwd_block_with_moments) where the output streams, runs are whole vectors, and a thread's share of two channels
+  // fits in half its cache or runs are at least kFuseMinRunBytes long. Earlier, paired on the EPYC VM, 2 threads,
+  // 300-400 pairs a run: NCL 128x64x1024 1.035-1.12x, 128x64x32x32 1.06-1.11x, 32x64x4096 1.07x, 32x256x28x28
+  // 0.98-1.05x. Measured again on the EPYC Zen 4 VM, one process switching per call (40-60 pairs, 2 threads, median
+  // ratio to the two loops): runs of 8 KiB and more gained also where shares take more of the cache: 64x128x56x56
+  // 1.06-1.12x, 64x64x48x48 1.13x, 64x64x52x52 1.17x, 32x64x80x80 1.14x, 16x64x112x112 1.11x, 32x64x96x96 1.08x,
+  // float64 64x128x56x56 1.15x; shorter ones not (128x64x40x40, 6400-byte runs, 0.93-1.01x; 256x128x32x32
+  // 0.78-0.89x, 256x64x1024 0.72-0.94x), nor 14x14 runs earlier (a head and a tail per 12 vectors: 0.94-0.95x).
+  //
+  // Where the loads of channel c + 1 would alias the stores of channel c's output (loads_alias_stores: runs of a
+  // multiple of 4 KiB, x and y at one offset in a page, as NumPy puts large arrays), the loop lost as it was (4 KiB
+  // runs 0.82-0.88x, 64x64x64x64 0.88-0.93x, bfloat16 0.76x; with x moved 64 B to 2 KiB from y's offset, 64x64x64x64
+  // gained 1.06-1.15x), so each run's whole vectors are written in a rotated order there, starting half a page in
+  // (RowPieces' skew): a store then lies ~2 KiB from the load beside it. The output is elementwise, so the bits do
+  // not change. One process switching per call on the EPYC Zen 4 VM (15-21 pairs, x and y 16 bytes into a page,
+  // against the two loops that aliasing had meant): 2 threads 128x64x1024 1.06-1.10x, 128x64x32x32 1.09-1.10x,
+  // 64x64x64x64 1.11-1.14x, 32x64x4096 1.21x, 16x64x128x128 1.18x, 64x32x2048 1.13x, float64 1.04-1.15x; one thread
+  // (runs of 8 KiB and more) 0.98-1.09x; skews of 0.5 to 3 KiB within 5% of one another. Not for half precision,
+  // bound by its conversions (bfloat16 0.96-0.98x), which keeps the two loops there.
   const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
   const int64_t run_bytes = pl.plen * static_cast<int64_t>(sizeof(S));
   const bool pays = 4 * share <= ex.cache_bytes || run_bytes >= kFuseMinRunBytes;  // measured: see above
-  const bool fuses = stream && whole_vector_runs<S>(pl) && pays && !loads_alias_stores(a.x + L, a.y);
+  const bool aliased = loads_alias_stores(a.x + L, a.y);
+  const bool fuses = stream && whole_vector_runs<S>(pl) && pays && !(aliased && is_half_v<S>);
+  const int64_t skew = aliased ? kPageBytes / 2 / (IO<S>::width * static_cast<int64_t>(sizeof(S))) : 0;
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
-      fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf);
+      fwd_block_with_moments<S, A>(fwd_block(c, b, k, false), L, mean, m2, pf, skew);
     } else {
       apply_block(c, b, k, true);
       block_stats(c + 1, b, pf, mean, m2);
