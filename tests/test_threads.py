@@ -370,8 +370,8 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
     in the loop that takes the moments of the same block of channel c + 1; the results are the bits of the two
     loops (streaming off), into outputs at every offset from a vector boundary and at page offsets where the
     loads of channel c + 1 alias the stores of channel c (the one loop then writes each run's vectors in a rotated
-    order; half precision runs the two loops) and where not, with an activation and a residual, on one thread and
-    two, and against a float64 reference."""
+    order where runs are 8 KiB or more, else the two loops run) and where not, with an activation and a residual,
+    on one thread and two, and against a float64 reference."""
     rng = np.random.default_rng(8)
     x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
     res = rng.standard_normal(shape).astype(dtype)
@@ -386,7 +386,7 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
         return [y, mean, var]
 
     # y placed so that the next channel's loads lie `gap` bytes past its stores modulo a page: 0 and -64 alias
-    # them (the one loop's stores are then skewed by half a page), 1 KiB and 2 KiB do not.
+    # them (the one loop's stores are then skewed by half a page, or the two loops run), 1 KiB and 2 KiB do not.
     item = x.dtype.itemsize
     run = shape[2] * shape[3] * item
 

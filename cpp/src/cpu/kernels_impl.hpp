@@ -2485,16 +2485,18 @@ void train_nc_act(const TrainArgs<S>& a, const Exec& ex) {
   // runs 0.82-0.88x, 64x64x64x64 0.88-0.93x, bfloat16 0.76x; with x moved 64 B to 2 KiB from y's offset, 64x64x64x64
   // gained 1.06-1.15x), so each run's whole vectors are written in a rotated order there, starting half a page in
   // (RowPieces' skew): a store then lies ~2 KiB from the load beside it. The output is elementwise, so the bits do
-  // not change. One process switching per call on the EPYC Zen 4 VM (15-21 pairs, x and y 16 bytes into a page,
-  // against the two loops that aliasing had meant): 2 threads 128x64x1024 1.06-1.10x, 128x64x32x32 1.09-1.10x,
-  // 64x64x64x64 1.11-1.14x, 32x64x4096 1.21x, 16x64x128x128 1.18x, 64x32x2048 1.13x, float64 1.04-1.15x; one thread
-  // (runs of 8 KiB and more) 0.98-1.09x; skews of 0.5 to 3 KiB within 5% of one another. Not for half precision,
-  // bound by its conversions (bfloat16 0.96-0.98x), which keeps the two loops there.
+  // not change. One process switching per call on the EPYC Zen 4 VM (15-31 pairs, x and y 16 bytes into a page,
+  // against the two loops that aliasing had meant), 2 threads: runs of 8 KiB and more 64x64x64x64 1.11-1.18x,
+  // 32x64x4096 1.15-1.21x, 16x64x128x128 1.14-1.18x, 64x32x2048 1.04-1.13x, 128x32x2048 1.00x, float64 1.12-1.15x;
+  // one thread 1.01-1.16x (32x64x4096 once 0.88x). Runs of 4 KiB swung with the memory's speed (128x64x1024 and
+  // 128x64x32x32 1.06-1.10x with a copy of 32 MiB at 1.3 ms, 0.75-0.82x at 1.7 ms) and keep the two loops, as does
+  // half precision, bound by its conversions (bfloat16 0.96-0.98x). Skews of 0.5 to 3 KiB were within 5%.
   const int64_t share = team ? ceil_div(channel_bytes, nt) : channel_bytes;
   const int64_t run_bytes = pl.plen * static_cast<int64_t>(sizeof(S));
   const bool pays = 4 * share <= ex.cache_bytes || run_bytes >= kFuseMinRunBytes;  // measured: see above
   const bool aliased = loads_alias_stores(a.x + L, a.y);
-  const bool fuses = stream && whole_vector_runs<S>(pl) && pays && !(aliased && is_half_v<S>);
+  const bool skew_pays = !is_half_v<S> && run_bytes >= kFuseMinRunBytes;
+  const bool fuses = stream && whole_vector_runs<S>(pl) && pays && (!aliased || skew_pays);
   const int64_t skew = aliased ? kPageBytes / 2 / (IO<S>::width * static_cast<int64_t>(sizeof(S))) : 0;
   auto step = [&](int64_t c, int64_t b, const FwdCoef<Cp>& k, int64_t pf, double& mean, double& m2) {
     if (fuses) {
