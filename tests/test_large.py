@@ -12,7 +12,7 @@ import pytest
 
 import fastbn
 
-from conftest import ref_backward, ref_train
+from conftest import ref_backward, ref_infer, ref_train
 
 DTYPES = [np.float32, np.float64, ml_dtypes.bfloat16, np.float16]
 
@@ -56,7 +56,6 @@ def test_large_misaligned_outputs_on_every_path(simd, streaming, rng, dtype, lay
     np.testing.assert_allclose(dx.astype(np.float64), rdx, rtol=t, atol=t * np.abs(rdx).max())
     np.testing.assert_allclose(db, rdb, rtol=t, atol=t * np.sqrt(x.size / c))
     yi = fastbn.batch_norm_infer(x, mean, var, g, b, axis=axis, out=misaligned_like(x))
-    from conftest import ref_infer
 
     np.testing.assert_allclose(yi.astype(np.float64), ref_infer(x64, mean, var, g, b, axis), rtol=t, atol=t)
 
@@ -159,7 +158,6 @@ def test_inference_of_long_rows_by_chunks_gives_the_flat_walks_bits(simd, stream
             fastbn._core.set_stream_min_bytes(streaming)
         for s, f in zip(streamed, flat):
             np.testing.assert_array_equal(s.view(np.uint8), f.view(np.uint8))
-    from conftest import ref_infer
 
     t = tol(dtype)
     x64 = x.astype(np.float64)
@@ -200,7 +198,6 @@ def test_short_runs_of_large_tensors_give_the_flat_walks_bits(simd, streaming, r
         whole, part = calls(x, dy), calls(x[:8], dy[:8])
         for i, (w, p) in enumerate(zip(whole, part)):
             assert np.array_equal(w[:8].view(np.uint8), p.view(np.uint8)), f"output {i}, {threads} threads"
-    from conftest import ref_infer
 
     t = tol(dtype)
     x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
