@@ -463,10 +463,13 @@ class RowPieces {
       whole_ = (len_ - head_) / W;
       next_ = whole_ > 0 ? skew_ % whole_ : 0;
     }
-    if (o + head_ + W <= row_end_ + 1) {
-      f_(row_ + head_ + next_ * W, Full{});
-      if (++next_ == whole_) next_ = 0;
+    if (o + head_ + W > row_end_ + 1) return;
+    if (skew_ == 0) {
+      f_(o + head_, Full{});
+      return;
     }
+    f_(row_ + head_ + next_ * W, Full{});
+    if (++next_ == whole_) next_ = 0;
   }
   void finish() {
     if (row_end_ < 0) return;
