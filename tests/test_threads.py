@@ -699,3 +699,51 @@ def test_channels_read_side_by_side_give_every_block_once(restore_threads, shape
             _, train_mean, train_var = fastbn.batch_norm_train(x)
             assert np.array_equal(train_mean.astype(np.float64), mean.astype(train_mean.dtype).astype(np.float64))
     assert got[1] == got[0] and got[2] == got[0]
+
+
+def _reported_last_level_cache() -> int:
+    """The last-level cache's size as Linux's sysfs reports it for CPU 0 (0 where it does not)."""
+    for index in ("3", "2"):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu0/cache/index{index}/size") as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        digits = text.rstrip("KMG")
+        if digits.isdigit() and int(digits) > 0:
+            return int(digits) << {"K": 10, "M": 20, "G": 30}.get(text[len(digits) :], 0)
+    return 0
+
+
+def _in_fresh_process(env: dict[str, str], code: str) -> list[int]:
+    """The integers that `code` prints in a fresh process that imported fastbn, with `env` added to this one's
+    environment (FASTBN_STREAM_MIN_BYTES removed)."""
+    e = {k: v for k, v in os.environ.items() if k != "FASTBN_STREAM_MIN_BYTES"}
+    e.update(env)
+    done = subprocess.run(
+        [sys.executable, "-c", "import fastbn\n" + code], capture_output=True, text=True, env=e, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return [int(v) for v in done.stdout.split()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's sysfs")
+def test_streaming_threshold_is_half_the_cache_unless_the_probe_finds_it_does_not_keep_writes():
+    """Outputs stream from half the reported last-level cache (4-64 MiB), or from 4 MiB where the one-time probe
+    found that the cache does not keep what a core writes; FASTBN_STREAM_MIN_BYTES (a number >= 1) overrides both,
+    and reset_ goes back to the same value, also after small calls. Whatever the answer, the outputs' bits are the
+    same (the streaming tests above compare both paths)."""
+    lo, hi = 4 << 20, 64 << 20
+    half = min(max(_reported_last_level_cache() // 2, lo), hi)
+    query = "print(int(fastbn._core.cache_keeps_writes()), fastbn._core.stream_min_bytes())"
+    [keeps, threshold] = _in_fresh_process({}, query)
+    assert threshold == (half if keeps else lo)
+    if half == lo:
+        assert keeps  # nothing to probe
+    small_calls = "import numpy as np\nfor _ in range(3): fastbn.batch_norm_train(np.ones((8, 4, 16), np.float32))\n"
+    reset = "fastbn._core.set_stream_min_bytes(5)\nassert fastbn._core.stream_min_bytes() == 5\n"
+    reset += "fastbn._core.reset_stream_min_bytes()\n"
+    assert _in_fresh_process({}, small_calls + reset + query)[1] in {lo, half}
+    assert _in_fresh_process({"FASTBN_STREAM_MIN_BYTES": "12345"}, reset + query)[1] == 12345
+    for bad in ("0", "-1", "4MiB", ""):
+        assert _in_fresh_process({"FASTBN_STREAM_MIN_BYTES": bad}, query)[1] in {lo, half}

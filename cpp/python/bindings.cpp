@@ -885,6 +885,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_stream_min_bytes", &fastbn::detail::set_stream_min_bytes, py::arg("bytes"));
   m.def("stream_min_bytes", &fastbn::detail::stream_min_bytes);
   m.def("reset_stream_min_bytes", &fastbn::detail::reset_stream_min_bytes);
+  m.def("cache_keeps_writes", &fastbn::detail::cache_keeps_writes);
   m.def("set_core_cache_bytes", &fastbn::detail::set_core_cache_bytes, py::arg("bytes"));
   m.def("core_cache_bytes", &fastbn::detail::core_cache_bytes);
   m.def("reset_core_cache_bytes", &fastbn::detail::reset_core_cache_bytes);

@@ -17,7 +17,11 @@ Error::Error(Status status, const std::string& message) : std::runtime_error(mes
 
 namespace {
 
-cpu::Exec exec() { return cpu::exec_here(); }
+// The settings for a call on tensors of shape s (the streaming threshold may depend on their size).
+template <class T>
+cpu::Exec exec(const Shape& s) {
+  return cpu::exec_here(s.outer * s.channels * s.inner * static_cast<int64_t>(sizeof(T)));
+}
 
 template <class F>
 void run(F&& f) {
@@ -107,7 +111,7 @@ void forward_train(const T* x, const same_t<T>* residual, same_t<T>* y, const pa
   checks::train_args(x, y, mean, var, s, eps);
   checks::fusion(static_cast<int>(f.activation), f.negative_slope);
   const cpu::TrainArgs<T> a{x, residual, y, gamma, beta, mean, var, s.outer, s.channels, s.inner, eps, epilogue(f)};
-  run([&] { kernels<T>().train(a, exec()); });
+  run([&] { kernels<T>().train(a, exec<T>(s)); });
 }
 
 template <class T>
@@ -122,7 +126,7 @@ void normalize(const T* x, const same_t<T>* residual, same_t<T>* y, const double
   checks::infer_args(x, y, mean, var, s, eps);
   checks::fusion(static_cast<int>(f.activation), f.negative_slope);
   const cpu::ApplyArgs<T> a{x, residual, y, mean, var, gamma, beta, s.outer, s.channels, s.inner, eps, epilogue(f)};
-  run([&] { kernels<T>().apply(a, exec()); });
+  run([&] { kernels<T>().apply(a, exec<T>(s)); });
 }
 
 template <class T>
@@ -154,7 +158,7 @@ void backward(const T* dy, const same_t<T>* x, const same_t<T>* y, const param_t
   const cpu::BackwardArgs<T> a{dy,        x,         y,     w.mean,    w.var,      gamma,      beta,
                                dx,        dresidual, dgamma, dbeta,    s.outer,    s.channels, s.inner,
                                eps,       batch_stats, epilogue(f), cpu::Phase::full, nullptr, nullptr, 0.0};
-  run([&] { kernels<T>().backward(a, exec()); });
+  run([&] { kernels<T>().backward(a, exec<T>(s)); });
 }
 
 template <class T>
@@ -172,7 +176,7 @@ void local_stats(const T* x, double* mean, double* m2, const Shape& s) {
   checks::require(m2, "m2");
   checks::shape(s);
   const cpu::StatsArgs<T> a{x, mean, m2, s.outer, s.channels, s.inner};
-  run([&] { kernels<T>().stats(a, exec()); });
+  run([&] { kernels<T>().stats(a, exec<T>(s)); });
 }
 
 void merge_stats(int64_t parts, const double* count, const double* mean, const double* m2, int64_t channels,
@@ -261,7 +265,7 @@ void backward_reduce(const T* dy, const same_t<T>* x, const same_t<T>* y, const 
   const cpu::BackwardArgs<T> a{dy,     x,         y,       mean,   var,       gamma,      beta,
                                nullptr, nullptr,  nullptr, nullptr, s.outer,  s.channels, s.inner,
                                eps,    true,      epilogue(f), cpu::Phase::reduce, sum_dy, sum_dy_xhat, 0.0};
-  run([&] { kernels<T>().backward(a, exec()); });
+  run([&] { kernels<T>().backward(a, exec<T>(s)); });
 }
 
 template <class T>
@@ -285,7 +289,7 @@ void backward_apply(const T* dy, const same_t<T>* x, const same_t<T>* y, const d
                                dx,  dresidual, nullptr, nullptr, s.outer, s.channels, s.inner,
                                eps, true,      epilogue(f), cpu::Phase::apply,
                                const_cast<double*>(sum_dy), const_cast<double*>(sum_dy_xhat), count};
-  run([&] { kernels<T>().backward(a, exec()); });
+  run([&] { kernels<T>().backward(a, exec<T>(s)); });
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -30,11 +30,15 @@ FASTBN_API void note_thread_start(int64_t delay_ns, int threads, int64_t idle_ns
 FASTBN_API int64_t runnable_threads();
 FASTBN_API void forget_crowding();
 // The output size from which kernels write with streaming stores (FASTBN_STREAM_MIN_BYTES at load, else half the
-// last-level cache, 4 to 64 MiB); tests lower it to take the streaming paths on small tensors on any machine.
-// set_ throws fastbn::Error for bytes < 1; reset_ goes back to the value at load.
+// last-level cache, 4 to 64 MiB, or 4 MiB where that cache does not keep writes); tests lower it to take the
+// streaming paths on small tensors on any machine. set_ throws fastbn::Error for bytes < 1; reset_ goes back to the
+// value at load.
 FASTBN_API void set_stream_min_bytes(int64_t bytes);
 FASTBN_API int64_t stream_min_bytes();
 FASTBN_API void reset_stream_min_bytes();
+// Whether the last-level cache keeps what a core writes (timed once per process, see cpu/dispatch.cpp); where it
+// does not, outputs stream from 4 MiB.
+FASTBN_API bool cache_keeps_writes();
 // The cache a core has to itself (L2), which the kernels plan what to keep in cache by; tests lower it to take the
 // paths of big channels (threads sharing each channel) on small tensors. set_ throws fastbn::Error for bytes < 1;
 // reset_ goes back to the size the system reports.

@@ -61,13 +61,21 @@ int64_t runnable_threads();
 // Whether such a delay was seen within the last kCrowdedHoldNs; forget_crowding() forgets it (tests).
 bool crowded();
 void forget_crowding();
+// The least output that streams anywhere: the yardsticks' threshold, and the kernels' where the last-level cache
+// does not keep writes.
+constexpr int64_t kStreamMinBytes = int64_t{4} << 20;
+// Whether the last-level cache keeps what a core writes, up to half its reported size (16 MiB at most): timed once,
+// by the first caller (dispatch.cpp); true where that cache is reported under 8 MiB (nothing to time).
+bool cache_keeps_writes();
 // Outputs from this size on bypass the caches: FASTBN_STREAM_MIN_BYTES at load, else half the last-level cache
-// that the first core shares (4 to 64 MiB), see kernels_impl.hpp; set_ (tests) overrides, reset_ restores.
-int64_t stream_min_bytes();
+// that the first core shares (kStreamMinBytes to 64 MiB), or kStreamMinBytes where that cache does not keep what a
+// core writes (asked by the first call of `bytes` >= kStreamMinBytes); set_ (tests) overrides, reset_ restores.
+int64_t stream_min_bytes(int64_t bytes);
 void set_stream_min_bytes(int64_t bytes);
 void reset_stream_min_bytes();
-// An Exec for the calling thread (its own workspace), with the current settings.
-Exec exec_here();
+// An Exec for the calling thread (its own workspace), with the current settings, for a call on tensors of `bytes`
+// (0: none of the kernels' tensors, e.g. the yardsticks).
+Exec exec_here(int64_t bytes = 0);
 
 // What follows the normalization: y = act(gamma * xhat + beta + residual). Leaky ReLU's slope is `slope`.
 enum class Act : int { none = 0, relu = 1, leaky_relu = 2, sigmoid = 3 };

@@ -75,8 +75,7 @@ constexpr int64_t kTileBytes = 256 * 1024;
 constexpr int64_t kChunkBytes = 1 << 20;
 // Outputs at least Exec::stream_min_bytes large bypass the caches (streaming stores): they would not stay in the
 // last-level cache for the next layer anyway, and a normal store first reads the line it writes. The
-// yardsticks stream from kStreamMinBytes on, as the fastest copy does.
-constexpr int64_t kStreamMinBytes = 4 << 20;
+// yardsticks stream from kStreamMinBytes on (kernels.hpp), as the fastest copy does.
 // Vectors an accumulator takes before its float lanes are moved into double lanes: a float partial sum spans
 // at most this many values per lane, so its relative error stays below ~kRound * 2^-24 for any run length.
 constexpr int kRound = 32;
