@@ -32,7 +32,7 @@ FASTBN_API void forget_crowding();
 // The output size from which kernels write with streaming stores (FASTBN_STREAM_MIN_BYTES at load, else half the
 // last-level cache, 4 to 64 MiB, or 4 MiB where that cache does not keep writes); tests lower it to take the
 // streaming paths on small tensors on any machine. set_ throws fastbn::Error for bytes < 1; reset_ goes back to the
-// value at load.
+// default. stream_min_bytes() gives the answer for large tensors (running the probe if no call has yet).
 FASTBN_API void set_stream_min_bytes(int64_t bytes);
 FASTBN_API int64_t stream_min_bytes();
 FASTBN_API void reset_stream_min_bytes();

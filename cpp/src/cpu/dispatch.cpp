@@ -119,7 +119,8 @@ std::atomic<int64_t> g_min_bytes{initial_min_bytes_per_thread()};
 // A batch norm's output is read next by the layer after it (an activation, an add, a convolution), and a
 // benchmark rewrites the same buffer: written with ordinary stores it is still in the last-level cache then;
 // streamed, it goes to memory and comes back from there. So only outputs that could not stay in that cache
-// anyway are streamed: from half its size (the one the first core shares, as Linux reports it), 4 to 64 MiB.
+// anyway are streamed: from half its size (the one the first core shares, as Linux reports it), 4 to 64 MiB,
+// unless that cache turns out not to keep what a core writes (probe_cache_keeps, below).
 int64_t last_level_cache_bytes() {
   for (const char* index : {"3", "2"}) {
     const std::string path = std::string("/sys/devices/system/cpu/cpu0/cache/index") + index + "/size";
@@ -359,7 +360,7 @@ const ForkHandler g_fork_handler;
 const KernelTable& active() { return *selection().table.load(std::memory_order_acquire); }
 
 namespace {
-std::atomic<int64_t> g_stream_min{0};  // 0: the value at load
+std::atomic<int64_t> g_stream_min{0};  // 0: not set (the environment's, or the probed default)
 
 // Whether the last-level cache keeps `bytes` that this core writes. Linux reports the cache's size, not the share
 // of it that this process gets: on a 2-vCPU Xeon VM (sysfs: a 105 MiB L3) one core read 16 MiB it had just written
