@@ -73,7 +73,8 @@ def rng():
 @pytest.fixture
 def streaming():
     """Outputs from 1 MiB on are written with streaming stores for the test (the default threshold is half the
-    last-level cache, up to 64 MiB), so that the streaming paths run on any machine; restored afterwards."""
+    last-level cache, 4 to 64 MiB, or 4 MiB where that cache does not keep writes), so that the streaming paths run on
+    any machine; restored afterwards."""
     fastbn._core.set_stream_min_bytes(1 << 20)
     yield 1 << 20
     fastbn._core.reset_stream_min_bytes()

@@ -747,3 +747,48 @@ def test_streaming_threshold_is_half_the_cache_unless_the_probe_finds_it_does_no
     assert _in_fresh_process({"FASTBN_STREAM_MIN_BYTES": "12345"}, reset + query)[1] == 12345
     for bad in ("0", "-1", "4MiB", ""):
         assert _in_fresh_process({"FASTBN_STREAM_MIN_BYTES": bad}, query)[1] in {lo, half}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16])
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+@pytest.mark.parametrize("shape", [(4, 6, 7, 64), (3, 5, 11, 40), (2, 9, 9, 200)], ids=lambda s: "x".join(map(str, s)))
+def test_channels_last_forward_in_cache_gives_the_streamed_bits(simd, restore_threads, shape, activation, dtype):
+    """The channels-last forward of outputs that do not stream runs its own loop (fwd_cached, which keeps the
+    coefficient cycle in registers): training and inference, with and without a residual, give the streaming path's
+    bits (outputs placed so that streaming peels a head), and agree with a float64 reference."""
+    rng = np.random.default_rng(5)
+    C = shape[-1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    res = rng.standard_normal(shape).astype(dtype)
+    g = rng.uniform(0.5, 2, C).astype(np.float64 if dtype == np.float64 else np.float32)
+    b = rng.standard_normal(C).astype(g.dtype)
+    mean, var = (x.astype(np.float64).mean(axis=(0, 1, 2)), x.astype(np.float64).var(axis=(0, 1, 2)))
+    mean, var = mean.astype(g.dtype), var.astype(g.dtype)
+
+    def run_all():
+        outs = []
+        for residual in (None, res):
+            buf = np.empty(x.size + 8, dtype)
+            out = buf[3 : 3 + x.size].reshape(shape)  # 3 values past the array's start: a head to peel when streaming
+            fastbn.batch_norm_infer(x, mean, var, g, b, axis=-1, out=out, activation=activation, residual=residual)
+            outs.append(out.copy())
+            y, m, v = fastbn.batch_norm_train(x, g, b, axis=-1, activation=activation, residual=residual)
+            outs += [y, m, v]
+        return outs
+
+    try:
+        for threads in (1, 2):
+            fastbn.set_num_threads(threads)
+            fastbn._core.set_stream_min_bytes(1 << 40)
+            cached = run_all()
+            fastbn._core.set_stream_min_bytes(1)
+            streamed = run_all()
+            for a, s in zip(cached, streamed):
+                assert a.tobytes() == s.tobytes()
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+    x64 = x.astype(np.float64)
+    z = (x64 - mean.astype(np.float64)) / np.sqrt(var.astype(np.float64) + 1e-5) * g + b
+    want = {None: z, "relu": np.maximum(z, 0), "sigmoid": 1 / (1 + np.exp(-z))}[activation]
+    tol = 3e-2 if dtype == ml_dtypes.bfloat16 else 1e-5
+    np.testing.assert_allclose(cached[0].astype(np.float64), want, rtol=tol, atol=tol)
