@@ -906,26 +906,18 @@ inline R fwd_value(const S* x, const S* r, int64_t i, const M& m, R center, R sc
   return ActOps<compute_t<S>, A>::fwd(z, sl);
 }
 
-// The channels-last forward within the caches (outputs not streamed, nothing prefetched): span's plain loop in a
-// function of its own. Inlined into fwd_flat_cl with span_rows' other loops, GCC 12 kept the coefficient pointers and
-// the cycle's step and length on the stack and reloaded five of them every vector; here they stay in registers.
-// 2-vCPU Xeon VM, ~1.1 G dependent adds a second per core, where such passes are bound by instructions (processes
-// alternating, five each, medians of 40 x 20 calls, one thread): inference 32x64x8x8 channels-last 105 -> 69 us,
-// 16x512x5x5 190 -> 130 us, 64x256x7x7 810 -> 580 us; training 120 -> 85, 254 -> 162, 1076 -> 860 us.
+// The channels-last forward within the caches (outputs not streamed, nothing prefetched): span in a function of its
+// own, where only its plain loop remains. Inlined into fwd_flat_cl with span_rows' other loops, GCC 12 kept the
+// coefficient pointers and the cycle's step and length on the stack and reloaded five of them every vector; here
+// they stay in registers. 2-vCPU Xeon VM, ~1.1 G dependent adds a second per core, where such passes are bound by
+// instructions (processes alternating, five each, medians of 40 x 20 calls, one thread): inference 32x64x8x8
+// channels-last 105 -> 69 us, 16x512x5x5 190 -> 130 us, 64x256x7x7 810 -> 580 us; training 120 -> 85, 254 -> 162,
+// 1076 -> 860 us.
 template <class S, Act A, class K>
 __attribute__((noinline)) void fwd_cached(const S* x, const S* r, S* y, int64_t n, K k, compute_t<S> slope) {
-  using V = Vec<compute_t<S>>;
-  constexpr int W = IO<S>::width;
-  const typename V::reg sl = V::set1(slope);
-  int64_t i = 0;
-  for (const int64_t end = n - W; i <= end; i += W) {
-    put(y + i, fwd_value<S, A>(x, r, i, Full{}, k.get(0), k.get(1), k.get(2), sl), Full{}, false);
-    k.advance(W);
-  }
-  if (i < n) {
-    const int m = static_cast<int>(n - i);
-    put(y + i, fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl), m, false);
-  }
+  const typename Vec<compute_t<S>>::reg sl = Vec<compute_t<S>>::set1(slope);
+  span(y, n, false, k,
+       [&](int64_t i, auto m) { return fwd_value<S, A>(x, r, i, m, k.get(0), k.get(1), k.get(2), sl); });
 }
 
 template <class S, Act A, class K>
