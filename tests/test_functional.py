@@ -273,3 +273,129 @@ def test_array_likes_are_accepted(rng):
     x = rng.standard_normal((5, 3)).tolist()
     y, _, _ = fastbn.batch_norm_train(x)
     np.testing.assert_allclose(y, ref_train(np.array(x))[0], *tol(np.float64))
+
+
+# Layouts the one-call path (bindings.cpp: train_simple, infer_simple, backward_simple) takes besides C order:
+# dense permutations (channels-last, an NCHW-shaped view of NHWC memory, odd orders), axes of extent 1 with any
+# stride, one channel. (shape in memory order, the transpose that gives the array, axis.)
+SIMPLE_LAYOUTS = [
+    ((4, 5, 5, 6), (0, 3, 1, 2), 1),  # NHWC memory viewed as NCHW
+    ((4, 5, 5, 6), (0, 1, 2, 3), -1),  # NHWC, channels last
+    ((3, 4, 7, 2, 5), (0, 4, 1, 2, 3), 1),  # NDHWC viewed as NCDHW
+    ((7, 3, 4), (2, 0, 1), 1),  # odd order: channels fastest, then the batch
+    ((7, 3, 4), (1, 2, 0), 0),  # odd order, channels slowest
+    ((4, 1, 5, 6), (0, 3, 1, 2), 1),  # an axis of extent 1 between others
+    ((4, 5, 5, 1), (0, 3, 1, 2), 1),  # one channel (C order too, by NumPy's flags)
+    ((4, 1, 5, 5), (0, 1, 2, 3), 1),  # one channel, C order
+    ((6, 5), (1, 0), 1),  # (N, C) in Fortran order
+    ((1, 5, 5, 6), (0, 3, 1, 2), 1),  # batch of one
+]
+
+
+def _general(eps):
+    # The general path, with its own view: a NumPy float is not the exact float the one-call path takes.
+    return np.float64(eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16"])
+@pytest.mark.parametrize("layout", SIMPLE_LAYOUTS, ids=lambda lay: f"{lay[0]}-{lay[1]}-axis{lay[2]}")
+def test_dense_permutations_take_the_one_call_path_with_the_general_paths_bits(rng, layout, dtype):
+    from fastbn import _core
+
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dtype = ml_dtypes.bfloat16
+    pdtype = np.float64 if dtype is np.float64 else np.float32
+    mem_shape, perm, axis = layout
+    x = (rng.standard_normal(mem_shape) * 2 + 0.5).astype(dtype).transpose(perm)
+    dy = rng.standard_normal(mem_shape).astype(dtype).transpose(perm)
+    c = x.shape[axis]
+    gamma, beta = (rng.standard_normal(c) + 1.0).astype(pdtype), rng.standard_normal(c).astype(pdtype)
+    eps = 1e-3
+    assert _core.train_simple(x, gamma, beta, axis, eps, None) is not None  # the one-call path takes it
+
+    y, mean, var = fastbn.batch_norm_train(x, gamma, beta, axis=axis, eps=eps)
+    y_g, mean_g, var_g = fastbn.batch_norm_train(x, gamma, beta, axis=axis, eps=_general(eps))
+    assert y.shape == x.shape and y.dtype == x.dtype and not np.shares_memory(y, x)
+    assert y.strides == y_g.strides  # x's memory order, as the general path lays it out
+    assert all(y.strides[i] == x.strides[i] for i in range(x.ndim) if x.shape[i] > 1)
+    for a, b in ((y, y_g), (mean, mean_g), (var, var_g)):  # float64 holds every value exactly: equal bits
+        np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+    y_ref, mean_ref, var_ref = ref_train(np.asarray(x, np.float64), gamma, beta, axis=axis, eps=eps)
+    rtol, atol = tol(np.float32) if dtype is not np.float64 else tol(np.float64)
+    if dtype not in (np.float32, np.float64):
+        rtol, atol = 1e-2, 2e-2
+    np.testing.assert_allclose(np.asarray(y, np.float64), y_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(mean, mean_ref, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(var, var_ref, rtol=rtol, atol=atol)
+
+    z = fastbn.batch_norm_infer(x, mean, var, gamma, beta, axis=axis, eps=eps)
+    z_g = fastbn.batch_norm_infer(x, mean, var, gamma, beta, axis=axis, eps=_general(eps))
+    np.testing.assert_array_equal(np.asarray(z, np.float64), np.asarray(z_g, np.float64))
+    np.testing.assert_allclose(
+        np.asarray(z, np.float64),
+        ref_infer(np.asarray(x, np.float64), mean, var, gamma, beta, axis=axis, eps=eps),
+        rtol=rtol,
+        atol=atol,
+    )
+
+    for batch_stats in (True, False):
+        dx, dg, db = fastbn.batch_norm_backward(dy, x, mean, var, gamma, axis=axis, eps=eps, batch_stats=batch_stats)
+        dx_g, dg_g, db_g = fastbn.batch_norm_backward(
+            dy, x, mean, var, gamma, axis=axis, eps=_general(eps), batch_stats=batch_stats
+        )
+        for a, b in ((dx, dx_g), (dg, dg_g), (db, db_g)):
+            np.testing.assert_array_equal(np.asarray(a, np.float64), np.asarray(b, np.float64))
+        refs = ref_backward(
+            np.asarray(dy, np.float64),
+            np.asarray(x, np.float64),
+            mean,
+            var,
+            gamma,
+            axis=axis,
+            eps=eps,
+            batch_stats=batch_stats,
+        )
+        for a, r in zip((dx, dg, db), refs):
+            np.testing.assert_allclose(np.asarray(a, np.float64), r, rtol=rtol, atol=atol * 10)
+
+    # out= laid out as x: written in place of a new array; out= in another layout, or overlapping x: the general
+    # path (a temporary, then a copy), the same values either way.
+    out = np.empty(mem_shape, dtype).transpose(perm)
+    r = fastbn.batch_norm_train(x, gamma, beta, axis=axis, eps=eps, out=out)[0]
+    assert r is out
+    np.testing.assert_array_equal(np.asarray(out, np.float64), np.asarray(y, np.float64))
+    other = np.zeros(x.shape, dtype)  # C order
+    assert fastbn.batch_norm_infer(x, mean, var, gamma, beta, axis=axis, eps=eps, out=other) is other
+    np.testing.assert_array_equal(np.asarray(other, np.float64), np.asarray(z, np.float64))
+    xx = x.copy(order="K")
+    assert fastbn.batch_norm_infer(xx, mean, var, gamma, beta, axis=axis, eps=eps, out=xx) is xx  # in place
+    np.testing.assert_array_equal(np.asarray(xx, np.float64), np.asarray(z, np.float64))
+    dd = dy.copy(order="K")
+    assert fastbn.batch_norm_backward(dd, x, mean, var, gamma, axis=axis, eps=eps, batch_stats=False, out=dd)[0] is dd
+    np.testing.assert_array_equal(np.asarray(dd, np.float64), np.asarray(dx, np.float64))  # the last loop's dx
+
+
+def test_the_one_call_path_declines_layouts_it_cannot_view(rng):
+    from fastbn import _core
+
+    base = rng.standard_normal((4, 6, 5, 8)).astype(np.float32)
+    g = np.ones(6, np.float32)
+    b = np.zeros(6, np.float32)
+    gapped = base[:, :, :, ::2]  # a gap between elements
+    reversed_ = base[:, :, ::-1]  # a negative stride
+    broadcast = np.broadcast_to(base[:1], base.shape)  # a zero stride
+    for x in (gapped, reversed_, broadcast):
+        assert _core.train_simple(x, g, b, 1, 1e-5, None) is None
+        y, m, v = fastbn.batch_norm_train(x, g, b)  # the general path copies such an x once
+        np.testing.assert_allclose(y, ref_train(np.asarray(x, np.float64), g, b)[0], *tol(np.float32))
+    nhwc = base.transpose(0, 2, 3, 1).copy().transpose(0, 3, 1, 2)
+    assert _core.train_simple(nhwc, g, b, 1, 1e-5, None) is not None
+    dy_c = np.ascontiguousarray(nhwc)  # dy in another layout than x
+    m = nhwc.mean(axis=(0, 2, 3))
+    v = nhwc.var(axis=(0, 2, 3))
+    assert _core.backward_simple(dy_c, nhwc, m, v, g, 1, 1e-5, True, None) is None
+    assert _core.backward_simple(nhwc.copy(order="K"), nhwc, m, v, g, 1, 1e-5, True, None) is not None
+    out_c = np.empty(nhwc.shape, np.float32)  # out in C order for a channels-last x
+    assert _core.infer_simple(nhwc, m, v, g, b, 1, 1e-5, out_c) is None
+    assert _core.infer_simple(nhwc, m, v, g, b, 1, 1e-5, nhwc[:, :, :, :]) is not None  # in place, another view

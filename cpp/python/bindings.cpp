@@ -640,16 +640,64 @@ py::array cached_empty(const std::vector<py::ssize_t>& shape, const py::dtype& d
 
 // ---------------------------------------------------------------------------------------------------------
 // The common case in one call. For small tensors the general Python argument handling costs more than the
-// kernel, so fastbn/functional.py first offers the call here: x an aligned, C-contiguous float32/float64
-// ndarray with ndim >= 2, axis a plain int in range, eps a positive finite float, every per-channel array None
-// or a 1-D aligned contiguous array of x's dtype and length C. Anything else returns None, and the general
-// path (with its error messages) takes over. Nothing is checked less: only the answer "not simple" is quicker.
+// kernel, so fastbn/functional.py first offers the call here: x an aligned float32/float64/bfloat16/float16
+// ndarray with ndim >= 2 whose memory is C-contiguous or a permutation of a C-contiguous layout (channels-last,
+// an NCHW-shaped view of NHWC memory), axis a plain int in range, eps a positive finite float, every per-channel
+// array None or a 1-D aligned contiguous array of the parameter type and length C. Anything else returns None,
+// and the general path (with its error messages) takes over. Nothing is checked less: only the answer "not
+// simple" is quicker. The (outer, C, inner) view is the one functional.py's _view gives, so both paths run the
+// same kernel call on the same memory and give the same bits.
 
 struct SimpleView {
   py::array x;
   Code code;
   fastbn::Shape shape;
+  bool contiguous;  // C-contiguous; else a dense permutation, whose layout dy and `out` must share
 };
+
+// Axes of extent > 1 from the largest stride to the smallest, then the axes of extent 1 (functional.py's
+// dense_order, where they go last too). Up to 64 axes (NumPy's limit).
+int memory_order(const py::array& a, int* order) {
+  const int nd = static_cast<int>(a.ndim());
+  int n = 0;
+  for (int i = 0; i < nd; ++i) {
+    if (a.shape(i) > 1) order[n++] = i;
+  }
+  std::stable_sort(order, order + n, [&](int i, int j) { return a.strides(i) > a.strides(j); });
+  const int big = n;
+  for (int i = 0; i < nd; ++i) {
+    if (a.shape(i) <= 1) order[n++] = i;
+  }
+  return big;
+}
+
+// Aligned (and writable), and C-contiguous or dense: each axis of extent > 1, from the smallest stride up, at
+// the item size times the extents below it (no gaps, no overlap, no negative or zero strides).
+bool simple_dense(const py::array& a, bool writable, bool& contiguous) {
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  int need = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  if (writable) need |= py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  if ((flags & need) != need) return false;
+  contiguous = (flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) != 0;
+  if (contiguous) return true;
+  if (a.ndim() > 64) return false;
+  int order[64];
+  const int big = memory_order(a, order);
+  int64_t expected = a.itemsize();
+  for (int k = big - 1; k >= 0; --k) {
+    if (a.strides(order[k]) != expected) return false;
+    expected *= a.shape(order[k]);
+  }
+  return true;
+}
+
+// Whether b (of x's shape) is laid out in memory as x is: the same strides on every axis of extent > 1.
+bool same_layout(const py::array& x, const py::array& b) {
+  for (py::ssize_t i = 0; i < x.ndim(); ++i) {
+    if (x.shape(i) > 1 && x.strides(i) != b.strides(i)) return false;
+  }
+  return true;
+}
 
 bool simple_x(py::handle obj, py::handle axis_obj, py::handle eps_obj, SimpleView& v, double& eps) {
   if (!py::isinstance<py::array>(obj) || !PyLong_CheckExact(axis_obj.ptr()) || !PyFloat_CheckExact(eps_obj.ptr())) {
@@ -659,16 +707,26 @@ bool simple_x(py::handle obj, py::handle axis_obj, py::handle eps_obj, SimpleVie
   if (!(eps > 0) || !std::isfinite(eps)) return false;
   v.x = py::reinterpret_borrow<py::array>(obj);
   v.code = code_of(v.x.dtype());
-  if (v.code == Code::other || !simple_flags(v.x, false)) return false;
+  if (v.code == Code::other || !simple_dense(v.x, false, v.contiguous)) return false;
   const int64_t ndim = v.x.ndim();
   int overflow = 0;
   int64_t axis = PyLong_AsLongLongAndOverflow(axis_obj.ptr(), &overflow);
   if (overflow || ndim < 2 || axis < -ndim || axis >= ndim || v.x.size() == 0) return false;
   if (axis < 0) axis += ndim;
+  const int64_t C = v.x.shape(axis);
   int64_t outer = 1, inner = 1;
-  for (int64_t i = 0; i < axis; ++i) outer *= v.x.shape(i);
-  for (int64_t i = axis + 1; i < ndim; ++i) inner *= v.x.shape(i);
-  v.shape = {outer, v.x.shape(axis), inner};
+  if (C == 1) {
+    inner = v.x.size();  // as _layout.view_of: one channel is one run over all of memory
+  } else if (v.contiguous) {
+    for (int64_t i = 0; i < axis; ++i) outer *= v.x.shape(i);
+    for (int64_t i = axis + 1; i < ndim; ++i) inner *= v.x.shape(i);
+  } else {
+    const auto sc = v.x.strides(axis);
+    for (int64_t i = 0; i < ndim; ++i) {
+      if (i != axis && v.x.shape(i) > 1) (v.x.strides(i) > sc ? outer : inner) *= v.x.shape(i);
+    }
+  }
+  v.shape = {outer, C, inner};
   return true;
 }
 
@@ -682,21 +740,41 @@ bool simple_channels(py::handle obj, Code code, int64_t channels, bool optional,
   return true;
 }
 
-// The output: a new array like x, or `out` when it is simple too (same shape and dtype, C-contiguous, aligned,
-// writable) and either is x itself (in place) or does not overlap it. False: not simple.
+// A new array shaped like x with x's memory order (functional.py's _empty_like_view): one buffer in that order,
+// viewed with x's axes; from the output cache from kCachedMinBytes on.
+py::array empty_like_x(const SimpleView& v) {
+  const int nd = static_cast<int>(v.x.ndim());
+  std::vector<py::ssize_t> shape(v.x.shape(), v.x.shape() + nd);
+  const bool big = static_cast<size_t>(v.x.nbytes()) >= kCachedMinBytes;
+  if (v.contiguous) return big ? cached_empty(shape, v.x.dtype()) : py::array(v.x.dtype(), shape);
+  int order[64];
+  memory_order(v.x, order);
+  std::vector<py::ssize_t> mem_shape(nd), strides(nd);
+  for (int k = 0; k < nd; ++k) mem_shape[k] = shape[order[k]];
+  py::array buf = big ? cached_empty(mem_shape, v.x.dtype()) : py::array(v.x.dtype(), mem_shape);
+  py::ssize_t step = v.x.itemsize();
+  for (int k = nd - 1; k >= 0; --k) {
+    strides[order[k]] = step;
+    step *= mem_shape[k];
+  }
+  return py::array(v.x.dtype(), shape, strides, buf.mutable_data(), buf);
+}
+
+// The output: a new array like x, or `out` when it is simple too (same shape and dtype, aligned, writable, laid out
+// in memory as x is) and either is x itself (in place) or does not overlap it. False: not simple.
 bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
   if (out.is_none()) {
-    std::vector<py::ssize_t> shape(v.x.shape(), v.x.shape() + v.x.ndim());
-    const bool big = static_cast<size_t>(v.x.nbytes()) >= kCachedMinBytes;
-    y = big ? cached_empty(shape, v.x.dtype()) : py::array(v.x.dtype(), shape);
+    y = empty_like_x(v);
     return true;
   }
   if (!py::isinstance<py::array>(out)) return false;
   auto o = py::reinterpret_borrow<py::array>(out);
-  if (!simple_flags(o, true) || code_of(o.dtype()) != v.code || o.ndim() != v.x.ndim() ||
-      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), o.shape())) {
+  bool contiguous = false;
+  if (!simple_dense(o, true, contiguous) || code_of(o.dtype()) != v.code || o.ndim() != v.x.ndim() ||
+      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), o.shape()) || !same_layout(v.x, o)) {
     return false;
   }
+  // Both are dense over [data, data + nbytes): they overlap exactly when those ranges do.
   const auto* xb = static_cast<const char*>(v.x.data());
   const auto* ob = static_cast<const char*>(o.data());
   if (xb != ob && ob < xb + v.x.nbytes() && xb < ob + o.nbytes()) return false;
@@ -772,8 +850,9 @@ py::object backward_simple(py::handle dy, py::handle x, py::handle mean, py::han
   if (!PyBool_Check(batch_stats.ptr()) || !py::isinstance<py::array>(dy)) return py::none();
   if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
   const auto d = py::reinterpret_borrow<py::array>(dy);
-  if (code_of(d.dtype()) != v.code || !simple_flags(d, false) || d.ndim() != v.x.ndim() ||
-      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), d.shape())) {
+  bool d_contiguous = false;
+  if (code_of(d.dtype()) != v.code || !simple_dense(d, false, d_contiguous) || d.ndim() != v.x.ndim() ||
+      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), d.shape()) || !same_layout(v.x, d)) {
     return py::none();
   }
   const Code pc = param_code(v.code);
