@@ -3,7 +3,10 @@ without out=), fastbn.torch's functional op, and torch.nn.functional.batch_norm 
 Small tensors are host-bound, so this is the cost a model pays per layer. Variants are interleaved in rounds in one
 process; medians of the rounds, microseconds per call, each round 200 calls then a synchronize.
 
-    python benchmarks/cuda_overhead.py [--rounds 15]
+    python benchmarks/cuda_overhead.py [--rounds 15] [--breakdown]
+
+--breakdown also times, the same way, the steps of the lean path of a 32x64x8x8 training call one by one (the
+torch calls it makes, the C++ launch with everything prepared) and prints a cProfile of 2000 calls.
 """
 
 from __future__ import annotations
@@ -60,9 +63,58 @@ def cases(shape, channels_last):
     }
 
 
+def breakdown(rounds: int) -> None:
+    import cProfile
+    import pstats
+
+    from fastbn import _core
+    from fastbn import cuda as fc
+
+    x = torch.randn(32, 64, 8, 8, device="cuda")
+    c = x.shape[1]
+    w, b = torch.rand(c, device="cuda") + 0.5, torch.randn(c, device="cuda")
+    y, st = torch.empty_like(x), x.new_empty((2, c))
+    yp, sp = y.data_ptr(), st.data_ptr()
+    xp, wp, bp = x.data_ptr(), w.data_ptr(), b.data_ptr()
+    dev = x.get_device()
+    stream = fc._raw_stream(dev)
+    steps = {
+        "fastbn.batch_norm_train": lambda: fastbn.batch_norm_train(x, w, b),
+        "fastbn.cuda.batch_norm_train": lambda: fc.batch_norm_train(x, w, b),
+        "F.batch_norm (torch)": lambda: torch.nn.functional.batch_norm(x, None, None, w, b, training=True),
+        "_core.cuda_train, prepared": lambda: _core.cuda_train(
+            xp, yp, wp, bp, sp, sp + 4 * c, 2048, c, 64, 1e-5, False, stream
+        ),
+        "_fast_view": lambda: fc._fast_view(x, 1),
+        "_fast_param x2": lambda: (fc._fast_param(w, x, c, dev), fc._fast_param(b, x, c, dev)),
+        "torch.empty_like": lambda: torch.empty_like(x),
+        "_fast_stats": lambda: fc._fast_stats(x, c),
+        "_raw_stream": lambda: fc._raw_stream(dev),
+        "is_device_array": lambda: fc.is_device_array(x),
+        "x.get_device + data_ptr": lambda: (x.get_device(), x.data_ptr()),
+    }
+    for fn in steps.values():
+        per_call_us(fn, 20)
+    samples = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, fn in steps.items():
+            samples[k].append(per_call_us(fn))
+    print("steps of the lean path, 32x64x8x8 float32 training, us per call (medians)")
+    for k, v in samples.items():
+        print(f"  {k:<32} {statistics.median(v):8.2f}")
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(2000):
+        fastbn.batch_norm_train(x, w, b)
+    torch.cuda.synchronize()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--breakdown", action="store_true")
     args = ap.parse_args()
     print(f"fastbn {fastbn.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
     print(f"{'shape':<16} {'layout':<6} {'pass':<9} {'variant':<15} {'us/call':>8} {'vs torch':>8}")
@@ -79,6 +131,8 @@ def main() -> None:
             for k, v in med.items():
                 name = "x".join(map(str, shape))
                 print(f"{name:<16} {'nhwc' if cl else 'nchw':<6} {pass_:<9} {k:<15} {v:8.2f} {ref / v:7.2f}x")
+    if args.breakdown:
+        breakdown(args.rounds)
 
 
 if __name__ == "__main__":
