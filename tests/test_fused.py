@@ -351,3 +351,50 @@ def test_large_fused_backward_with_outputs_of_different_alignments(rng, layout):
     _, _, _, rdx, _, _, rdr = reference(x, None, None, r, dy, "relu", axis=axis)
     close(dx, rdx, np.float32)
     close(out[3], rdr, np.float32)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("memory", ["c", "nhwc-view"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_forwards_take_the_one_call_path_with_the_general_paths_bits(rng, activation, memory, dtype):
+    from fastbn import _core
+
+    shape = (4, 6, 5, 7)
+    x = make_input(rng, shape, memory, dtype)
+    res = make_input(rng, shape, memory, dtype)
+    g, b = params(rng, shape[1], dtype)
+    mean, var = x.mean(axis=(0, 2, 3)), x.var(axis=(0, 2, 3))
+    code = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3}[activation]
+    kw = {"activation": activation, "negative_slope": SLOPE}
+    general = np.float64(1e-5)  # a NumPy float: the one-call path declines it, the general path takes it
+    for r in (None, res):
+        assert _core.train_simple(x, g, b, 1, 1e-5, None, code, SLOPE, r) is not None
+        assert _core.infer_simple(x, mean, var, g, b, 1, 1e-5, None, code, SLOPE, r) is not None
+        y, m, v = fastbn.batch_norm_train(x, g, b, residual=r, **kw)
+        y_g, m_g, v_g = fastbn.batch_norm_train(x, g, b, residual=r, eps=general, **kw)
+        for a, e in ((y, y_g), (m, m_g), (v, v_g)):
+            np.testing.assert_array_equal(a, e)
+        assert y.strides == x.strides
+        z = fastbn.batch_norm_infer(x, mean, var, g, b, residual=r, **kw)
+        np.testing.assert_array_equal(z, fastbn.batch_norm_infer(x, mean, var, g, b, residual=r, eps=general, **kw))
+        dy = np.zeros_like(x)
+        expected = reference(x, g, b, r, dy, activation)
+        close(y, expected[0], dtype)
+        close(z, reference(x, g, b, r, dy, activation, stats=(mean, var))[0], dtype)
+    # Written over the residual (in place), through out= laid out as x: still one call, the same values.
+    over = res.copy(order="K")
+    assert _core.infer_simple(x, mean, var, g, b, 1, 1e-5, over, code, SLOPE, over) is not None
+    np.testing.assert_array_equal(over, fastbn.batch_norm_infer(x, mean, var, g, b, residual=res, **kw))
+    # Declined, and answered the general way: a residual in another layout, an out that partly overlaps it, an
+    # unknown activation code, a slope that is not finite.
+    other = np.ascontiguousarray(res) if memory != "c" else np.asfortranarray(res)
+    assert _core.train_simple(x, g, b, 1, 1e-5, None, code, SLOPE, other) is None
+    np.testing.assert_array_equal(
+        fastbn.batch_norm_train(x, g, b, residual=other, **kw)[0],
+        fastbn.batch_norm_train(x, g, b, residual=res, **kw)[0],
+    )
+    buf = np.zeros(x.size + 1, dtype)
+    part = buf[1:].reshape(x.shape)
+    assert _core.infer_simple(x, mean, var, g, b, 1, 1e-5, part, code, SLOPE, buf[:-1].reshape(x.shape)) is None
+    assert _core.train_simple(x, g, b, 1, 1e-5, None, 4, SLOPE, None) is None
+    assert _core.train_simple(x, g, b, 1, 1e-5, None, code, float("nan"), None) is None

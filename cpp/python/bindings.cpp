@@ -784,12 +784,45 @@ bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
 
 py::dtype dtype_of(Code c) { return c == Code::f64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
 
+// The fused epilogue of a one-call forward: act a valid code and slope finite (functional.py checks both first, with
+// its messages), residual None or an array of x's type, shape and memory layout (another layout goes the general
+// way, which copies it once), and the output either the residual itself (written over it) or apart from it.
+struct SimpleFusion {
+  fastbn::Fusion fusion;
+  const void* residual = nullptr;
+};
+
+bool simple_fusion(int act, double slope, py::handle residual, const SimpleView& v, SimpleFusion& f) {
+  if (act < FASTBN_ACT_NONE || act > FASTBN_ACT_SIGMOID || !std::isfinite(slope)) return false;
+  f.fusion = fusion_of(act, slope);
+  if (residual.is_none()) return true;
+  if (!py::isinstance<py::array>(residual)) return false;
+  const auto r = py::reinterpret_borrow<py::array>(residual);
+  bool contiguous = false;
+  if (code_of(r.dtype()) != v.code || !simple_dense(r, false, contiguous) || r.ndim() != v.x.ndim() ||
+      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), r.shape()) || !same_layout(v.x, r)) {
+    return false;
+  }
+  f.residual = r.data();
+  return true;
+}
+
+bool apart_or_same(const py::array& y, const void* other) {
+  if (other == nullptr) return true;
+  const auto* yb = static_cast<const char*>(y.data());
+  const auto* ob = static_cast<const char*>(other);
+  const auto n = y.nbytes();  // both dense, of x's shape and type
+  return yb == ob || !(ob < yb + n && yb < ob + n);
+}
+
 py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handle gamma, py::handle beta,
-                        py::handle axis, py::handle eps_obj, py::handle out) {
+                        py::handle axis, py::handle eps_obj, py::handle out, int act, double slope,
+                        py::handle residual) {
   SimpleView v;
+  SimpleFusion f;
   double eps = 0;
   void *m, *s, *g, *b;
-  if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
+  if (!simple_x(x, axis, eps_obj, v, eps) || !simple_fusion(act, slope, residual, v, f)) return py::none();
   const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
   if (!simple_channels(mean, pc, C, false, m) || !simple_channels(var, pc, C, false, s) ||
@@ -797,7 +830,7 @@ py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handl
     return py::none();
   }
   py::array y;
-  if (!simple_out(out, v, y)) return py::none();
+  if (!simple_out(out, v, y) || !apart_or_same(y, f.residual)) return py::none();
   void* yp = y.mutable_data();
   const void* xp = v.x.data();
   {
@@ -805,19 +838,20 @@ py::object infer_simple(py::handle x, py::handle mean, py::handle var, py::handl
     with_type(v.code, [&](auto t) {
       using T = decltype(t);
       using P = fastbn::param_t<T>;
-      fastbn::forward_infer(static_cast<const T*>(xp), static_cast<T*>(yp), p<const P>(m), p<const P>(s),
-                            p<const P>(g), p<const P>(b), v.shape, eps);
+      fastbn::forward_infer(static_cast<const T*>(xp), static_cast<const T*>(f.residual), static_cast<T*>(yp),
+                            p<const P>(m), p<const P>(s), p<const P>(g), p<const P>(b), v.shape, eps, f.fusion);
     });
   }
   return std::move(y);
 }
 
 py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::handle axis, py::handle eps_obj,
-                        py::handle out) {
+                        py::handle out, int act, double slope, py::handle residual) {
   SimpleView v;
+  SimpleFusion f;
   double eps = 0;
   void *g, *b;
-  if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
+  if (!simple_x(x, axis, eps_obj, v, eps) || !simple_fusion(act, slope, residual, v, f)) return py::none();
   const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
   if (v.shape.outer * v.shape.inner < 2 || !simple_channels(gamma, pc, C, true, g) ||
@@ -825,7 +859,7 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
     return py::none();
   }
   py::array y;
-  if (!simple_out(out, v, y)) return py::none();
+  if (!simple_out(out, v, y) || !apart_or_same(y, f.residual)) return py::none();
   py::array mean(dtype_of(pc), std::vector<py::ssize_t>{C}), var(dtype_of(pc), std::vector<py::ssize_t>{C});
   void *yp = y.mutable_data(), *mp = mean.mutable_data(), *vp = var.mutable_data();
   const void* xp = v.x.data();
@@ -834,8 +868,8 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
     with_type(v.code, [&](auto t) {
       using T = decltype(t);
       using P = fastbn::param_t<T>;
-      fastbn::forward_train(static_cast<const T*>(xp), static_cast<T*>(yp), p<const P>(g), p<const P>(b), p<P>(mp),
-                            p<P>(vp), v.shape, eps);
+      fastbn::forward_train(static_cast<const T*>(xp), static_cast<const T*>(f.residual), static_cast<T*>(yp),
+                            p<const P>(g), p<const P>(b), p<P>(mp), p<P>(vp), v.shape, eps, f.fusion);
     });
   }
   return py::make_tuple(y, mean, var);
@@ -988,8 +1022,11 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_simd", [](const std::string& name) { fastbn::set_simd(name.c_str()); }, py::arg("name"));
   m.def("simd_warning", [] { return std::string(fastbn::simd_warning()); });
   m.def("build_info", &build_info);
-  m.def("infer_simple", &infer_simple);
-  m.def("train_simple", &train_simple);
+  m.def("infer_simple", &infer_simple, py::arg("x"), py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"),
+        py::arg("axis"), py::arg("eps"), py::arg("out"), py::arg("act") = 0, py::arg("slope") = 0.0,
+        py::arg("residual") = py::none());
+  m.def("train_simple", &train_simple, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("axis"),
+        py::arg("eps"), py::arg("out"), py::arg("act") = 0, py::arg("slope") = 0.0, py::arg("residual") = py::none());
   m.def("backward_simple", &backward_simple);
   m.def("empty", &cached_empty, py::arg("shape"), py::arg("dtype"),
         "A new C-contiguous array from the output cache (uninitialized).");

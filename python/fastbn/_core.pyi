@@ -218,10 +218,28 @@ def ptr_backward_apply(
     slope: float,
 ) -> None: ...
 def infer_simple(
-    x: object, mean: object, var: object, gamma: object, beta: object, axis: object, eps: object, out: object
+    x: object,
+    mean: object,
+    var: object,
+    gamma: object,
+    beta: object,
+    axis: object,
+    eps: object,
+    out: object,
+    act: int = 0,
+    slope: float = 0.0,
+    residual: object = None,
 ) -> _Array | None: ...
 def train_simple(
-    x: object, gamma: object, beta: object, axis: object, eps: object, out: object
+    x: object,
+    gamma: object,
+    beta: object,
+    axis: object,
+    eps: object,
+    out: object,
+    act: int = 0,
+    slope: float = 0.0,
+    residual: object = None,
 ) -> tuple[_Array, _Array, _Array] | None: ...
 def backward_simple(
     dy: object,

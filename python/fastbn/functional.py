@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _core, cuda
-from ._layout import IDENTITY, check_activation, check_eps, dense_order, normalize_axis, view_of
+from ._layout import ACTIVATIONS, IDENTITY, check_activation, check_eps, dense_order, normalize_axis, view_of
 from ._types import FLOAT64, SUPPORTED, param_dtype, storage_dtype
 
 __all__ = [
@@ -223,6 +223,21 @@ def _residual(residual, v: _View):
     return _like_x(residual, v, "residual")
 
 
+def _simple_act(x, out, activation, negative_slope, residual) -> int | None:
+    """The activation's code where a forward may try the one-call path (bindings.cpp: train_simple, infer_simple),
+    which declines what it cannot take as it is; None where only the general path, with its checks and messages,
+    can answer (other array types, an unknown activation, a slope that is not a finite float)."""
+    if type(x) is not np.ndarray or not (out is None or type(out) is np.ndarray):
+        return None
+    if not (residual is None or type(residual) is np.ndarray):
+        return None
+    if type(negative_slope) is not float or not math.isfinite(negative_slope):
+        return None
+    if activation is None:
+        return 0
+    return ACTIVATIONS.get(activation) if type(activation) is str else None
+
+
 def batch_norm_train(
     x,
     gamma=None,
@@ -263,8 +278,9 @@ def batch_norm_train(
     mean, var : ndarray of shape (C,)
         The batch mean and the BIASED batch variance (divided by n, as used for normalization).
     """
-    if activation is None and residual is None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
-        r = _core.train_simple(x, gamma, beta, axis, eps, out)  # the common case in one call, or None
+    act = _simple_act(x, out, activation, negative_slope, residual)
+    if act is not None:
+        r = _core.train_simple(x, gamma, beta, axis, eps, out, act, negative_slope, residual)  # in one call, or None
         if r is not None:
             return r
     if cuda.is_device_array(x):
@@ -304,9 +320,10 @@ def batch_norm_infer(
     Returns ``act(gamma * (x - mean) / sqrt(var + eps) + beta + residual)``; ``mean`` and ``var`` have shape
     (C,). Other arguments as in :func:`batch_norm_train`.
     """
-    if activation is None and residual is None and type(x) is np.ndarray and (out is None or type(out) is np.ndarray):
-        r = _core.infer_simple(x, mean, var, gamma, beta, axis, eps, out)  # the common case in one call, or None
-        if r is not None:
+    act = _simple_act(x, out, activation, negative_slope, residual)
+    if act is not None:
+        r = _core.infer_simple(x, mean, var, gamma, beta, axis, eps, out, act, negative_slope, residual)
+        if r is not None:  # the common case in one call
             return r
     if cuda.is_device_array(x):
         if activation is not None or residual is not None:
