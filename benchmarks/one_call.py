@@ -2,7 +2,9 @@
 ``tensor.numpy()`` of a channels-last PyTorch tensor gives, and ``x.transpose(0, 3, 1, 2)`` of an NHWC array).
 
 fastbn's one-call path (bindings.cpp: ``train_simple``, ``infer_simple``, ``backward_simple``) takes such arrays
-since 0.2.0's last changes; before, only C-contiguous ones, and the others went through the general Python path.
+since 0.2.0's last changes, and fused forwards (an activation, a residual) of any dense layout; before, only
+C-contiguous arrays without either, and the others went through the general Python path. The fused rows are timed
+on the same NHWC memory.
 Both paths still exist (the general one takes every call the one-call path declines), so the comparison runs in one
 process: ``eps`` passed as ``numpy.float64`` sends a call down the general path (the one-call path takes an exact
 ``float``), with the same kernel call and bits. PyTorch's channels-last tensor over the same memory is the peer.
@@ -41,6 +43,8 @@ def cases(shape):
     out = np.empty((n, h, w, c), np.float32).transpose(0, 3, 1, 2)
     g, b = (rng.random(c) + 0.5).astype(np.float32), rng.standard_normal(c).astype(np.float32)
     _, m, v = fastbn.batch_norm_train(x, g, b)
+    res = rng.standard_normal((n, h, w, c), dtype=np.float32).transpose(0, 3, 1, 2)
+    relu = {"activation": "relu"}
     general = np.float64(1e-5)
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
     assert xt.is_contiguous(memory_format=torch.channels_last)
@@ -60,6 +64,14 @@ def cases(shape):
             "general, out=": lambda: fastbn.batch_norm_infer(x, m, v, g, b, eps=general, out=out),
             "torch": lambda: torch.nn.functional.batch_norm(xt, mt, vt, gt, bt, training=False),
             "torch, out=": lambda: torch.batch_norm(xt, gt, bt, mt, vt, False, 0.1, 1e-5, True),
+        },
+        "train+relu+residual": {
+            "one call, out=": lambda: fastbn.batch_norm_train(x, g, b, out=out, residual=res, **relu),
+            "general, out=": lambda: fastbn.batch_norm_train(x, g, b, eps=general, out=out, residual=res, **relu),
+        },
+        "infer+relu": {
+            "one call, out=": lambda: fastbn.batch_norm_infer(x, m, v, g, b, out=out, **relu),
+            "general, out=": lambda: fastbn.batch_norm_infer(x, m, v, g, b, eps=general, out=out, **relu),
         },
         "backward": {
             "one call": lambda: fastbn.batch_norm_backward(dy, x, m, v, g),
@@ -83,7 +95,7 @@ def main() -> None:
     args = ap.parse_args()
     print(f"fastbn {fastbn.__version__}, torch {torch.__version__}; microseconds per call, medians of {args.rounds}")
     columns = ["one call", "one call, out=", "general", "general, out=", "torch", "torch, out="]
-    print(f"{'shape':<14} {'thr':>3} {'pass':<9} " + " ".join(f"{k:>15}" for k in columns))
+    print(f"{'shape':<14} {'thr':>3} {'pass':<19} " + " ".join(f"{k:>15}" for k in columns))
     for threads in args.threads:
         fastbn.set_num_threads(threads)
         torch.set_num_threads(threads)
@@ -98,7 +110,7 @@ def main() -> None:
                 cells = " ".join(
                     f"{statistics.median(samples[k]):15.1f}" if k in samples else f"{'-':>15}" for k in columns
                 )
-                print(f"{'x'.join(map(str, shape)):<14} {threads:>3} {pass_:<9} {cells}", flush=True)
+                print(f"{'x'.join(map(str, shape)):<14} {threads:>3} {pass_:<19} {cells}", flush=True)
 
 
 if __name__ == "__main__":
