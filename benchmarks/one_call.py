@@ -2,7 +2,7 @@
 ``tensor.numpy()`` of a channels-last PyTorch tensor gives, and ``x.transpose(0, 3, 1, 2)`` of an NHWC array).
 
 fastbn's one-call path (bindings.cpp: ``train_simple``, ``infer_simple``, ``backward_simple``) takes such arrays
-since 0.2.0's last changes, and fused forwards (an activation, a residual) of any dense layout; before, only
+since 0.2.0's last changes, and fused passes (an activation, a residual) of any dense layout; before, only
 C-contiguous arrays without either, and the others went through the general Python path. The fused rows are timed
 on the same NHWC memory.
 Both paths still exist (the general one takes every call the one-call path declines), so the comparison runs in one
@@ -46,6 +46,7 @@ def cases(shape):
     res = rng.standard_normal((n, h, w, c), dtype=np.float32).transpose(0, 3, 1, 2)
     relu = {"activation": "relu"}
     general = np.float64(1e-5)
+    yr = fastbn.batch_norm_train(x, g, b, residual=res, **relu)[0]
     xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
     assert xt.is_contiguous(memory_format=torch.channels_last)
     gt, bt, mt, vt = (torch.from_numpy(a) for a in (g, b, m, v))
@@ -72,6 +73,14 @@ def cases(shape):
         "infer+relu": {
             "one call, out=": lambda: fastbn.batch_norm_infer(x, m, v, g, b, out=out, **relu),
             "general, out=": lambda: fastbn.batch_norm_infer(x, m, v, g, b, eps=general, out=out, **relu),
+        },
+        "backward+relu+dres": {
+            "one call, out=": lambda: fastbn.batch_norm_backward(
+                dy, x, m, v, g, out=out, y=yr, return_dresidual=True, **relu
+            ),
+            "general, out=": lambda: fastbn.batch_norm_backward(
+                dy, x, m, v, g, eps=general, out=out, y=yr, return_dresidual=True, **relu
+            ),
         },
         "backward": {
             "one call": lambda: fastbn.batch_norm_backward(dy, x, m, v, g),

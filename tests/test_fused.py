@@ -398,3 +398,57 @@ def test_fused_forwards_take_the_one_call_path_with_the_general_paths_bits(rng, 
     assert _core.infer_simple(x, mean, var, g, b, 1, 1e-5, part, code, SLOPE, buf[:-1].reshape(x.shape)) is None
     assert _core.train_simple(x, g, b, 1, 1e-5, None, 4, SLOPE, None) is None
     assert _core.train_simple(x, g, b, 1, 1e-5, None, code, float("nan"), None) is None
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("memory", ["c", "nhwc-view"])
+@pytest.mark.parametrize("batch_stats", [True, False])
+def test_fused_backward_takes_the_one_call_path_with_the_general_paths_bits(rng, activation, memory, batch_stats):
+    from fastbn import _core
+
+    dtype = np.float32
+    shape = (4, 6, 5, 7)
+    x, res, dy = (make_input(rng, shape, memory, dtype) for _ in range(3))
+    g, b = params(rng, shape[1], dtype)
+    kw = {"activation": activation, "negative_slope": SLOPE}
+    y, mean, var = fastbn.batch_norm_train(x, g, b, residual=res, **kw)
+    code = {None: 0, "relu": 1, "leaky_relu": 2, "sigmoid": 3}[activation]
+    assert _core.backward_simple(dy, x, mean, var, g, 1, 1e-5, batch_stats, None, code, SLOPE, y, b, True) is not None
+    general = np.float64(1e-5)
+    got = fastbn.batch_norm_backward(dy, x, mean, var, g, y=y, batch_stats=batch_stats, return_dresidual=True, **kw)
+    exp = fastbn.batch_norm_backward(
+        dy, x, mean, var, g, y=y, batch_stats=batch_stats, return_dresidual=True, eps=general, **kw
+    )
+    for a, e in zip(got, exp):
+        np.testing.assert_array_equal(a, e)
+    assert got[0].strides == got[3].strides == x.strides
+    ref = reference(x, g, b, res, dy, activation, stats=None if batch_stats else (mean, var))
+    close(got[0], ref[3], dtype, scale=10)
+    close(got[1], ref[4], dtype, scale=100)
+    close(got[2], ref[5], dtype, scale=100)
+    close(got[3], ref[6], dtype)
+    # dx written over dy, and over y: still one call, the same values.
+    for target in ("dy", "y"):
+        d2, y2 = dy.copy(order="K"), y.copy(order="K")
+        over = d2 if target == "dy" else y2
+        r = _core.backward_simple(d2, x, mean, var, g, 1, 1e-5, batch_stats, over, code, SLOPE, y2, b, False)
+        assert r is not None and r[0] is over
+        np.testing.assert_array_equal(over, got[0])
+    # Declined (the general path answers, with its messages): an activation without y, y in another layout, dx
+    # partly over y, dx over x.
+    if code:
+        assert _core.backward_simple(dy, x, mean, var, g, 1, 1e-5, batch_stats, None, code, SLOPE, None) is None
+        with pytest.raises(ValueError, match="pass y="):
+            fastbn.batch_norm_backward(dy, x, mean, var, g, batch_stats=batch_stats, **kw)
+    y_other = np.ascontiguousarray(y) if memory != "c" else np.asfortranarray(y)
+    assert _core.backward_simple(dy, x, mean, var, g, 1, 1e-5, batch_stats, None, code, SLOPE, y_other) is None
+    np.testing.assert_array_equal(
+        fastbn.batch_norm_backward(dy, x, mean, var, g, y=y_other, batch_stats=batch_stats, **kw)[0], got[0]
+    )
+    buf = np.zeros(x.size + 1, dtype)
+    ybuf, part = buf[:-1].reshape(x.shape), buf[1:].reshape(x.shape)
+    np.copyto(ybuf, np.ascontiguousarray(y))
+    if memory == "c":
+        assert _core.backward_simple(dy, x, mean, var, g, 1, 1e-5, batch_stats, part, code, SLOPE, ybuf) is None
+    xx = x.copy(order="K")
+    assert _core.backward_simple(dy, xx, mean, var, g, 1, 1e-5, batch_stats, xx, code, SLOPE, y) is None

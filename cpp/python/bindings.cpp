@@ -875,50 +875,62 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
   return py::make_tuple(y, mean, var);
 }
 
-// The plain backward in one call: dy and x simple arrays of one type and shape, the statistics (and gamma) of the
-// parameter type, batch_stats a bool, out None or simple, equal to dy or overlapping neither dy nor x.
+// An input of x's type, shape and memory layout (dy, y, a residual). False: not simple.
+bool simple_like_x(py::handle obj, const SimpleView& v, py::array& a) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  a = py::reinterpret_borrow<py::array>(obj);
+  bool contiguous = false;
+  return code_of(a.dtype()) == v.code && simple_dense(a, false, contiguous) && a.ndim() == v.x.ndim() &&
+         std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), a.shape()) && same_layout(v.x, a);
+}
+
+// The backward in one call: dy and x (and y, where given: the forward's output, which an activation's derivative
+// is read from) simple arrays of one type, shape and layout, the statistics, gamma and beta of the parameter type,
+// batch_stats a bool, act a valid code and slope finite (functional.py checks the rest of the fused backward's
+// rules first: y given with an activation, leaky_relu's slope >= 0), out None or simple, equal to dy (or y) or
+// apart from both, and not x. With want_dresidual, dresidual = dy * act'(.) comes back as a fourth array.
 py::object backward_simple(py::handle dy, py::handle x, py::handle mean, py::handle var, py::handle gamma,
-                           py::handle axis, py::handle eps_obj, py::handle batch_stats, py::handle out) {
+                           py::handle axis, py::handle eps_obj, py::handle batch_stats, py::handle out, int act,
+                           double slope, py::handle y, py::handle beta, bool want_dresidual) {
   SimpleView v;
   double eps = 0;
-  if (!PyBool_Check(batch_stats.ptr()) || !py::isinstance<py::array>(dy)) return py::none();
+  if (!PyBool_Check(batch_stats.ptr())) return py::none();
+  if (act < FASTBN_ACT_NONE || act > FASTBN_ACT_SIGMOID || !std::isfinite(slope)) return py::none();
   if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
-  const auto d = py::reinterpret_borrow<py::array>(dy);
-  bool d_contiguous = false;
-  if (code_of(d.dtype()) != v.code || !simple_dense(d, false, d_contiguous) || d.ndim() != v.x.ndim() ||
-      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), d.shape()) || !same_layout(v.x, d)) {
-    return py::none();
-  }
+  py::array d, ya;
+  if (!simple_like_x(dy, v, d)) return py::none();
+  if (!y.is_none() && !simple_like_x(y, v, ya)) return py::none();
+  if (act != FASTBN_ACT_NONE && y.is_none()) return py::none();
   const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
-  void *m, *s, *g;
+  void *m, *s, *g, *b;
   if (!simple_channels(mean, pc, C, false, m) || !simple_channels(var, pc, C, false, s) ||
-      !simple_channels(gamma, pc, C, true, g)) {
+      !simple_channels(gamma, pc, C, true, g) || !simple_channels(beta, pc, C, true, b)) {
     return py::none();
   }
   py::array dx;
-  if (out.is_none() || out.ptr() == dy.ptr()) {
-    if (!simple_out(out, v, dx)) return py::none();
-  } else {
-    if (!simple_out(out, v, dx)) return py::none();
-    const auto* db = static_cast<const char*>(d.data());
-    const auto* ob = static_cast<const char*>(dx.data());
-    if (db != ob && ob < db + d.nbytes() && db < ob + dx.nbytes()) return py::none();
-    if (ob == static_cast<const char*>(v.x.data())) return py::none();  // dx over x: the general path decides
-  }
+  if (!simple_out(out, v, dx) || !apart_or_same(dx, d.data())) return py::none();
+  if (!y.is_none() && !apart_or_same(dx, ya.data())) return py::none();
+  if (dx.data() == v.x.data()) return py::none();  // dx over x: the general path decides
+  py::array dres;
+  if (want_dresidual) dres = empty_like_x(v);
   py::array dgamma(dtype_of(pc), std::vector<py::ssize_t>{C}), dbeta(dtype_of(pc), std::vector<py::ssize_t>{C});
   void *dxp = dx.mutable_data(), *dgp = dgamma.mutable_data(), *dbp = dbeta.mutable_data();
-  const void *xp = v.x.data(), *dyp = d.data();
+  void* drp = want_dresidual ? dres.mutable_data() : nullptr;
+  const void *xp = v.x.data(), *dyp = d.data(), *yp = y.is_none() ? nullptr : ya.data();
   const bool bs = batch_stats.ptr() == Py_True;
+  const fastbn::Fusion f = fusion_of(act, slope);
   {
     py::gil_scoped_release nogil;
     with_type(v.code, [&](auto t) {
       using T = decltype(t);
       using P = fastbn::param_t<T>;
-      fastbn::backward(static_cast<const T*>(dyp), static_cast<const T*>(xp), p<const P>(m), p<const P>(s),
-                       p<const P>(g), static_cast<T*>(dxp), p<P>(dgp), p<P>(dbp), v.shape, eps, bs);
+      fastbn::backward(static_cast<const T*>(dyp), static_cast<const T*>(xp), static_cast<const T*>(yp),
+                       p<const P>(m), p<const P>(s), p<const P>(g), p<const P>(b), static_cast<T*>(dxp),
+                       static_cast<T*>(drp), p<P>(dgp), p<P>(dbp), v.shape, eps, bs, f);
     });
   }
+  if (want_dresidual) return py::make_tuple(dx, dgamma, dbeta, dres);
   return py::make_tuple(dx, dgamma, dbeta);
 }
 
@@ -1027,7 +1039,10 @@ PYBIND11_MODULE(_core, m) {
         py::arg("residual") = py::none());
   m.def("train_simple", &train_simple, py::arg("x"), py::arg("gamma"), py::arg("beta"), py::arg("axis"),
         py::arg("eps"), py::arg("out"), py::arg("act") = 0, py::arg("slope") = 0.0, py::arg("residual") = py::none());
-  m.def("backward_simple", &backward_simple);
+  m.def("backward_simple", &backward_simple, py::arg("dy"), py::arg("x"), py::arg("mean"), py::arg("var"),
+        py::arg("gamma"), py::arg("axis"), py::arg("eps"), py::arg("batch_stats"), py::arg("out"), py::arg("act") = 0,
+        py::arg("slope") = 0.0, py::arg("y") = py::none(), py::arg("beta") = py::none(),
+        py::arg("want_dresidual") = false);
   m.def("empty", &cached_empty, py::arg("shape"), py::arg("dtype"),
         "A new C-contiguous array from the output cache (uninitialized).");
   m.def("output_cache_info", [] {

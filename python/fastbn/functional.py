@@ -472,17 +472,20 @@ def batch_norm_backward(
 def _backward(dy, x, mean, var, gamma, axis, eps, batch_stats, out, want_param_grads, activation=None,
               negative_slope=0.01, y=None, beta=None, want_dresidual=False):  # fmt: skip
     """The backward of batch_norm_backward and BatchNorm: (dx, dgamma, dbeta, dresidual)."""
+    act = _simple_act(x, out, activation, negative_slope, None)
     if (
-        activation is None
-        and y is None
-        and not want_dresidual
-        and type(x) is np.ndarray
+        act is not None
         and type(dy) is np.ndarray
-        and (out is None or type(out) is np.ndarray)
+        and (y is None or type(y) is np.ndarray)
+        and (act == 0 or y is not None)  # an activation's derivative is read from y (the general path says so)
+        and not (activation == "leaky_relu" and negative_slope < 0)  # the general path says why not
     ):
-        r = _core.backward_simple(dy, x, mean, var, gamma, axis, eps, bool(batch_stats), out)  # common case, or None
+        r = _core.backward_simple(
+            dy, x, mean, var, gamma, axis, eps, bool(batch_stats), out, act, negative_slope, y, beta, want_dresidual
+        )  # the common case in one call, or None
         if r is not None:
-            return (r[0], r[1], r[2], None) if want_param_grads else (r[0], None, None, None)
+            dres = r[3] if want_dresidual else None
+            return (r[0], r[1], r[2], dres) if want_param_grads else (r[0], None, None, dres)
     bi = _backward_inputs(dy, x, gamma, beta, y, axis, eps, activation, negative_slope, want_dresidual)
     v = bi.v
     m = _channel_array(mean, "mean", v.channels, v.pdtype, False)
