@@ -452,3 +452,38 @@ def test_fused_backward_takes_the_one_call_path_with_the_general_paths_bits(rng,
         assert _core.backward_simple(dy, x, mean, var, g, 1, 1e-5, batch_stats, part, code, SLOPE, ybuf) is None
     xx = x.copy(order="K")
     assert _core.backward_simple(dy, xx, mean, var, g, 1, 1e-5, batch_stats, xx, code, SLOPE, y) is None
+
+
+@pytest.mark.parametrize("memory", ["c", "nhwc-view"])
+@pytest.mark.parametrize("dx_offset", [0, 1])
+def test_fused_backward_with_dresidual_gives_the_same_bits_streamed_or_not(rng, memory, dx_offset):
+    # A backward that also writes dresidual writes twice a plain one's bytes and streams its outputs once both
+    # together reach the threshold (batchnorm.cpp: exec): 3 MiB tensors stream by default now. Streaming changes
+    # where the stores go, never the values; dx one element off alignment makes the streamed dx peel a head while
+    # dresidual (fastbn's own, aligned) streams at another offset or not at all.
+    from fastbn import _core
+
+    shape = (16, 192, 16, 16)  # 3 MiB of float32
+    x, res, dy = (make_input(rng, shape, memory, np.float32) for _ in range(3))
+    g, b = params(rng, shape[1], np.float32)
+    kw = {"activation": "relu", "return_dresidual": True}
+    y, mean, var = fastbn.batch_norm_train(x, g, b, residual=res, activation="relu")
+    buf = np.empty(x.size + 1, np.float32)[dx_offset : dx_offset + x.size]
+    out = buf.reshape(x.shape) if memory == "c" else buf.reshape(np.moveaxis(x, 1, -1).shape).transpose(0, 3, 1, 2)
+    results = []
+    try:
+        for threshold in (None, 1, 1 << 40):  # the default, always, never
+            if threshold is None:
+                _core.reset_stream_min_bytes()
+            else:
+                _core.set_stream_min_bytes(threshold)
+            dx, dg, db, dres = fastbn.batch_norm_backward(dy, x, mean, var, g, y=y, out=out, **kw)
+            results.append([a.copy() for a in (dx, dg, db, dres)])
+    finally:
+        _core.reset_stream_min_bytes()
+    for other in results[1:]:
+        for a, e in zip(results[0], other):
+            np.testing.assert_array_equal(a, e)
+    ref = reference(x, g, b, res, dy, "relu")
+    close(results[0][0], ref[3], np.float32, scale=10)
+    close(results[0][3], ref[6], np.float32)
