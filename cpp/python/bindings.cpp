@@ -784,6 +784,15 @@ bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
 
 py::dtype dtype_of(Code c) { return c == Code::f64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
 
+// An input of x's type, shape and memory layout (dy, y, a residual). False: not simple.
+bool simple_like_x(py::handle obj, const SimpleView& v, py::array& a) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  a = py::reinterpret_borrow<py::array>(obj);
+  bool contiguous = false;
+  return code_of(a.dtype()) == v.code && simple_dense(a, false, contiguous) && a.ndim() == v.x.ndim() &&
+         std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), a.shape()) && same_layout(v.x, a);
+}
+
 // The fused epilogue of a one-call forward: act a valid code and slope finite (functional.py checks both first, with
 // its messages), residual None or an array of x's type, shape and memory layout (another layout goes the general
 // way, which copies it once), and the output either the residual itself (written over it) or apart from it.
@@ -796,13 +805,8 @@ bool simple_fusion(int act, double slope, py::handle residual, const SimpleView&
   if (act < FASTBN_ACT_NONE || act > FASTBN_ACT_SIGMOID || !std::isfinite(slope)) return false;
   f.fusion = fusion_of(act, slope);
   if (residual.is_none()) return true;
-  if (!py::isinstance<py::array>(residual)) return false;
-  const auto r = py::reinterpret_borrow<py::array>(residual);
-  bool contiguous = false;
-  if (code_of(r.dtype()) != v.code || !simple_dense(r, false, contiguous) || r.ndim() != v.x.ndim() ||
-      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), r.shape()) || !same_layout(v.x, r)) {
-    return false;
-  }
+  py::array r;
+  if (!simple_like_x(residual, v, r)) return false;
   f.residual = r.data();
   return true;
 }
@@ -873,15 +877,6 @@ py::object train_simple(py::handle x, py::handle gamma, py::handle beta, py::han
     });
   }
   return py::make_tuple(y, mean, var);
-}
-
-// An input of x's type, shape and memory layout (dy, y, a residual). False: not simple.
-bool simple_like_x(py::handle obj, const SimpleView& v, py::array& a) {
-  if (!py::isinstance<py::array>(obj)) return false;
-  a = py::reinterpret_borrow<py::array>(obj);
-  bool contiguous = false;
-  return code_of(a.dtype()) == v.code && simple_dense(a, false, contiguous) && a.ndim() == v.x.ndim() &&
-         std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), a.shape()) && same_layout(v.x, a);
 }
 
 // The backward in one call: dy and x (and y, where given: the forward's output, which an activation's derivative
