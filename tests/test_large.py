@@ -209,3 +209,40 @@ def test_short_runs_of_large_tensors_give_the_flat_walks_bits(simd, streaming, r
     xhat = (x64 - mean[:, None, None]) / np.sqrt(var.astype(np.float64) + 1e-5)[:, None, None]
     dx_ref = inv * (dy64 - sums[0][:, None, None] / count - xhat * (sums[1] / count)[:, None, None])
     np.testing.assert_allclose(whole[3].astype(np.float64), dx_ref, rtol=t, atol=t * np.abs(dx_ref).max())
+
+
+def aligned_like(a):
+    """An array shaped as `a` that starts on a 64-byte line."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    skip = -raw.ctypes.data % 64
+    return raw[skip : skip + a.nbytes].view(a.dtype).reshape(a.shape)
+
+
+@pytest.mark.parametrize(
+    "dtype, shape",
+    [(np.float32, (24, 16, 16, 16)), (np.float32, (24, 16, 20, 20)), (np.float64, (24, 8, 14, 14))],
+    ids=["float32-16x16", "float32-20x20", "float64-14x14"],
+)
+def test_inference_of_runs_off_vector_boundaries_gives_the_bits_of_runs_on_them(simd, rng, dtype, shape):
+    """Inference takes NCHW runs of 1 to 2 KiB as one flat range where the output's runs do not start on vector
+    boundaries (an output one element off a line; 20x20 floats, runs of no whole number of vectors), and run by run
+    where they do. Plain and ReLU with a residual, on 1 and 2 threads: the same bits at every offset of the
+    output, and the float64 reference."""
+    x = (rng.standard_normal(shape) * 2 + 1).astype(dtype)
+    r = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    mean = rng.standard_normal(c).astype(dtype)
+    var = rng.uniform(0.5, 2.0, c).astype(dtype)
+    g = rng.uniform(0.5, 1.5, c).astype(dtype)
+    b = rng.uniform(-0.5, 0.5, c).astype(dtype)
+    x64 = x.astype(np.float64)
+    y_ref = ref_infer(x64, mean, var, g, b)
+    t = tol(dtype)
+    for threads in (1, 2):
+        fastbn.set_num_threads(threads)
+        for kwargs, want in (({}, y_ref), ({"activation": "relu", "residual": r}, np.maximum(y_ref + r, 0))):
+            on, off = aligned_like(x), misaligned_like(x)
+            fastbn.batch_norm_infer(x, mean, var, g, b, out=on, **kwargs)
+            fastbn.batch_norm_infer(x, mean, var, g, b, out=off, **kwargs)
+            assert np.array_equal(on.view(np.uint8), off.view(np.uint8)), f"{kwargs}, {threads} threads"
+            np.testing.assert_allclose(off.astype(np.float64), want, rtol=t, atol=t)

@@ -237,6 +237,25 @@ inline bool runs_flat(int64_t L) {
   return L >= Vec<compute_t<S>>::width && L * static_cast<int64_t>(sizeof(S)) < kRunsFlatMaxBytes;
 }
 
+// Inference also takes runs of up to kApplyFlatMaxBytes as the flat range where y's runs do not start on a vector
+// boundary (y off one, as NumPy leaves large arrays 16 bytes into a line, or runs of no whole number of vectors):
+// run by run, every run's head and tail are then a partial line written with ordinary stores between streamed ones.
+// Two builds, processes alternating (3 pairs, 7 rounds each, float32, 2 threads, fraction of a streaming copy of
+// the same bytes, 2-vCPU Xeon VM): y 16 bytes into a line 256x128x16x16 0.61-0.64 -> 0.89-0.93, 64x128x16x16
+// 0.66-0.71 -> 0.86-0.90, 128x128x20x20 0.73-0.78 -> 0.90-0.94, 256x64x18x18 0.72-0.75 -> 0.90-0.93; y on a line,
+// run by run was as fast or faster (256x128x16x16 0.98-1.01 against 0.89-0.94 flat; 128x128x20x20 0.92-0.99
+// against 0.94-0.96), and longer runs gained nothing flat (28x28 0.89-0.91 -> 0.89-0.96, 32x32 0.89-0.95 ->
+// 0.88-0.89, 56x56 0.92-1.03 -> 0.89-0.91).
+constexpr int64_t kApplyFlatMaxBytes = 2048;
+
+template <class S>
+inline bool apply_runs_flat(int64_t L, const S* y) {
+  if (runs_flat<S>(L)) return true;
+  constexpr int64_t kVecBytes = IO<S>::width * static_cast<int64_t>(sizeof(S));
+  const int64_t run = L * static_cast<int64_t>(sizeof(S));
+  return run < kApplyFlatMaxBytes && (run % kVecBytes != 0 || reinterpret_cast<uintptr_t>(y) % kVecBytes != 0);
+}
+
 template <class S>
 inline bool runs_not_walked(int64_t L, int64_t bytes) {
   return runs_flat<S>(L) && L * static_cast<int64_t>(sizeof(S)) >= kFlatWalkRunBytes && bytes >= kFlatWalkMaxBytes;
@@ -2956,10 +2975,11 @@ void apply(const ApplyArgs<S>& a, const Exec& ex) {
   for (int64_t c = 0; c < C; ++c) co.set(c, fwd_coef<Cp>(a.mean[c], a.var[c], a.gamma, a.beta, c, a.eps));
   co.extend(P, 3);
 
-  // Runs of a few vectors (NCHW 10x10 to 14x14, and 5x5 to 8x8 not in the flat walk: see runs_not_walked): the
-  // tensor as one flat range whose coefficients change every L values (RunCycling), cut between the threads at
-  // lines of y, instead of N * C runs, each a call with a head and a tail at a different offset within a vector.
-  if (runs_flat<S>(L)) {
+  // Runs of a few vectors (NCHW 10x10 to 14x14, and 5x5 to 8x8 not in the flat walk: see runs_not_walked; up to
+  // 22x22 where y's runs are off vector boundaries, apply_runs_flat): the tensor as one flat range whose
+  // coefficients change every L values (RunCycling), cut between the threads at lines of y, instead of N * C runs,
+  // each a call with a head and a tail at a different offset within a vector.
+  if (apply_runs_flat<S>(L, a.y)) {
     const int64_t total = N * C * L;
     const bool stream_all = can_stream(a.y, bytes, ex.stream_min_bytes);
     [[maybe_unused]] const int nt = pick_threads(ex, bytes, N * C);
