@@ -243,7 +243,7 @@ inline bool runs_flat(int64_t L) {
 // Two builds, processes alternating (3 pairs, 7 rounds each, float32, 2 threads, fraction of a streaming copy of
 // the same bytes, 2-vCPU Xeon VM): y 16 bytes into a line 256x128x16x16 0.61-0.64 -> 0.89-0.93, 64x128x16x16
 // 0.66-0.71 -> 0.86-0.90, 128x128x20x20 0.73-0.78 -> 0.90-0.94, 256x64x18x18 0.72-0.75 -> 0.90-0.93; y on a line,
-// run by run was as fast or faster (256x128x16x16 0.98-1.01 against 0.89-0.94 flat; 128x128x20x20 0.92-0.99
+// run by run was as fast or faster (256x128x16x16 0.98-1.01 against 0.90-0.94 flat; 128x128x20x20 0.92-0.99
 // against 0.94-0.96), and longer runs gained nothing flat (28x28 0.89-0.91 -> 0.89-0.96, 32x32 0.89-0.95 ->
 // 0.88-0.89, 56x56 0.92-1.03 -> 0.89-0.91).
 constexpr int64_t kApplyFlatMaxBytes = 2048;
