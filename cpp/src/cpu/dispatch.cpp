@@ -67,6 +67,15 @@ void set_core_cache_bytes(int64_t bytes) {
 
 void reset_core_cache_bytes() { g_core_cache.store(0, std::memory_order_relaxed); }
 
+bool short_runs_by_rows() {
+#if defined(FASTBN_X86_KERNELS)
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
+#else
+  return true;
+#endif
+}
+
 namespace {
 
 // Whether FASTBN_MIN_BYTES_PER_THREAD (or set_min_bytes_per_thread) chose the value: then it holds for every

@@ -39,6 +39,10 @@ struct Exec {
   int64_t stream_min_bytes;      // outputs at least this large are written with streaming stores
 };
 
+// Whether the backward of nc runs of a few vectors beyond the last-level cache takes its sums by rows first even
+// where the runs stream: on AMD CPUs, where that was measured faster (see pipelines_streamed_runs), and in builds
+// without the x86 kernels, where nothing was measured.
+bool short_runs_by_rows();
 // The per-core L2 size as the OS reports it (1 MiB when it does not); set_ (tests) overrides, reset_ restores.
 int64_t core_cache_bytes();
 void set_core_cache_bytes(int64_t bytes);

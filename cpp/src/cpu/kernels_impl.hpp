@@ -2239,6 +2239,22 @@ inline bool row_sums_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
   return rows_nc<S>(N, C, L, ex) && N * C * L * static_cast<int64_t>(sizeof(S)) >= ex.stream_min_bytes;
 }
 
+// Whether a backward over such runs that stream (runs of kStreamMinRunBytes or more, a tensor beyond the last-level
+// cache) pipelines channels, as longer runs do, rather than taking every channel's sums by rows first: on CPUs other
+// than AMD's (short_runs_by_rows). Both phases, so that the reduce phase's sums stay the full backward's. A run-time
+// switch in one build, 3 pairs of processes alternating, 5 rounds each, on the Intel Xeon VM (family 6 model 167), 2
+// threads, of the 3S stream: 256x256x14x14 0.42-0.48 -> 0.47-0.63, 128x256x14x14 0.32-0.44 -> 0.51-0.74, 64x256x14x14
+// 0.52-0.57 -> 0.61-0.68, 32x256x14x14 0.27-0.49 -> 0.63-0.70, 128x256x13x13 0.32-0.54 -> 0.66-0.94; the reduce phase,
+// of two reads, 256x256x14x14 0.72-1.19 -> 0.87-1.15, 128x256x14x14 0.57-0.78 -> 0.72-1.04, 128x256x13x13 0.61-0.81 ->
+// 0.89-1.25. On the EPYC Zen 4 VM by rows had been about even for the full backward of 256x256x14x14 and 1.3-1.6x
+// faster for its reduce phase (3.8-4.2 -> 2.5-2.9 ms), so it keeps them. Runs under kStreamMinRunBytes (10x10 float32)
+// are not streamed, and pipelined they lost 2-3x (backward 0.42-0.45 -> 0.15-0.20 of the 3S stream).
+template <class S>
+inline bool pipelines_streamed_runs(int64_t L, int64_t bytes, const Exec& ex) {
+  return !short_runs_by_rows() && L * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes &&
+         bytes >= ex.stream_min_bytes;
+}
+
 // Whether the backward's sums, read channel by channel block by block, prefetch the block they read next where the
 // tensor is within the last-level cache (beyond it they always do, as the statistics pass does): for runs under
 // kPrefetchRunBytes whose inputs outgrow the team's core caches. A channel's runs lie C * L values apart, and each
@@ -3211,7 +3227,8 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   // 1.62x, 64x300x8x8 1.22x, 16x512x8x8 1.10x; the reduce phase 1.2-2.4x; one thread 1.12-1.63x and 1.05-2.43x; the
   // rest even. Runs of more than kFlatMaxRun values read by rows within that cache lost (0.40-0.83x).
   const bool flat = su.elementwise && flat_nc(C, L);
-  const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex);
+  const bool rows = su.sums && !su.scale_only && bytes >= kRowsMinBackwardBytes && rows_nc<S>(N, C, L, ex) &&
+                    !pipelines_streamed_runs<S>(L, bytes, ex);
   const bool row_cols = rows && L <= kFlatMaxRun;
   if (su.elementwise && (flat_nc(C, L) || row_cols) && su.sums && !su.scale_only && a.phase == Phase::full &&
       channels_balance(C, nt)) {
@@ -3221,16 +3238,16 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
       return;
     }
   }
-  // Runs of a few vectors (rows_nc): every channel's sums first (beyond the last-level cache, row_sums_nc, sample by
-  // sample, nc_row_sums, or for runs of at most kFlatMaxRun as the column sums of flat_nc, read by rows; else block
-  // by block), then dx as one flat range. In the reduce phase too, so that its sums are the full backward's. The
-  // column sums of 7x7 runs, builds alternating (3 pairs, 2 threads): 256x512x7x7 backward 0.30 -> 0.47-0.51 of the
-  // 3S stream, its reduce phase on one thread 4.5-4.6 -> 2.2-2.3 ms; of longer runs they were slower (one process,
-  // order shuffled, reduce phase: 256x256x14x14 3.9 -> 6.0 ms on one thread, 2.9 -> 3.9 on two; 128x512x10x10
-  // 2.6 -> 3.0, 1.4 -> 1.7). Sample by sample, builds alternating on the EPYC Zen 4 VM (3 pairs, 2 threads, of the 3S
-  // stream): 128x512x7x7 0.23-0.24 -> 0.35-0.40, 64x256x14x14 0.38-0.43 -> 0.48-0.51, 64x512x10x10 0.30-0.35 ->
-  // 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone 3.8-4.2
-  // -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
+  // Runs of a few vectors (rows_nc; not where pipelines_streamed_runs): every channel's sums first (beyond the
+  // last-level cache, row_sums_nc, sample by sample, nc_row_sums, or for runs of at most kFlatMaxRun as the column sums
+  // of flat_nc, read by rows; else block by block), then dx as one flat range. In the reduce phase too, so that its
+  // sums are the full backward's. The column sums of 7x7 runs, builds alternating (3 pairs, 2 threads): 256x512x7x7
+  // backward 0.30 -> 0.47-0.51 of the 3S stream, its reduce phase on one thread 4.5-4.6 -> 2.2-2.3 ms; of longer runs
+  // they were slower (one process, order shuffled, reduce phase: 256x256x14x14 3.9 -> 6.0 ms on one thread, 2.9 -> 3.9
+  // on two; 128x512x10x10 2.6 -> 3.0, 1.4 -> 1.7). Sample by sample, builds alternating on the EPYC Zen 4 VM (3 pairs,
+  // 2 threads, of the 3S stream): 128x512x7x7 0.23-0.24 -> 0.35-0.40, 64x256x14x14 0.38-0.43 -> 0.48-0.51, 64x512x10x10
+  // 0.30-0.35 -> 0.42-0.48, 256x256x14x14 0.48-0.56 -> 0.50-0.55 (one thread 0.37-0.41 -> 0.54); its reduce phase alone
+  // 3.8-4.2 -> 2.5-2.9 ms. Not under kRowsMinBackwardBytes, where the pipeline's overheads are less than the extra pass
   // (8x64x14x14, 0.4 MB: 28 -> 34 us; 16x128x14x14, 1.6 MB: 80 -> 70 us).
   const bool by_rows = rows && row_sums_nc<S>(N, C, L, ex) && !row_cols;
   const int64_t channel_bytes = arrays * N * L * static_cast<int64_t>(sizeof(S));
