@@ -2244,11 +2244,13 @@ inline bool row_sums_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
 // than AMD's (short_runs_by_rows). Both phases, so that the reduce phase's sums stay the full backward's. A run-time
 // switch in one build, 3 pairs of processes alternating, 5 rounds each, on the Intel Xeon VM (family 6 model 167), 2
 // threads, of the 3S stream: 256x256x14x14 0.42-0.48 -> 0.47-0.63, 128x256x14x14 0.32-0.44 -> 0.51-0.74, 64x256x14x14
-// 0.52-0.57 -> 0.61-0.68, 32x256x14x14 0.27-0.49 -> 0.63-0.70, 128x256x13x13 0.32-0.54 -> 0.66-0.94; the reduce phase,
-// of two reads, 256x256x14x14 0.72-1.19 -> 0.87-1.15, 128x256x14x14 0.57-0.78 -> 0.72-1.04, 128x256x13x13 0.61-0.81 ->
-// 0.89-1.25. On the EPYC Zen 4 VM by rows had been about even for the full backward of 256x256x14x14 and 1.3-1.6x
-// faster for its reduce phase (3.8-4.2 -> 2.5-2.9 ms), so it keeps them. Runs under kStreamMinRunBytes (10x10 float32)
-// are not streamed, and pipelined they lost 2-3x (backward 0.42-0.45 -> 0.15-0.20 of the 3S stream).
+// 0.52-0.57 -> 0.61-0.68, 32x256x14x14 0.27-0.49 -> 0.63-0.70, 128x256x13x13 0.32-0.54 -> 0.66-0.94, 128x256x15x15
+// 0.44-0.53 -> 0.58-0.59, float64 128x256x10x10 0.49 -> 0.56-0.63 and 64x256x11x11 0.48-0.53 -> 0.61-0.66; the reduce
+// phase, of two reads, 256x256x14x14 0.72-1.19 -> 0.87-1.15, 128x256x14x14 0.57-0.78 -> 0.72-1.04, 128x256x13x13
+// 0.61-0.81 -> 0.89-1.25, 128x256x15x15 0.70-0.79 -> 0.98-1.00, float64 128x256x10x10 0.74-0.86 -> 0.86-0.94. On the
+// EPYC Zen 4 VM by rows had been about even for the full backward of 256x256x14x14 and 1.3-1.6x faster for its reduce
+// phase (3.8-4.2 -> 2.5-2.9 ms), so it keeps them. Runs under kStreamMinRunBytes (10x10 float32) are not streamed, and
+// pipelined they lost 2-3x (backward 0.42-0.45 -> 0.15-0.20 of the 3S stream).
 template <class S>
 inline bool pipelines_streamed_runs(int64_t L, int64_t bytes, const Exec& ex) {
   return !short_runs_by_rows() && L * static_cast<int64_t>(sizeof(S)) >= kStreamMinRunBytes &&
