@@ -358,6 +358,19 @@ def test_the_runnable_count_is_read_from_the_system_and_sees_busy_processes():
         core.set_min_bytes_per_thread(before)
 
 
+def pipeline_settings(small_core_cache):
+    """Where the channel pipelines run: outputs streaming from 1 KiB, on one thread and two with the system's core
+    cache, and on two sharing channels (a small core cache). Yields the thread count; the caller resets them."""
+    fastbn._core.set_stream_min_bytes(1 << 10)
+    for threads, cache in [(1, None), (2, None), (2, small_core_cache)]:
+        fastbn.set_num_threads(threads)
+        if cache is None:
+            fastbn._core.reset_core_cache_bytes()
+        else:
+            fastbn._core.set_core_cache_bytes(cache)
+        yield threads
+
+
 # Runs of whole vectors (for float64 too), one of them cut into two pieces (12544 values); the channel-split and the
 # shared-channel pipelines both.
 STEP_SHAPES = [(24, 8, 16, 20), (16, 6, 32, 32), (12, 5, 64, 64), (4, 3, 112, 112)]
@@ -402,13 +415,7 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
     fastbn.set_num_threads(1)
     expected = [train(0, **kw) for kw in variants]  # streaming off: two loops
     try:
-        fastbn._core.set_stream_min_bytes(1 << 10)
-        for threads, cache in [(1, None), (2, None), (2, small_core_cache)]:
-            fastbn.set_num_threads(threads)
-            if cache is None:
-                fastbn._core.reset_core_cache_bytes()
-            else:
-                fastbn._core.set_core_cache_bytes(cache)
+        for _ in pipeline_settings(small_core_cache):
             for offset in range(16):
                 for kw, want in zip(variants, expected):
                     for g, w in zip(train(offset, **kw), want):
@@ -426,6 +433,60 @@ def test_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_
     np.testing.assert_allclose(expected[0][1].astype(np.float64), mean_ref, rtol=1e-5)
     relu = np.maximum(y_ref + res.astype(np.float64), 0)
     np.testing.assert_allclose(expected[1][0].astype(np.float64), relu, rtol=tol, atol=tol)
+
+
+# Runs of whole vectors (STEP_SHAPES) and runs with a head and a tail: 13x13, and NCL runs of 1000 values.
+BWD_STEP_SHAPES = [*STEP_SHAPES, (16, 6, 13, 13), (8, 5, 1000)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, ml_dtypes.bfloat16], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", BWD_STEP_SHAPES)
+def test_backward_pipeline_step_in_one_loop_gives_the_bits_of_two(restore_threads, small_core_cache, shape, dtype):
+    """On CPUs other than AMD's the backward's channel pipelines compute the dx of a block of channel c in the loop
+    that takes the sums of the same block of channel c + 1; elsewhere, and where a thread's cache cannot hold two
+    channels, the sums of a channel come first and then its dx. Both give the same bits: the pipelines (streaming
+    on; one thread and two, per thread and sharing channels) against the sums-then-dx order (one thread, a 4 KiB
+    core cache), into dx at every offset from a vector boundary, with a fused ReLU and the residual's gradient
+    (which streams beside dx only at dx's offset within a vector), from y, and against a float64 reference."""
+    rng = np.random.default_rng(9)
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    c = shape[1]
+    gamma = np.linspace(0.5, 1.5, c).astype(param_dtype(x))
+    beta = np.linspace(-1, 1, c).astype(param_dtype(x))
+    y, mean, var = fastbn.batch_norm_train(x, gamma, beta, activation="relu")
+    y2, _, _ = fastbn.batch_norm_train(x, gamma, beta, activation="leaky_relu", negative_slope=0.1)
+
+    def backward(offset):
+        def dx_out():
+            buf = np.full(x.size + 16, np.nan, dtype)
+            return buf[offset : offset + x.size].reshape(shape)
+
+        plain = fastbn.batch_norm_backward(dy, x, mean, var, gamma, out=dx_out())
+        fused = fastbn.batch_norm_backward(
+            dy, x, mean, var, gamma, beta=beta, activation="relu", y=y, return_dresidual=True, out=dx_out()
+        )
+        from_y = fastbn.batch_norm_backward(
+            dy, None, mean, var, gamma, beta=beta, activation="leaky_relu", negative_slope=0.1, y=y2, out=dx_out()
+        )
+        return [*plain, *fused, *from_y]
+
+    fastbn.set_num_threads(1)
+    try:
+        fastbn._core.set_core_cache_bytes(4 << 10)
+        expected = backward(0)
+        for _ in pipeline_settings(small_core_cache):
+            for offset in range(16):
+                for g, w in zip(backward(offset), expected):
+                    np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+    finally:
+        fastbn._core.reset_stream_min_bytes()
+        fastbn._core.reset_core_cache_bytes()
+    rdx, rdg, rdb = ref_backward(dy, x, mean, var, gamma)
+    tol = {np.float32: 1e-4, np.float64: 1e-10}.get(dtype, 3e-2)  # bfloat16 dx: 8 significant bits
+    np.testing.assert_allclose(expected[0].astype(np.float64), rdx, rtol=tol, atol=tol * np.abs(rdx).max())
+    np.testing.assert_allclose(expected[1], rdg, rtol=tol, atol=tol * np.abs(rdg).max())
+    np.testing.assert_allclose(expected[2], rdb, rtol=tol, atol=tol * np.abs(rdb).max())
 
 
 # Channels-last rows of several column groups: beyond the cache (streaming on) the statistics and the backward's

@@ -43,6 +43,9 @@ struct Exec {
 // where the runs stream: on AMD CPUs, where that was measured faster (see pipelines_streamed_runs), and in builds
 // without the x86 kernels, where nothing was measured.
 bool short_runs_by_rows();
+// Whether the backward's channel pipelines take the dx of a block and the next channel's sums of the same block in
+// one loop (bwd_block_with_sums): on CPUs other than AMD's, where that was measured faster (see backward_nc).
+bool backward_one_loop();
 // The per-core L2 size as the OS reports it (1 MiB when it does not); set_ (tests) overrides, reset_ restores.
 int64_t core_cache_bytes();
 void set_core_cache_bytes(int64_t bytes);

@@ -1114,9 +1114,9 @@ struct BwdSums {
   int64_t pf = 0;  // where the next block to read starts, from this one (0: prefetch nothing)
 };
 
-// Sdz and Su over a block of runs of one channel.
-template <class S, Act A, bool kFromY>
-void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
+// Sdz and Su over a block of runs of one channel; also(o, m) runs with each vector (see bwd_block_with_sums).
+template <class S, Act A, bool kFromY, class G = NoHook>
+inline void bwd_block_sums(const BwdSums<S>& b, double& sdz, double& su, G&& also = {}) {
   using C = compute_t<S>;
   using V = Vec<C>;
   const typename V::reg center = V::set1(b.center), sl = V::set1(b.slope), isl = V::set1(b.inv_slope);
@@ -1125,6 +1125,7 @@ void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
       b.rows, b.len, b.stride,
       [&](int j, int64_t o, auto m) {
         if (b.pf) prefetch_inputs<S, A, kFromY>(b.dy, b.x, b.y, o + b.pf);
+        also(o, m);
         typename V::reg dz, u;
         bwd_elem<S, A, kFromY>(b.dy, b.x, b.y, o, m, center, sl, isl, dz, u);
         dz = keep<V>(m, dz, V::zero());
@@ -1140,32 +1141,52 @@ void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
   su = h.total();
 }
 
+template <class S, Act A, bool kFromY>
+void bwd_sums_nc(const BwdSums<S>& b, double& sdz, double& su) {
+  bwd_block_sums<S, A, kFromY>(b, sdz, su);
+}
+
+// Whether dres streams beside a streaming dx: span() aligns dx for streaming stores, and dres goes in the same
+// pieces, so only if it has the same offset within a vector.
+template <class S>
+inline bool dres_streams(const S* dx, const S* dres, bool stream) {
+  constexpr uintptr_t kVecBytes = IO<S>::width * sizeof(S);
+  return stream && dres && (reinterpret_cast<uintptr_t>(dres) - reinterpret_cast<uintptr_t>(dx)) % kVecBytes == 0;
+}
+
+// dx of the vector at i from the coefficients k (see BwdCoef: center, a, b, d; scale only: dz * a), writing dz to
+// dres if there is one.
+template <class S, Act A, bool kFromY, bool kScaleOnly, class M, class K>
+inline typename Vec<compute_t<S>>::reg bwd_value(const S* dy, const S* x, const S* y, S* dres, int64_t i, M m,
+                                                  bool stream_dres, const K& k, typename Vec<compute_t<S>>::reg sl,
+                                                  typename Vec<compute_t<S>>::reg isl) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  typename V::reg dz, u;
+  if constexpr (kScaleOnly) {
+    dz = ld(dy + i, m);
+    if constexpr (A != Act::none) dz = V::mul(dz, ActOps<C, A>::deriv(ld(y + i, m), sl));
+    u = V::zero();
+  } else {
+    bwd_elem<S, A, kFromY>(dy, x, y, i, m, k.get(0), sl, isl, dz, u);
+  }
+  if (dres) put(dres + i, dz, m, stream_dres);
+  if constexpr (kScaleOnly) {
+    return V::mul(dz, k.get(1));
+  } else {
+    return V::fmadd(k.get(1), dz, V::fmadd(k.get(2), u, k.get(3)));
+  }
+}
+
 template <class S, Act A, bool kFromY, bool kScaleOnly, class K>
 inline void bwd_span(const S* dy, const S* x, const S* y, S* dx, S* dres, int64_t n, bool stream, K& k,
                      compute_t<S> slope, compute_t<S> inv_slope, int64_t pf = 0) {
-  using C = compute_t<S>;
-  using V = Vec<C>;
+  using V = Vec<compute_t<S>>;
   const typename V::reg sl = V::set1(slope), isl = V::set1(inv_slope);
-  // span() aligns dx for streaming stores; dres streams too only if it has the same offset within a vector.
-  constexpr uintptr_t kVecBytes = IO<S>::width * sizeof(S);
-  const bool stream_dres =
-      stream && dres && (reinterpret_cast<uintptr_t>(dres) - reinterpret_cast<uintptr_t>(dx)) % kVecBytes == 0;
+  const bool stream_dres = dres_streams(dx, dres, stream);
   span(dx, n, stream, k, [&](int64_t i, auto m) {
     if (pf) prefetch_inputs<S, A, kFromY>(dy, x, y, i + pf);
-    typename V::reg dz, u;
-    if constexpr (kScaleOnly) {
-      dz = ld(dy + i, m);
-      if constexpr (A != Act::none) dz = V::mul(dz, ActOps<C, A>::deriv(ld(y + i, m), sl));
-      u = V::zero();
-    } else {
-      bwd_elem<S, A, kFromY>(dy, x, y, i, m, k.get(0), sl, isl, dz, u);
-    }
-    if (dres) put(dres + i, dz, m, stream_dres);
-    if constexpr (kScaleOnly) {
-      return V::mul(dz, k.get(1));
-    } else {
-      return V::fmadd(k.get(1), dz, V::fmadd(k.get(2), u, k.get(3)));
-    }
+    return bwd_value<S, A, kFromY, kScaleOnly>(dy, x, y, dres, i, m, stream_dres, k, sl, isl);
   });
 }
 
@@ -1197,6 +1218,35 @@ void bwd_block_nc(const BwdBlock<S>& b) {
     bwd_span<S, A, kFromY, kScaleOnly>(b.dy + q, b.x ? b.x + q : nullptr, b.y ? b.y + q : nullptr, b.dx + q,
                                         b.dres ? b.dres + q : nullptr, b.len, b.stream, k, b.slope, b.inv_slope, b.pf);
   }
+}
+
+// The backward pipelines' step: dx of block b and the sums of the block of the same geometry in the next channel
+// (read from memory; `next`) in one loop, a vector of dx with each vector of the sums, so that the reads from
+// memory and the streaming writes interleave as in the 3S stream rather than block by block (as the training
+// forward's pipeline step, fwd_block_with_moments). The sums are bwd_sums_nc's bits, dx bwd_block_nc's.
+template <class S, Act A, bool kFromY>
+FASTBN_FLATTEN void bwd_block_with_sums(const BwdBlock<S>& b, const BwdSums<S>& next, double& sdz, double& su) {
+  using C = compute_t<S>;
+  using V = Vec<C>;
+  constexpr int W = IO<S>::width;
+  const Uniform<C, 4> k{{V::set1(b.k.center), V::set1(b.k.a), V::set1(b.k.b), V::set1(b.k.d)}};
+  const typename V::reg sl = V::set1(b.slope), isl = V::set1(b.inv_slope);
+  const S* const dy = b.dy;  // locals: the stores through dx could alias b
+  const S* const x = b.x;
+  const S* const y = b.y;
+  S* const dx = b.dx;
+  S* const dres = b.dres;
+  const bool stream = b.stream, stream_dres = dres_streams(dx, dres, stream);
+  auto out = [&](int64_t o, auto m) {
+    put(dx + o, bwd_value<S, A, kFromY, false>(dy, x, y, dres, o, m, stream_dres, k, sl, isl), m, stream);
+  };
+  RowPieces<W, S, decltype(out)> pieces(dx, b.len, stream, out);
+  if (stream) {
+    prefetch_partial_lines(dx, b.stride, b.rows, b.len);
+    if (dres) prefetch_partial_lines(dres, b.stride, b.rows, b.len);
+  }
+  bwd_block_sums<S, A, kFromY>(next, sdz, su, pieces);
+  pieces.finish();
 }
 
 template <class S>
@@ -1402,13 +1452,14 @@ struct BwdFns {
   void (*scale_flat_cl)(const BwdFlat<S>&);
   void (*runs_nc)(const BwdRuns<S>&);
   void (*scale_runs_nc)(const BwdRuns<S>&);
+  void (*block_with_sums_nc)(const BwdBlock<S>&, const BwdSums<S>&, double&, double&);
 };
 
 template <class S, Act A, bool kFromY>
 BwdFns<S> bwd_fns_of() {
   return {&bwd_sums_nc<S, A, kFromY>,        &bwd_sums_cl<S, A, kFromY>,        &bwd_block_nc<S, A, kFromY, false>,
           &bwd_flat_cl<S, A, kFromY, false>, &bwd_block_nc<S, A, kFromY, true>, &bwd_flat_cl<S, A, kFromY, true>,
-          &bwd_runs_nc<S, A, kFromY, false>, &bwd_runs_nc<S, A, kFromY, true>};
+          &bwd_runs_nc<S, A, kFromY, false>, &bwd_runs_nc<S, A, kFromY, true>, &bwd_block_with_sums<S, A, kFromY>};
 }
 
 // ReLU is not invertible: the front never asks for it from y.
@@ -3179,6 +3230,20 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
     }
   };
 
+  // The pipelines' step on CPUs that take it in one loop (backward_one_loop): dx of block b of channel c with the
+  // sums of block b of channel c + 1, which prefetch as sums_block's do (pf values on; 0: none).
+  const bool one_loop = backward_one_loop();
+  auto dx_with_sums = [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, int64_t pf, double& g, double& h) {
+    const NcPlan::Block bl = pl.block(b);
+    const int64_t o = c * L + bl.offset, n = o + L;
+    const BwdBlock<S> blk{a.dy + o, off(a.x, o), off(a.y, o), a.dx + o, a.dresidual ? a.dresidual + o : nullptr,
+                          stride, bl.rows, bl.len, k, su.slope, su.inv_slope, stream};
+    su.fn.block_with_sums_nc(blk,
+                             {a.dy + n, off(a.x, n), off(a.y, n), stride, bl.rows, bl.len,
+                              static_cast<Cp>(bwd_channel(a, c + 1).center), su.slope, su.inv_slope, pf},
+                             g, h);
+  };
+
   // dx as one flat range whose coefficients (co, C + W entries) change every L values (RunCycling), cut between
   // the threads at lines of dx: call inside a parallel region.
   auto dx_runs = [&](const ClCoef<Cp>& co) {
@@ -3268,8 +3333,12 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           return finish_bwd(a, c, sdz, sum_u, thread_id() == 0);  // every thread's coefficients, one writer
         },
         [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, double* q, int64_t pf) {
-          dx_block(c, b, k, q != nullptr);
-          if (q) block_sums(c + 1, b, pf, q[0], q[1]);
+          if (q && one_loop) {
+            dx_with_sums(c, b, k, pf, q[0], q[1]);
+          } else {
+            dx_block(c, b, k, q != nullptr);
+            if (q) block_sums(c + 1, b, pf, q[0], q[1]);
+          }
         });
     return;
   }
@@ -3306,9 +3375,19 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
         // Pipelined over channels as in train_nc: the dx of channel c block by block together with the sums
         // of channel c + 1, each prefetching what is read next (tensors beyond the last-level cache; paired,
         // 2 threads, against no prefetches: 32x256x28x28 1.10x, 256x256x14x14 1.04x; the sums' prefetch alone
-        // gives the unpipelined 64x128x56x56 1.09x and NCL 128x64x1024 1.05x). A block's dx in the loop of the
-        // next channel's sums, as the training forward's step, did not pay here or in the team (paired, ~300
-        // pairs: NCL 1.03x, 128x64x32x32 1.02x, 64x128x56x56 1.00x, 32x256x28x28 0.92x, 64x3x224x224 0.96x).
+        // gives the unpipelined 64x128x56x56 1.09x and NCL 128x64x1024 1.05x).
+        // A block's dx in the loop of the next channel's sums (bwd_block_with_sums, here and in the team), as the
+        // training forward's step, did not pay on the EPYC Zen 4 VM (paired, ~300 pairs: NCL 1.03x, 128x64x32x32
+        // 1.02x, 64x128x56x56 1.00x, 32x256x28x28 0.92x, 64x3x224x224 0.96x), so AMD CPUs take the two loops.
+        // On the Intel Xeon VM (family 6 model 167) the two loops' reads from memory and streaming writes hardly
+        // overlapped (the backward took about its reduce phase plus a dx pass from memory) and one loop paid: a
+        // run-time switch in one build, 3 pairs of processes alternating, 2 threads, of the 3S stream,
+        // 64x128x56x56 0.62-0.72 -> 0.79-0.91, 16x256x56x56 0.64-0.76 -> 0.83-0.86, 32x64x112x112 0.61-0.68 ->
+        // 0.69-0.81, 32x128x48x48 0.60-0.69 -> 0.70-0.95, 64x256x28x28 0.61-0.71 -> 0.73-0.83, 64x3x224x224
+        // 0.52-0.55 -> 0.58-0.71, 128x64x64x64 0.54-0.60 -> 0.63-0.67, 128x128x32x32 0.48-0.50 -> 0.52-0.55;
+        // even: NCL 128x64x1024, 256x256x14x14, 32x256x28x28. One thread: 64x256x28x28 18.6-25.9 -> 13.8-18.7 ms,
+        // 16x256x56x56 19.0-25.4 -> 12.0-18.5 ms. float64 64x128x28x28 9.7-10.9 -> 6.5-12.0 ms, bfloat16
+        // 64x128x56x56 11.5-11.9 -> 8.6-11.3 ms; with ReLU even.
         double sdz = 0, sum_u = 0;
         if (mine.begin < mine.end) {
           for (int64_t b = 0; b < pl.nb; ++b) sums_block(mine.begin, b, sdz, sum_u);
@@ -3317,8 +3396,15 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           const BwdCoef<Cp> k = finish_bwd(a, c, sdz, sum_u);
           sdz = sum_u = 0;
           for (int64_t b = 0; b < pl.nb; ++b) {
-            dx_block(c, b, k, c + 1 < mine.end);
-            if (c + 1 < mine.end) sums_block(c + 1, b, sdz, sum_u);
+            if (c + 1 < mine.end && one_loop) {
+              double g, h;
+              dx_with_sums(c, b, k, stream || prefetch_short ? pl.to_next((c + 1) * pl.nb + b, C * pl.nb) : 0, g, h);
+              sdz += g;
+              sum_u += h;
+            } else {
+              dx_block(c, b, k, c + 1 < mine.end);
+              if (c + 1 < mine.end) sums_block(c + 1, b, sdz, sum_u);
+            }
           }
         }
       }
