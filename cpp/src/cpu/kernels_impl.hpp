@@ -3211,9 +3211,13 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
                    static_cast<Cp>(bwd_channel(a, c).center), su.slope, su.inv_slope, pf},
                   g, h);
   };
+  // Where the sums of block b of channel c, read in a pipeline, prefetch the block read next (0: none).
+  auto sums_pf = [&](int64_t c, int64_t b) -> int64_t {
+    return stream || prefetch_short ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0;
+  };
   auto sums_block = [&](int64_t c, int64_t b, double& sdz, double& sum_u) {
     double g, h;
-    block_sums(c, b, stream || prefetch_short ? pl.to_next(c * pl.nb + b, C * pl.nb) : 0, g, h);
+    block_sums(c, b, sums_pf(c, b), g, h);
     sdz += g;
     sum_u += h;
   };
@@ -3231,7 +3235,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
   };
 
   // The pipelines' step on CPUs that take it in one loop (backward_one_loop): dx of block b of channel c with the
-  // sums of block b of channel c + 1, which prefetch as sums_block's do (pf values on; 0: none).
+  // sums of block b of channel c + 1, prefetching pf values on (0: none).
   const bool one_loop = backward_one_loop();
   auto dx_with_sums = [&](int64_t c, int64_t b, const BwdCoef<Cp>& k, int64_t pf, double& g, double& h) {
     const NcPlan::Block bl = pl.block(b);
@@ -3398,7 +3402,7 @@ void backward_nc(const BackwardArgs<S>& a, const Exec& ex) {
           for (int64_t b = 0; b < pl.nb; ++b) {
             if (c + 1 < mine.end && one_loop) {
               double g, h;
-              dx_with_sums(c, b, k, stream || prefetch_short ? pl.to_next((c + 1) * pl.nb + b, C * pl.nb) : 0, g, h);
+              dx_with_sums(c, b, k, sums_pf(c + 1, b), g, h);
               sdz += g;
               sum_u += h;
             } else {
