@@ -81,6 +81,14 @@ def streaming():
 
 
 @pytest.fixture
+def restore_threads():
+    """The test may set the thread count; the count before it is restored afterwards."""
+    before = fastbn.get_num_threads()
+    yield before
+    fastbn.set_num_threads(before)
+
+
+@pytest.fixture
 def small_core_cache():
     """The kernels plan with a 64 KiB core cache for the test (the default is the L2 the system reports), so that
     the paths of channels too big for a core's cache (threads sharing each channel) run on small tensors."""

@@ -16,6 +16,8 @@ from conftest import ref_backward, ref_infer, ref_train
 
 DTYPES = [np.float32, np.float64, ml_dtypes.bfloat16, np.float16]
 
+pytestmark = pytest.mark.usefixtures("restore_threads")  # the tests set the thread count
+
 
 def misaligned_like(a):
     raw = np.empty(a.size + 1, a.dtype)

@@ -15,13 +15,6 @@ import fastbn
 
 
 @pytest.fixture
-def restore_threads():
-    before = fastbn.get_num_threads()
-    yield before
-    fastbn.set_num_threads(before)
-
-
-@pytest.fixture
 def restore_cache_limit():
     before = fastbn.output_cache_info()["limit_bytes"] >> 20
     yield before

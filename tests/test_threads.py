@@ -18,13 +18,12 @@ from conftest import ref_backward, ref_stats, ref_train
 
 
 @pytest.fixture
-def restore_threads():
-    """Restores the thread count, and lets these small tensors run on many threads meanwhile (by default a
-    thread takes at least 256 KiB; see FASTBN_MIN_BYTES_PER_THREAD)."""
-    before, min_bytes = fastbn.get_num_threads(), fastbn._core.min_bytes_per_thread()
+def restore_threads(restore_threads):
+    """Restores the thread count (conftest's fixture), and lets these small tensors run on many threads meanwhile
+    (by default a thread takes at least 256 KiB; see FASTBN_MIN_BYTES_PER_THREAD)."""
+    min_bytes = fastbn._core.min_bytes_per_thread()
     fastbn._core.set_min_bytes_per_thread(16 << 10)
     yield
-    fastbn.set_num_threads(before)
     fastbn._core.set_min_bytes_per_thread(min_bytes)
 
 
@@ -368,7 +367,7 @@ def pipeline_settings(small_core_cache):
             fastbn._core.reset_core_cache_bytes()
         else:
             fastbn._core.set_core_cache_bytes(cache)
-        yield threads
+        yield
 
 
 # Runs of whole vectors (for float64 too), one of them cut into two pieces (12544 values); the channel-split and the

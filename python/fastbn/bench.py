@@ -428,7 +428,8 @@ def run_cpu(args, torch) -> dict:
     # Where the one-time probe found that the last-level cache does not keep 16 MiB of writes (a VM's share of a
     # big L3), working sets count as in it only up to half that.
     keeps = fastbn._core.cache_keeps_writes()
-    llc = machine()["llc_bytes"] if keeps else min(machine()["llc_bytes"], LLC_NOT_KEPT_BYTES)
+    cpu = {**machine(), "llc_keeps_writes": keeps}
+    llc = cpu["llc_bytes"] if keeps else min(cpu["llc_bytes"], LLC_NOT_KEPT_BYTES)
     results: list[Result] = []
     fused: list[dict] = []
     try:
@@ -505,7 +506,7 @@ def run_cpu(args, torch) -> dict:
     fastbn.set_num_threads(saved_threads)
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "machine": {**machine(), "llc_keeps_writes": keeps},
+        "machine": cpu,
         "fastbn": fastbn.build_info(),
         "torch": getattr(torch, "__version__", None),
         "numpy": np.__version__,
