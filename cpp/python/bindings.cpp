@@ -760,20 +760,25 @@ py::array empty_like_x(const SimpleView& v) {
   return py::array(v.x.dtype(), shape, strides, buf.mutable_data(), buf);
 }
 
-// The output: a new array like x, or `out` when it is simple too (same shape and dtype, aligned, writable, laid out
-// in memory as x is) and either is x itself (in place) or does not overlap it. False: not simple.
+// An array of x's type, shape and memory layout, dense and aligned (an input: dy, y, a residual), and writable where
+// asked (an output). False: not simple.
+bool like_x(py::handle obj, const SimpleView& v, bool writable, py::array& a) {
+  if (!py::isinstance<py::array>(obj)) return false;
+  a = py::reinterpret_borrow<py::array>(obj);
+  bool contiguous = false;
+  return code_of(a.dtype()) == v.code && simple_dense(a, writable, contiguous) && a.ndim() == v.x.ndim() &&
+         std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), a.shape()) && same_layout(v.x, a);
+}
+
+// The output: a new array like x, or `out` when it is simple too (like_x, writable) and either is x itself (in
+// place) or does not overlap it. False: not simple.
 bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
   if (out.is_none()) {
     y = empty_like_x(v);
     return true;
   }
-  if (!py::isinstance<py::array>(out)) return false;
-  auto o = py::reinterpret_borrow<py::array>(out);
-  bool contiguous = false;
-  if (!simple_dense(o, true, contiguous) || code_of(o.dtype()) != v.code || o.ndim() != v.x.ndim() ||
-      !std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), o.shape()) || !same_layout(v.x, o)) {
-    return false;
-  }
+  py::array o;
+  if (!like_x(out, v, true, o)) return false;
   // Both are dense over [data, data + nbytes): they overlap exactly when those ranges do.
   const auto* xb = static_cast<const char*>(v.x.data());
   const auto* ob = static_cast<const char*>(o.data());
@@ -783,15 +788,6 @@ bool simple_out(py::handle out, const SimpleView& v, py::array& y) {
 }
 
 py::dtype dtype_of(Code c) { return c == Code::f64 ? py::dtype::of<double>() : py::dtype::of<float>(); }
-
-// An input of x's type, shape and memory layout (dy, y, a residual). False: not simple.
-bool simple_like_x(py::handle obj, const SimpleView& v, py::array& a) {
-  if (!py::isinstance<py::array>(obj)) return false;
-  a = py::reinterpret_borrow<py::array>(obj);
-  bool contiguous = false;
-  return code_of(a.dtype()) == v.code && simple_dense(a, false, contiguous) && a.ndim() == v.x.ndim() &&
-         std::equal(v.x.shape(), v.x.shape() + v.x.ndim(), a.shape()) && same_layout(v.x, a);
-}
 
 // The fused epilogue of a one-call forward: act a valid code and slope finite (functional.py checks both first, with
 // its messages), residual None or an array of x's type, shape and memory layout (another layout goes the general
@@ -806,7 +802,7 @@ bool simple_fusion(int act, double slope, py::handle residual, const SimpleView&
   f.fusion = fusion_of(act, slope);
   if (residual.is_none()) return true;
   py::array r;
-  if (!simple_like_x(residual, v, r)) return false;
+  if (!like_x(residual, v, false, r)) return false;
   f.residual = r.data();
   return true;
 }
@@ -893,8 +889,8 @@ py::object backward_simple(py::handle dy, py::handle x, py::handle mean, py::han
   if (act < FASTBN_ACT_NONE || act > FASTBN_ACT_SIGMOID || !std::isfinite(slope)) return py::none();
   if (!simple_x(x, axis, eps_obj, v, eps)) return py::none();
   py::array d, ya;
-  if (!simple_like_x(dy, v, d)) return py::none();
-  if (!y.is_none() && !simple_like_x(y, v, ya)) return py::none();
+  if (!like_x(dy, v, false, d)) return py::none();
+  if (!y.is_none() && !like_x(y, v, false, ya)) return py::none();
   if (act != FASTBN_ACT_NONE && y.is_none()) return py::none();
   const Code pc = param_code(v.code);
   const int64_t C = v.shape.channels;
