@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import fastbn
+from fastbn.bench import int_at_least, shape_list
 
 DEFAULT = "128x64x1024,128x64x1000,128x64x1040,128x66x1024,256x256x14x14,64x128x56x56"
 
@@ -35,17 +36,19 @@ def best_of_3(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default=DEFAULT, help=f"comma-separated NxCxL or NxCxHxW (default {DEFAULT})")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--shapes", type=shape_list, default=DEFAULT, help=f"comma-separated NxCxL or NxCxHxW (default {DEFAULT})"
+    )
+    ap.add_argument("--rounds", type=int_at_least(1), default=7, help="rounds, each after a 256 MB copy (default 7)")
+    ap.add_argument("--threads", type=int_at_least(1), default=2, help="fastbn threads (default 2)")
     args = ap.parse_args()
     fastbn.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     big = rng.random(64 << 20, dtype=np.float32)
     big_out = np.empty_like(big)
     cases = {}
-    for s in args.shapes.split(","):
-        shape = tuple(int(v) for v in s.split("x"))
+    for shape in args.shapes:
+        s = "x".join(map(str, shape))
         c = shape[1]
         x, dy = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
         out = np.empty_like(x)

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from fastbn.bench import comma_list, int_at_least
+
 CHILD = """
 import time, fastbn
 t0 = time.perf_counter()
@@ -41,6 +43,7 @@ while True:
 """
 
 PAUSES = {"busy": 0.0, "bursty": 0.003}
+MODES = ("quiet", *PAUSES)
 
 
 def trial(mode: str) -> tuple[int, float, int]:
@@ -62,13 +65,10 @@ def trial(mode: str) -> tuple[int, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trials", type=int, default=40, help="fresh processes per mode (default 40)")
-    ap.add_argument("--modes", default="quiet,busy,bursty", help="comma-separated: quiet, busy, bursty")
+    ap.add_argument("--trials", type=int_at_least(1), default=40, help="fresh processes per mode (default 40)")
+    ap.add_argument("--modes", type=comma_list(MODES), default=list(MODES), help="comma-separated: quiet, busy, bursty")
     args = ap.parse_args()
-    modes = args.modes.split(",")
-    for m in modes:
-        if m != "quiet" and m not in PAUSES:
-            ap.error(f"--modes: expected quiet, busy or bursty, got {m!r}")
+    modes = args.modes
     results: dict[str, list[tuple[int, float, int]]] = {m: [] for m in modes}
     for _ in range(args.trials):
         for m in modes:

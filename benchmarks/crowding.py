@@ -20,13 +20,16 @@ import numpy as np
 
 import fastbn
 from fastbn import _core
+from fastbn.bench import int_at_least
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="fastbn threads (all CPUs)")
-    ap.add_argument("--busy", type=int, default=0, help="spinning processes to start beside this one (0)")
-    ap.add_argument("--calls", type=int, default=800, help="calls per measurement (800)")
+    ap.add_argument(
+        "--threads", type=int_at_least(1), default=len(os.sched_getaffinity(0)), help="fastbn threads (all CPUs)"
+    )
+    ap.add_argument("--busy", type=int_at_least(0), default=0, help="spinning processes to start beside this one (0)")
+    ap.add_argument("--calls", type=int_at_least(1), default=800, help="calls per measurement (800)")
     args = ap.parse_args()
     fastbn.set_num_threads(args.threads)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]

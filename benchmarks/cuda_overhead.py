@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
 import fastbn
 import fastbn.torch as fbt
+from fastbn.bench import int_at_least
 
 
 def per_call_us(fn, calls: int = 200) -> float:
@@ -111,11 +113,13 @@ def breakdown(rounds: int) -> None:
     pstats.Stats(prof).sort_stats("tottime").print_stats(14)
 
 
-def main() -> None:
+def main() -> str | None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int_at_least(1), default=15)
     ap.add_argument("--breakdown", action="store_true")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        return f"cuda_overhead.py times CUDA batch norms: it needs a CUDA GPU, and torch {torch.__version__} sees none"
     print(f"fastbn {fastbn.__version__}, torch {torch.__version__}, {torch.cuda.get_device_name()}")
     print(f"{'shape':<16} {'layout':<6} {'pass':<9} {'variant':<15} {'us/call':>8} {'vs torch':>8}")
     for shape, cl in [((32, 64, 8, 8), False), ((32, 64, 8, 8), True), ((64, 256), False)]:
@@ -136,4 +140,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

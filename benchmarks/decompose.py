@@ -4,18 +4,20 @@ batch-statistics backward set beside the frozen-statistics backward, which makes
 data. Fractions are against a 256 MB streaming copy timed in the same run. Nothing else runs in between, so
 tensors that fit the last-level cache stay there (unlike in `python -m fastbn bench`, which interleaves PyTorch).
 
-    python benchmarks/decompose.py
+    python benchmarks/decompose.py [--cases 64x128x56x56/nchw,8192x1024/nc] [--repeat 11]
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
 
 import fastbn
+from fastbn.bench import case_list, int_at_least
 
-SHAPES = [((64, 128, 56, 56), "nchw"), ((256, 256, 14, 14), "nchw"), ((64, 128, 56, 56), "nhwc"), ((8192, 1024), "nc")]
+CASES = "64x128x56x56/nchw,256x256x14x14/nchw,64x128x56x56/nhwc,8192x1024/nc"
 
 
 def median_ms(fn, repeat=11):
@@ -30,16 +32,21 @@ def median_ms(fn, repeat=11):
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cases", type=case_list(("nchw", "nhwc", "nc")), default=CASES,
+                    help=f"comma-separated SHAPE/LAYOUT (default {CASES})")  # fmt: skip
+    ap.add_argument("--repeat", type=int_at_least(1), default=11, help="samples per pass (default 11)")
+    args = ap.parse_args()
     src = np.random.default_rng(0).random(64 << 20, dtype=np.float32)
     dst = np.empty_like(src)
     bw = 2 * src.nbytes / median_ms(lambda: fastbn._core.stream_copy(src, dst)) / 1e6
     print(f"fastbn {fastbn.__version__} ({fastbn.get_simd()}, {fastbn.get_num_threads()} threads); B = {bw:.1f} GB/s")
     rng = np.random.default_rng(1)
-    for shape, layout in SHAPES:
-        print(case(shape, layout, bw, rng))
+    for shape, layout in args.cases:
+        print(case(shape, layout, bw, rng, args.repeat))
 
 
-def case(shape, layout, bw, rng) -> str:
+def case(shape, layout, bw, rng, repeat) -> str:
     axis = -1 if layout == "nhwc" else 1
     phys = (shape[0], *shape[2:], shape[1]) if layout == "nhwc" else shape
     x = rng.standard_normal(phys, dtype=np.float32)
@@ -49,10 +56,10 @@ def case(shape, layout, bw, rng) -> str:
     y, dx = np.empty_like(x), np.empty_like(x)
     _, m, v = fastbn.batch_norm_train(x, g, b, axis=axis)
     s = x.nbytes / 1e6
-    train = median_ms(lambda: fastbn.batch_norm_train(x, g, b, axis=axis, out=y))
-    infer = median_ms(lambda: fastbn.batch_norm_infer(x, m, v, g, b, axis=axis, out=y))
-    back = median_ms(lambda: fastbn.batch_norm_backward(dy, x, m, v, g, axis=axis, out=dx))
-    frozen = median_ms(lambda: fastbn.batch_norm_backward(dy, x, m, v, g, axis=axis, out=dx, batch_stats=False))
+    train = median_ms(lambda: fastbn.batch_norm_train(x, g, b, axis=axis, out=y), repeat)
+    infer = median_ms(lambda: fastbn.batch_norm_infer(x, m, v, g, b, axis=axis, out=y), repeat)
+    back = median_ms(lambda: fastbn.batch_norm_backward(dy, x, m, v, g, axis=axis, out=dx), repeat)
+    frozen = median_ms(lambda: fastbn.batch_norm_backward(dy, x, m, v, g, axis=axis, out=dx, batch_stats=False), repeat)
     return (
         f"{'x'.join(map(str, shape)) + ' ' + layout:18s} train {train:.2f} ms ({2 * s / train / bw:.2f}) = "
         f"normalize {infer:.2f} + statistics {train - infer:.2f} ({s / (train - infer):.0f} GB/s read) | "

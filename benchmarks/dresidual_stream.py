@@ -18,6 +18,7 @@ import numpy as np
 
 import fastbn
 from fastbn import _core
+from fastbn.bench import int_at_least
 
 SHAPES = [
     ((64, 256, 7, 7), True),
@@ -75,8 +76,8 @@ def one_case(rng, shape, channels_last: bool, threshold: int, pairs: int) -> str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--pairs", type=int, default=21)
+    ap.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2])
+    ap.add_argument("--pairs", type=int_at_least(2, " (quartiles need two)"), default=21)
     args = ap.parse_args()
     default = _core.stream_min_bytes()
     print(f"fastbn {fastbn.__version__}; streaming threshold {default} bytes; microseconds per call")

@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from fastbn.bench import int_at_least
+
 # (label, shape): float32 NCHW training forwards, 128 KiB to 4 MiB, in an order that alternates between the
 # sizes the kernels run on one thread and those they split over two.
 STEPS = [
@@ -111,10 +113,10 @@ def table(label: str, runs: list[dict], calls: int) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--trials", type=int, default=40, help="fresh processes per variant (default: 40)")
-    p.add_argument("--threads", type=int, default=2, help="fastbn.set_num_threads in each process (default: 2)")
-    p.add_argument("--calls", type=int, default=5, help="early calls timed one by one per step (default: 5)")
-    p.add_argument("--steady", type=int, default=200, help="steady-state calls per step (default: 200)")
+    p.add_argument("--trials", type=int_at_least(1), default=40, help="fresh processes per variant (default: 40)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="fastbn threads in each process (default: 2)")
+    p.add_argument("--calls", type=int_at_least(1), default=5, help="early calls timed one by one per step (default 5)")
+    p.add_argument("--steady", type=int_at_least(1), default=200, help="steady-state calls per step (default: 200)")
     p.add_argument("--gap-us", type=float, default=0.0, help="busy Python work between steady-state calls, in µs")
     p.add_argument("--busy", action="store_true", help="keep one core busy with another process meanwhile")
     p.add_argument(

@@ -19,6 +19,7 @@ import torch.nn.functional as TF
 
 import fastbn
 import fastbn.torch as ft
+from fastbn.bench import int_at_least
 
 SHAPES = [
     ((64, 128, 56, 56), False),
@@ -109,8 +110,8 @@ def mask_store(repeat: int) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for both (default 2)")
-    p.add_argument("--repeat", type=int, default=11, help="samples per case (default 11)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="threads for both (default 2)")
+    p.add_argument("--repeat", type=int_at_least(1), default=11, help="samples per case (default 11)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     fastbn.set_num_threads(a.threads)

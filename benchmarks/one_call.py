@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 import fastbn
+from fastbn.bench import int_at_least
 
 SHAPES = [(32, 64, 8, 8), (16, 512, 5, 5), (64, 256, 7, 7), (32, 128, 28, 28)]
 
@@ -98,9 +99,9 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--threads", type=int_at_least(1), nargs="+", default=[1, 2])
+    ap.add_argument("--rounds", type=int_at_least(1), default=30)
+    ap.add_argument("--calls", type=int_at_least(1), default=50)
     args = ap.parse_args()
     print(f"fastbn {fastbn.__version__}, torch {torch.__version__}; microseconds per call, medians of {args.rounds}")
     columns = ["one call", "one call, out=", "general", "general, out=", "torch", "torch, out="]

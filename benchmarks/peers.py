@@ -3,6 +3,7 @@ PyTorch (native, and oneDNN through ``to_mkldnn``), TensorFlow (oneDNN), JAX (XL
 
     pip install '.[peers]'        # torch==2.13.0, jax[cpu], tensorflow-cpu, onnxruntime, onnx
     python benchmarks/peers.py [--threads 2] [--repeat 11] [--rounds 3] [--json benchmarks/results/peers.json]
+                               [--peers fastbn,torch-out,...] [--cases 32x64x8x8/nhwc,64x256/nc,...]
 
 Every peer times the same cases (float32): training forward (batch statistics), inference (given statistics)
 and backward (dx, dgamma, dbeta from dy), in NCHW and channels-last memory where the peer has that layout.
@@ -24,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from fastbn.bench import case_list, comma_list, int_at_least
+
 CASES = [
     ((64, 128, 56, 56), "nchw"), ((64, 128, 56, 56), "nhwc"), ((256, 256, 14, 14), "nchw"),
     ((256, 256, 14, 14), "nhwc"), ((8192, 1024), "nc"), ((128, 64, 1024), "nchw"), ((32, 64, 8, 8), "nchw"),
@@ -32,6 +35,10 @@ CASES = [
 PASSES = ("train", "infer", "backward")
 PEERS = ("fastbn", "fastbn-out", "torch", "torch-out", "torch-onednn", "tensorflow", "jax", "onnxruntime")
 EPS = 1e-5
+
+
+def case_text(case) -> str:
+    return f"{'x'.join(map(str, case[0]))}/{case[1]}"
 
 
 def median_ms(fn, repeat: int, min_seconds: float = 2e-3) -> float:
@@ -234,7 +241,7 @@ def peer_onnxruntime(shape, layout):
     return {"infer": lambda: sess.run(None, feed)}
 
 
-def worker(peer: str, threads: int, repeat: int) -> dict:
+def worker(peer: str, threads: int, repeat: int, cases: list) -> dict:
     if peer.startswith("fastbn"):
         import fastbn
 
@@ -266,7 +273,7 @@ def worker(peer: str, threads: int, repeat: int) -> dict:
     except md.PackageNotFoundError:
         version = md.version("tensorflow") if peer == "tensorflow" else "?"
     out = {"version": version, "results": {}}
-    for shape, layout in CASES:
+    for shape, layout in cases:
         key = f"{'x'.join(map(str, shape))} {layout}"
         try:
             fns = make(shape, layout)
@@ -290,28 +297,32 @@ def median_run(runs: list) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="threads for every peer (default 2)")
-    p.add_argument("--repeat", type=int, default=11, help="samples per case (default 11)")
-    p.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated (default {','.join(PEERS)})")
-    p.add_argument("--rounds", type=int, default=1,
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="threads for every peer (default 2)")
+    p.add_argument("--repeat", type=int_at_least(1), default=11, help="samples per case (default 11)")
+    p.add_argument("--peers", type=comma_list(PEERS), default=list(PEERS),
+                   help=f"comma-separated (default {','.join(PEERS)})")  # fmt: skip
+    p.add_argument("--cases", type=case_list(("nchw", "nhwc", "nc")), default=CASES,
+                   help=f"comma-separated SHAPE/LAYOUT (default {','.join(case_text(c) for c in CASES)})")  # fmt: skip
+    p.add_argument("--rounds", type=int_at_least(1), default=1,
                    help="run every peer's process this many times, the peers in a rotating order each round, and "
                         "report each cell's median over the rounds (default 1)")  # fmt: skip
     p.add_argument("--json", help="write the results to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.threads, args.repeat)))
+        print(json.dumps(worker(args.worker, args.threads, args.repeat, args.cases)))
         return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")  # fmt: skip
     # This machine's bandwidth drifts from minute to minute, and each peer runs in a process of its own, at its
     # own time: with several rounds (the order rotating) every peer samples the drift alike.
-    peers = args.peers.split(",")
+    peers = args.peers
     runs = {}
     for k in range(args.rounds):
         for peer in peers[k % len(peers) :] + peers[: k % len(peers)]:
-            r = subprocess.run([sys.executable, __file__, "--worker", peer, "--threads", str(args.threads),
-                                "--repeat", str(args.repeat)], capture_output=True, text=True, env=env)  # fmt: skip
+            cmd = [sys.executable, __file__, "--worker", peer, "--threads", str(args.threads), "--repeat",
+                   str(args.repeat), "--cases", ",".join(case_text(c) for c in args.cases)]  # fmt: skip
+            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 print(f"{peer}: not run ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})",
                       file=sys.stderr)  # fmt: skip
@@ -327,7 +338,7 @@ def main(argv=None) -> int:
     names = list(results)
     print(f"{'case':22s} {'pass':8s} " + " ".join(f"{n[:12]:>12s}" for n in names) + f" {'speed-up':>9s}")
     table = []
-    for shape, layout in CASES:
+    for shape, layout in args.cases:
         key = f"{'x'.join(map(str, shape))} {layout}"
         for ps in PASSES:
             row = {n: results[n]["results"].get(key, {}).get(ps) for n in names}

@@ -35,6 +35,7 @@ from resnet_model import ResNet18
 
 import fastbn
 import fastbn.torch as ft
+from fastbn.bench import int_at_least
 
 
 def cpu_name() -> str:
@@ -202,10 +203,10 @@ def layers(args) -> list:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    p.add_argument("--size", type=int, default=160, help="image side (default 160)")
-    p.add_argument("--threads", type=int, default=2, help="threads for torch and fastbn (default 2)")
-    p.add_argument("--repeat", type=int, default=7, help="samples per variant (default 7)")
+    p.add_argument("--batch", type=int_at_least(1), default=16, help="batch size (default 16)")
+    p.add_argument("--size", type=int_at_least(1), default=160, help="image side (default 160)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="threads for torch and fastbn (default 2)")
+    p.add_argument("--repeat", type=int_at_least(1), default=7, help="samples per variant (default 7)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of stock and converted")
     p.add_argument("--layers", action="store_true", help="also time the batch-norm layer alone on the bench shapes")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end ResNet-18 timings")

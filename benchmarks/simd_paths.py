@@ -19,6 +19,7 @@ import numpy as np
 
 import fastbn
 from fastbn._bench_common import machine
+from fastbn.bench import int_at_least, shape_list
 
 DTYPES = {"float32": np.float32, "float64": np.float64, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 SHAPES = "8192x1024,4096x1024,256x256x14x14,128x512x8x8,64x128x56x56,128x64x1024"
@@ -69,9 +70,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--paths", default="avx512,avx512_bf16", help="two SIMD paths (avx512,avx512_bf16)")
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES), help="storage type (bfloat16)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for fastbn and PyTorch (2)")
-    ap.add_argument("--rounds", type=int, default=31, help="paired calls per case (31)")
-    ap.add_argument("--shapes", default=SHAPES, help=f"comma-separated shapes ({SHAPES})")
+    ap.add_argument("--threads", type=int_at_least(1), default=2, help="threads for fastbn and PyTorch (2)")
+    ap.add_argument("--rounds", type=int_at_least(1), default=31, help="paired calls per case (31)")
+    ap.add_argument("--shapes", type=shape_list, default=SHAPES, help=f"comma-separated shapes ({SHAPES})")
     ap.add_argument("--torch", action="store_true", help="time PyTorch's inference into given outputs too")
     args = ap.parse_args()
     paths = args.paths.split(",")
@@ -86,7 +87,7 @@ def main() -> int:
     print(f"fastbn {fastbn.__version__}, {cpu}, {args.threads} threads, {args.dtype}, {paths[0]} / {paths[1]}, "
           f"{args.rounds} rounds, {time.strftime('%Y-%m-%d %H:%M')}")  # fmt: skip
     rng = np.random.default_rng(0)
-    for shape in [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]:
+    for shape in args.shapes:
         for name, call, other in cases(rng, shape, DTYPES[args.dtype], args.torch):
             t = np.zeros((args.rounds, 3))
             for r in range(args.rounds):

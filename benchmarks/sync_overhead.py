@@ -19,13 +19,14 @@ import numpy as np
 from mpi4py import MPI
 
 import fastbn
+from fastbn.bench import int_at_least
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="16x64x32x32", help="local batch per process (default 16x64x32x32)")
-    p.add_argument("--repeat", type=int, default=31, help="samples (default 31)")
-    p.add_argument("--threads", type=int, default=1, help="fastbn threads per process (default 1)")
+    p.add_argument("--repeat", type=int_at_least(1), default=31, help="samples (default 31)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="fastbn threads per process (default 1)")
     args = p.parse_args()
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

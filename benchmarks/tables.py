@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from fastbn.bench import int_at_least
+
 
 def _shape(s: str) -> str:
     return s.replace("x", "×")
@@ -182,7 +184,7 @@ def main() -> None:
     p.add_argument("kind", choices=["main", "half", "fused", "resnet", "compare"])
     p.add_argument("json", type=Path)
     p.add_argument("after", type=Path, nargs="?", help="compare: the second run's JSON")
-    p.add_argument("--threads", type=int, default=2, help="thread count of the main table (default 2)")
+    p.add_argument("--threads", type=int_at_least(1), default=2, help="thread count of the main table (default 2)")
     a = p.parse_args()
     d = json.loads(a.json.read_text())
     if a.kind == "compare":

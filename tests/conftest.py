@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -16,6 +19,12 @@ SIMD_PATHS = [p for p in ("avx512_bf16", "avx512", "avx2", "scalar") if fastbn._
 BF16_ONLY_PATHS = ("avx512_bf16",)
 # The paths whose float32, float64 and float16 kernels are each their own code.
 FLOAT_PATHS = [p for p in SIMD_PATHS if p not in BF16_ONLY_PATHS]
+
+
+def mpiexec() -> str | None:
+    """The mpiexec of the mpich wheel in the test extras, else one on PATH."""
+    here = Path(sys.executable).parent / "mpiexec"
+    return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 def _is_bfloat16(value) -> bool:

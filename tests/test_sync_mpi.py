@@ -6,7 +6,6 @@ The communicator protocol is also checked in-process."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +16,9 @@ import pytest
 import fastbn
 from fastbn.sync import MPICommunicator, as_communicator
 
+from conftest import mpiexec
+
 WORKER = Path(__file__).parent / "mpi" / "sync_worker.py"
-
-
-def mpiexec() -> str | None:
-    here = Path(sys.executable).parent / "mpiexec"  # the mpich wheel of the test extras
-    return str(here) if here.exists() else shutil.which("mpiexec")
 
 
 @pytest.mark.parametrize("processes", [2, 3, 4])

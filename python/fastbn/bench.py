@@ -63,6 +63,34 @@ def parse_shape(text: str):
     return shape
 
 
+def shape_list(text: str):
+    """An argparse type: comma-separated shapes, e.g. 64x128x56x56,8192x1024."""
+    return [parse_shape(t) for t in text.split(",")]
+
+
+def case_list(layouts):
+    """An argparse type for the benchmark scripts: comma-separated SHAPE/LAYOUT, e.g. 8x64x56x56/nhwc,64x256/nc."""
+
+    def parse(text: str):
+        cases = []
+        for item in (s.strip() for s in text.split(",") if s.strip()):
+            shape_text, _, layout = item.partition("/")
+            shape = parse_shape(shape_text)
+            if layout not in layouts:
+                raise argparse.ArgumentTypeError(f"a case is SHAPE/LAYOUT, LAYOUT one of {', '.join(layouts)}; "
+                                                 f"got {item!r}")  # fmt: skip
+            if (layout == "nc") != (len(shape) == 2):
+                raise argparse.ArgumentTypeError(
+                    f"layout nc is for 2-D shapes, nchw and nhwc for 3-D or more; got {item!r}"
+                )
+            cases.append((shape, layout))
+        if not cases:
+            raise argparse.ArgumentTypeError(f"expected at least one SHAPE/LAYOUT case, got {text!r}")
+        return cases
+
+    return parse
+
+
 def comma_list(choices):
     def parse(text: str):
         items = [s.strip() for s in text.split(",") if s.strip()]
@@ -104,7 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     by :func:`apply_preset`, so that a value given on the command line wins over the preset."""
     p.add_argument(
         "--shapes",
-        type=lambda s: [parse_shape(t) for t in s.split(",")],
+        type=shape_list,
         default=None,
         help="comma-separated shapes, channels on axis 1; 2-D shapes are (N, C) "
         f"(default: {','.join(DEFAULT_SHAPES)}; with --quick: {','.join(QUICK_SHAPES)})",
