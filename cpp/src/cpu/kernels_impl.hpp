@@ -92,6 +92,10 @@ constexpr int kRowsTogether = 8;
 // 1.04-1.31x. 4 rows gained less (0.97-1.24x).
 constexpr int kSumsRowsTogether = 2;
 constexpr int kRowsAhead = 2;
+// Bytes of a channel group's rows ahead of the row it sums that the one-pass statistics of a channels-last chunk
+// prefetch (shifted_group_cl), for tensors beyond the cache: the hardware prefetchers alone left those sums at
+// ~0.8 of a read of the same bytes on the Xeon VM. See cl_stats for the measurements.
+constexpr int64_t kStatsAheadBytes = 32 * 1024;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -1632,18 +1636,24 @@ FASTBN_FLATTEN void fwd_block_with_moments(const FwdBlock<S>& b, int64_t next, d
 }
 
 // Adds sum(x - k) and sum((x - k)^2) over `rows` rows (row r at x + r * stride) of the columns [0, G * W) (the
-// last vector m lanes) into s1 and s2 (double, one entry per column), with the shifts k0 (one per column).
+// last vector m lanes) into s1 and s2 (double, one entry per column), with the shifts k0 (one per column). With
+// ahead > 0, each row's lines `ahead` rows on (within `rows`) are prefetched into L2.
 template <class S, int G, class M>
 inline void shifted_group_cl(const S* x, int64_t rows, int64_t stride, M m, const typename Vec<compute_t<S>>::reg* k0,
-                             double* s1, double* s2) {
+                             double* s1, double* s2, int64_t ahead = 0) {
   using V = Vec<compute_t<S>>;
   constexpr int W = V::width;
+  constexpr int kLine = W * static_cast<int>(sizeof(S)) >= 64 ? 1 : 64 / (W * static_cast<int>(sizeof(S)));
   typename V::reg u[G], q[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) u[g] = q[g] = V::zero();
   int cnt = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const S* p = x + r * stride;
+    if (ahead > 0 && r + ahead < rows) {
+#pragma GCC unroll 8
+      for (int g = 0; g < G; g += kLine) __builtin_prefetch(p + ahead * stride + g * W, 0, 2);
+    }
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
       const typename V::reg d = V::sub(ld(p + g * W, m), k0[g]);
@@ -1748,14 +1758,15 @@ inline bool shift_close(int64_t rows, int n, const double* s1, const double* s2)
 
 // The one-pass form of moments_group_cl (see block_moments): k is the mean of the first kShiftRows rows, and
 // the sums are kept when every lane's |mean - k| <= std; false otherwise (s1 and s2 then hold partial sums).
+// ahead: see shifted_group_cl.
 // Paired against always two passes on the EPYC VM, 2 threads (then per tile): statistics of 25088x256 (in the
 // last-level cache) 1.16x faster, 200704x128 and 8192x1024 1.03-1.05x; channels-last training 1.01-1.05x.
 template <class S, int G, class M>
 inline bool moments_group_cl_once(const S* x, int64_t rows, int64_t C, M m, compute_t<S>* k, double* s1,
-                                  double* s2) {
+                                  double* s2, int64_t ahead) {
   typename Vec<compute_t<S>>::reg k0[G];
   if (!group_shift_cl<S, G>(x, rows, C, m, k, k0)) return false;
-  shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2);
+  shifted_group_cl<S, G>(x, rows, C, m, k0, s1, s2, ahead);
   return shift_close(rows, G * Vec<compute_t<S>>::width, s1, s2);
 }
 
@@ -1806,20 +1817,23 @@ inline void merge_tile_cl(const S* x, double* pm, double* pq, double n_acc, int6
 // The moments of a chunk of `rows` channels-last rows for the `count` channels of a group (moments_group_cl),
 // into the chunk's partials pm and pq: one pass over the whole chunk with one shift per channel (the mean of
 // the chunk's first kShiftRows rows), or where a shift is off (or the chunk short) two passes tile by tile, each
-// tile (in the core's cache) folded in turn. k, d1, s1, s2: scratch of G * W entries.
+// tile (in the core's cache) folded in turn. k, d1, s1, s2: scratch of G * W entries. `far`: the chunk is beyond
+// the cache, and the one pass prefetches kStatsAheadBytes of the group's rows ahead.
 // A shift, a check and a fold per chunk rather than per 256 KiB tile, and cl_stats folding the chunks' partials row
 // by row (not channel by channel, a stride of C through nchunks rows): builds alternating on the EPYC VM, 2
 // threads, 4 pairs: training of 8192x1024 0.60-0.82 -> 0.84-0.92 of the 3S stream, of 32768x1024 0.62-0.78 ->
 // 0.85-0.88; statistics alone of 8192x4096 6.7-7.0 -> 5.0-5.1 ms; 64x56x56x128 (one group a row) unchanged.
 template <class S, int G, class M>
 inline void chunk_group_moments(const S* x, int64_t rows, int64_t C, int64_t tile, M m, int64_t count,
-                                compute_t<S>* k, double* d1, double* s1, double* s2, double* pm, double* pq) {
+                                compute_t<S>* k, double* d1, double* s1, double* s2, double* pm, double* pq,
+                                bool far) {
   constexpr int W = Vec<compute_t<S>>::width;
+  const int64_t ahead = far ? ceil_div(kStatsAheadBytes, G * W * static_cast<int64_t>(sizeof(S))) : 0;
   auto zero = [&] {
     for (int i = 0; i < G * W; ++i) d1[i] = s1[i] = s2[i] = 0;  // the last group writes whole vectors
   };
   zero();
-  if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x, rows, C, m, k, s1, s2)) {
+  if (rows >= 4 * kShiftRows && moments_group_cl_once<S, G>(x, rows, C, m, k, s1, s2, ahead)) {
     merge_tile_cl(x, pm, pq, 0, rows, count, C, k, s1, s2);
     return;
   }
@@ -1866,7 +1880,8 @@ inline void chunk_moments_rows(const S* x, int64_t rows, int64_t C, int64_t tile
       merge_tile_cl(x + c, pm + c, pq + c, 0, rows, count, C, k + c, s1 + c, s2 + c);
     } else {
       with_phase<S>(phase, m0, [&](auto m) {
-        chunk_group_moments<S, G>(x + c, rows, C, tile, m, count, k + c, d1 + c, s1 + c, s2 + c, pm + c, pq + c);
+        chunk_group_moments<S, G>(x + c, rows, C, tile, m, count, k + c, d1 + c, s1 + c, s2 + c, pm + c, pq + c,
+                                  true);
       });
     }
   });
@@ -2336,7 +2351,14 @@ inline bool column_stats_nc(int64_t N, int64_t C, int64_t L, const Exec& ex) {
 }
 
 // Per-channel moments of a channels-last tensor: chunk partials in pmean / pm2 (nchunks * C each), merged
-// into out. Call inside a parallel region; scratch is 4 * Cp values per thread.
+// into out. Call inside a parallel region; scratch is 4 * Cp values per thread. Beyond the cache (`phased`), a
+// chunk whose channels take one group (C <= kStatsGroup * W) prefetches kStatsAheadBytes ahead. A getenv switch in
+// one build, processes alternating on the 2-vCPU Xeon VM, 2 threads, 3 x 9 rounds each after a 256 MB copy:
+// statistics of 25 MiB (R, C) against a read of the same bytes (paired medians) C = 32 0.81-0.84 -> 0.87-0.94,
+// C = 64 0.77-0.81 -> 0.92-0.94, C = 128 0.83-0.90 -> 0.89-0.92 (16 KiB ahead; 64 KiB alike); training against the
+// 3S stream, 64x56x56x128 0.62-0.64 -> 0.64-0.67, NLC 128x1024x64 0.60-0.63 -> 0.66-0.68 (16 or 32 KiB). Wider
+// rows (rows_column_sums, which prefetches already) stay at 0.8 of the read for C = 144-384, 0.9-1.1 from 512 on:
+// reading them in memory order (R = 1), T0 or T2 prefetches, or 64 KiB ahead did not change that.
 template <class S>
 inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, double* pmean, double* pm2,
                      compute_t<S>* kscratch, double* dscratch, Moments* out, bool phased) {
@@ -2359,7 +2381,7 @@ inline void cl_stats(const S* x, int64_t R, int64_t C, const RowPlan& plan, doub
       constexpr int G = decltype(g)::value;
       with_phase<S>(phase, m0, [&](auto m) {
         chunk_group_moments<S, G>(xc + c, rows, C, plan.tile, m, min64(G * W, C - c), k + c, d1 + c, s1 + c, s2 + c,
-                                  pmean + ch * C + c, pm2 + ch * C + c);
+                                  pmean + ch * C + c, pm2 + ch * C + c, phased);
       });
     });
   }
