@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-from fastbn.bench import case_list, comma_list, int_at_least
-
 CASES = [
     ((64, 128, 56, 56), "nchw"), ((64, 128, 56, 56), "nhwc"), ((256, 256, 14, 14), "nchw"),
     ((256, 256, 14, 14), "nhwc"), ((8192, 1024), "nc"), ((128, 64, 1024), "nchw"), ((32, 64, 8, 8), "nchw"),
@@ -296,6 +294,13 @@ def median_run(runs: list) -> dict:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:  # a peer's own process, which loads nothing of fastbn unless fastbn is the peer
+        peer, threads, repeat, cases = json.loads(argv[1])
+        print(json.dumps(worker(peer, threads, repeat, [(tuple(shape), layout) for shape, layout in cases])))
+        return 0
+    from fastbn.bench import case_list, comma_list, int_at_least
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int_at_least(1), default=2, help="threads for every peer (default 2)")
     p.add_argument("--repeat", type=int_at_least(1), default=11, help="samples per case (default 11)")
@@ -307,11 +312,7 @@ def main(argv=None) -> int:
                    help="run every peer's process this many times, the peers in a rotating order each round, and "
                         "report each cell's median over the rounds (default 1)")  # fmt: skip
     p.add_argument("--json", help="write the results to this file")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.threads, args.repeat, args.cases)))
-        return 0
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")  # fmt: skip
     # This machine's bandwidth drifts from minute to minute, and each peer runs in a process of its own, at its
@@ -320,9 +321,8 @@ def main(argv=None) -> int:
     runs = {}
     for k in range(args.rounds):
         for peer in peers[k % len(peers) :] + peers[: k % len(peers)]:
-            cmd = [sys.executable, __file__, "--worker", peer, "--threads", str(args.threads), "--repeat",
-                   str(args.repeat), "--cases", ",".join(case_text(c) for c in args.cases)]  # fmt: skip
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            job = json.dumps([peer, args.threads, args.repeat, args.cases])
+            r = subprocess.run([sys.executable, __file__, "--worker", job], capture_output=True, text=True, env=env)
             if r.returncode != 0:
                 print(f"{peer}: not run ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})",
                       file=sys.stderr)  # fmt: skip

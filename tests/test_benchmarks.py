@@ -96,6 +96,16 @@ def test_peers_table_and_json(tmp_path):
     assert all(t["speedup_vs_best_peer"] > 0 for t in report["table"])
 
 
+def test_a_peer_process_loads_nothing_of_fastbn_unless_fastbn_is_the_peer():
+    code = (
+        f"import json, sys; sys.path.insert(0, {str(BENCHMARKS)!r}); import peers; "
+        "peers.main(['--worker', json.dumps(['torch-out', 1, 1, [[[4, 8, 2, 2], 'nchw']]])]); "
+        "print('fastbn' in sys.modules, 'torch' in sys.modules)"
+    )
+    out = ok(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=ENV))
+    assert '"4x8x2x2 nchw"' in out and out.split()[-2:] == ["False", "True"]
+
+
 def test_resnet_runs_and_its_json_renders_as_the_readme_table(tmp_path):
     path = tmp_path / "resnet.json"
     ok(run("resnet.py", "--batch", "2", "--size", "32", "--repeat", "1", "--threads", "1", "--json", str(path)))
